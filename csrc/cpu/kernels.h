@@ -1,0 +1,57 @@
+// kernels.h: the CPU kernels as the bindings see them: one table of entry points per instruction set,
+// and select() to pick the best one this processor runs. No Python here, no allocation of outputs:
+// callers pass validated, C-contiguous buffers.
+#pragma once
+
+#include <cstddef>
+
+namespace rnnfast::cpu {
+
+template <typename T>
+struct ForwardCall {
+    int cell, T_, B, I, H;
+    const T *xp, *h0, *c0, *wf, *b_ih, *b_hh;
+    T *y, *h_n, *c_n, *ws;  // ws null in inference
+};
+
+template <typename T>
+struct BackwardCall {
+    int cell, T_, B, H;
+    const T *wb, *h0, *c0, *y, *ws, *dy, *dh_n, *dc_n;  // dy, dh_n, dc_n may be null
+    T *dxg, *dhg, *dh0, *dc0, *db_ih, *db_hh;          // dhg: GRU only; db_* accumulate, may be null
+};
+
+// C (+)= A B with A(i,k) = a[i*a_rs + k*a_ks], B(k,j) = b[k*b_ks + j*b_ns], C row-major (ldc).
+template <typename T>
+struct GemmCall {
+    ptrdiff_t M, N, K;
+    const T* a; ptrdiff_t a_rs, a_ks;
+    const T* b; ptrdiff_t b_ks, b_ns;
+    T* c; ptrdiff_t ldc;
+    bool accumulate;
+};
+
+template <typename T>
+struct Table {
+    int panel_width;                              // NR: packed layouts depend on it
+    ptrdiff_t (*packed_size)(int G, int H);
+    void (*pack_forward)(const T* w, int G, int H, T* out);
+    void (*pack_backward)(const T* w, int G, int H, T* out);
+    void (*forward)(const ForwardCall<T>&, int threads);
+    void (*backward)(const BackwardCall<T>&, int threads);
+    void (*gemm)(const GemmCall<T>&, int threads);
+};
+
+struct Isa {
+    const char* name;
+    Table<float> f32;
+    Table<double> f64;
+};
+
+const Isa& select();  // the widest instruction set this processor supports (RNNFAST_ISA env overrides)
+
+namespace avx512 { const Isa& isa(); }
+namespace avx2 { const Isa& isa(); }
+namespace generic { const Isa& isa(); }
+
+}  // namespace rnnfast::cpu

@@ -1,0 +1,56 @@
+// kernels_isa.h: the body of one instruction-set build. isa_*.cpp define RNNFAST_VBYTES and
+// RNNFAST_ISA_NS, are compiled with the matching -m flags, and include this file once.
+#include <algorithm>
+
+#include "kernels.h"
+#include "recurrence.h"
+
+namespace {
+
+template <typename T>
+void forward_entry(const rnnfast::cpu::ForwardCall<T>& c, int threads) {
+    FwdArgs<T> a{c.cell, c.T_, c.B, c.I, c.H, c.xp, c.h0, c.c0, c.wf, c.b_ih, c.b_hh, c.y, c.h_n, c.c_n, c.ws};
+    recurrence_forward<T>(a, threads);
+}
+
+template <typename T>
+void backward_entry(const rnnfast::cpu::BackwardCall<T>& c, int threads) {
+    BwdArgs<T> a{c.cell, c.T_, c.B, c.H, c.wb, c.h0, c.c0, c.y, c.ws, c.dy, c.dh_n, c.dc_n,
+                 c.dxg, c.dhg, c.dh0, c.dc0, c.db_ih, c.db_hh};
+    recurrence_backward<T>(a, threads);
+}
+
+// Splits C by columns (panel-aligned) when it is wide enough, else by rows (tile-aligned).
+template <typename T>
+void gemm_entry(const rnnfast::cpu::GemmCall<T>& g, int threads) {
+    constexpr int NR = Tile<T>::NR, MR = Tile<T>::MR;
+    const double flops = 2.0 * g.M * g.N * g.K;
+    int nt = std::max(1, std::min<int>(threads, static_cast<int>(flops / 2e6)));
+    const bool by_cols = g.N >= static_cast<ptrdiff_t>(nt) * 4 * NR;
+    const ptrdiff_t units = by_cols ? (g.N + NR - 1) / NR : (g.M + MR - 1) / MR;
+    nt = static_cast<int>(std::max<ptrdiff_t>(1, std::min<ptrdiff_t>(nt, units)));
+    run_team(nt, [&](int tid, int team, Barrier&) {
+        const ptrdiff_t q0 = units * tid / team, q1 = units * (tid + 1) / team;
+        if (by_cols)
+            gemm_block<T>(0, g.M, q0 * NR, std::min(g.N, q1 * NR), g.K, g.a, g.a_rs, g.a_ks, g.b, g.b_ks, g.b_ns,
+                          g.c, g.ldc, g.accumulate);
+        else
+            gemm_block<T>(q0 * MR, std::min(g.M, q1 * MR), 0, g.N, g.K, g.a, g.a_rs, g.a_ks, g.b, g.b_ks, g.b_ns,
+                          g.c, g.ldc, g.accumulate);
+    });
+}
+
+template <typename T>
+rnnfast::cpu::Table<T> make_table() {
+    return {Tile<T>::NR, &packed_size<T>, &pack_forward<T>, &pack_backward<T>,
+            &forward_entry<T>, &backward_entry<T>, &gemm_entry<T>};
+}
+
+}  // namespace
+
+namespace rnnfast::cpu::RNNFAST_ISA_NS {
+const Isa& isa() {
+    static const Isa table{RNNFAST_ISA_NAME, make_table<float>(), make_table<double>()};
+    return table;
+}
+}  // namespace rnnfast::cpu::RNNFAST_ISA_NS

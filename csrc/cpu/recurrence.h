@@ -1,0 +1,288 @@
+// recurrence.h: the fused CPU recurrence kernels, forward and BPTT backward, for every cell.
+//
+// One call runs all T steps of one layer, one direction. Tensors (row-major, T-major):
+//   xp    [T, B, G*H]   W_ih x_t for every step (no bias: the kernel adds b_ih)
+//   h0    [B, H]        initial hidden state;  c0 [B, H] initial cell state (LSTM)
+//   wf    packed W_hh for the forward product, panels (unit block, gate): see pack_forward()
+//   wb    packed W_hh for the backward product, panels (unit block):      see pack_backward()
+//   b_ih, b_hh [G*H] or null
+//   y     [T, B, H]     outputs h_1..h_T (also the h_{t-1} the next step reads)
+//   h_n, c_n [B, H]     final states
+//   ws    [T, B, S*H]   training workspace, or null in inference. S slots per unit:
+//                       LSTM: i, f, g, o (activated), c_t  (S=5);  GRU: r, z, n, hn (S=4);  RNN: none
+// Backward:
+//   dy    [T, B, H] or null; dh_n, dc_n [B, H] or null
+//   dxg   [T, B, G*H]   gradient w.r.t. the input pre-activations (W_ih x + b_ih)
+//   dhg   [T, B, G*H]   gradient w.r.t. the recurrent pre-activations (W_hh h + b_hh); GRU only, for the
+//                       other cells it is dxg itself
+//   dh0, dc0 [B, H]; db_ih, db_hh [G*H] accumulated (+=) when not null
+//
+// Work split: hidden units are cut into blocks of NR (the panel width); each thread owns a run of blocks,
+// computes all gates of its units (recurrent GEMM fused with the cell), and the threads meet at one
+// barrier per step. Backward uses the same split over the columns of W_hh (dh_{t-1} = dhg_t W_hh).
+// Per-element arithmetic never depends on the split, so results are identical for every thread count.
+#pragma once
+
+#include <algorithm>
+#include <vector>
+
+#include "../common/cells.h"
+#include "gemm.h"
+#include "threads.h"
+
+namespace {
+
+enum CellId { kRnnTanh = 0, kRnnRelu = 1, kLstm = 2, kGru = 3 };
+
+inline int gates_of(int cell) { return cell == kLstm ? 4 : cell == kGru ? 3 : 1; }
+inline int slots_of(int cell) { return cell == kLstm ? 5 : cell == kGru ? 4 : 0; }
+
+template <typename V, typename T>
+inline V ld(const T* p) {
+    if constexpr (std::is_same<V, T>::value) return *p; else return loadu<V>(p);
+}
+template <typename V, typename T>
+inline void st(T* p, V v) {
+    if constexpr (std::is_same<V, T>::value) *p = v; else storeu(p, v);
+}
+
+// ------------------------------------------------------------------------------------------- packing
+template <typename T>
+inline ptrdiff_t packed_size(int G, int H) {
+    constexpr int NR = Tile<T>::NR;
+    return round_up(H, NR) * static_cast<ptrdiff_t>(G) * H;
+}
+
+// wf[(ub*G + g)*H*NR + k*NR + j] = W_hh[g*H + ub*NR + j, k]
+template <typename T>
+void pack_forward(const T* w, int G, int H, T* wf) {
+    constexpr int NR = Tile<T>::NR;
+    const int nub = static_cast<int>(round_up(H, NR) / NR);
+    for (int ub = 0; ub < nub; ++ub)
+        for (int g = 0; g < G; ++g) {
+            const int n = std::min(NR, H - ub * NR);
+            // B(k, j) = w[(g*H + ub*NR + j)*H + k]: k stride 1, j stride H.
+            pack_panels<T>(w + static_cast<ptrdiff_t>(g * H + ub * NR) * H, 1, H, 0, H, 0, n,
+                           wf + static_cast<ptrdiff_t>(ub * G + g) * H * NR);
+        }
+}
+
+// wb[kb*G*H*NR + r*NR + j] = W_hh[r, kb*NR + j]
+template <typename T>
+void pack_backward(const T* w, int G, int H, T* wb) {
+    constexpr int NR = Tile<T>::NR;
+    const int nub = static_cast<int>(round_up(H, NR) / NR);
+    const ptrdiff_t GH = static_cast<ptrdiff_t>(G) * H;
+    for (int kb = 0; kb < nub; ++kb)
+        pack_panels<T>(w, H, 1, 0, GH, kb * NR, std::min(NR, H - kb * NR), wb + kb * GH * NR);
+}
+
+// ------------------------------------------------------------------------------------------- arguments
+template <typename T>
+struct FwdArgs {
+    int cell, T_, B, I, H;
+    const T *xp, *h0, *c0, *wf, *b_ih, *b_hh;
+    T *y, *h_n, *c_n, *ws;
+};
+
+template <typename T>
+struct BwdArgs {
+    int cell, T_, B, H;
+    const T *wb, *h0, *c0, *y, *ws, *dy, *dh_n, *dc_n;
+    T *dxg, *dhg, *dh0, *dc0, *db_ih, *db_hh;
+};
+
+// Threads worth using for a step of this size: a barrier costs about as much as ~50k multiply-adds.
+inline int threads_for(int requested, int B, int G, int H, int nub) {
+    const double fma_per_step = static_cast<double>(B) * G * H * H;
+    int nt = static_cast<int>(fma_per_step / 100000.0);
+    return std::max(1, std::min({requested, nub, std::max(nt, 1)}));
+}
+
+// ------------------------------------------------------------------------------------------- forward
+// Pointwise part of one step for units [u, u+lanes) of batch row b (V = vector or scalar).
+template <typename T, typename V, typename M>
+inline void forward_units(const FwdArgs<T>& a, int t, int b, int u, const T* acc, int nup, int col,
+                          const T* h_prev, const T* bi, const T* bh, T* cst) {
+    const int H = a.H, G = gates_of(a.cell);
+    const ptrdiff_t GH = static_cast<ptrdiff_t>(G) * H;
+    const T* xp = a.xp + (static_cast<ptrdiff_t>(t) * a.B + b) * GH;
+    T* y = a.y + (static_cast<ptrdiff_t>(t) * a.B + b) * H;
+    auto X = [&](int g) { return ld<V>(xp + g * H + u) + ld<V>(bi + g * H + u); };
+    auto R = [&](int g) { return ld<V>(acc + g * nup + col) + ld<V>(bh + g * H + u); };
+    T* ws = a.ws ? a.ws + (static_cast<ptrdiff_t>(t) * a.B + b) * slots_of(a.cell) * H + u : nullptr;
+    if (a.cell == kRnnTanh) {
+        st(y + u, rnn_tanh_forward<M>(X(0), R(0)));
+    } else if (a.cell == kRnnRelu) {
+        st(y + u, rnn_relu_forward<M>(X(0), R(0)));
+    } else if (a.cell == kLstm) {
+        V i, f, g, o, c, h;
+        lstm_forward<M>(X(0), X(1), X(2), X(3), R(0), R(1), R(2), R(3), ld<V>(cst + col), i, f, g, o, c, h);
+        st(cst + col, c);
+        st(y + u, h);
+        if (ws) { st(ws, i); st(ws + H, f); st(ws + 2 * H, g); st(ws + 3 * H, o); st(ws + 4 * H, c); }
+    } else {
+        V r, z, n, h, hn = R(2);
+        gru_forward<M>(X(0), X(1), X(2), R(0), R(1), hn, ld<V>(h_prev + u), r, z, n, h);
+        st(y + u, h);
+        if (ws) { st(ws, r); st(ws + H, z); st(ws + 2 * H, n); st(ws + 3 * H, hn); }
+    }
+}
+
+template <typename T>
+void recurrence_forward(const FwdArgs<T>& a, int requested_threads) {
+    using S = Simd<T>;
+    constexpr int NR = Tile<T>::NR, MR = Tile<T>::MR, W = S::W;
+    const int H = a.H, B = a.B, G = gates_of(a.cell);
+    const int nub = static_cast<int>(round_up(H, NR) / NR);
+    const int nt = threads_for(requested_threads, B, G, H, nub);
+    std::vector<T> zeros(static_cast<size_t>(G) * H, T(0));
+    const T* bi = a.b_ih ? a.b_ih : zeros.data();
+    const T* bh = a.b_hh ? a.b_hh : zeros.data();
+    // Per-thread scratch: gate accumulators [B][G][nup] and the LSTM cell state [B][nup].
+    const ptrdiff_t per_thread = static_cast<ptrdiff_t>(B) * (G + 1) * nub * NR;
+    std::vector<T> scratch(static_cast<size_t>(per_thread) * nt);
+
+    run_team(nt, [&](int tid, int team, Barrier& barrier) {
+        const int ub0 = nub * tid / team, ub1 = nub * (tid + 1) / team;
+        const int u0 = ub0 * NR, u1 = std::min(H, ub1 * NR), nup = (ub1 - ub0) * NR;
+        T* acc = scratch.data() + per_thread * tid;
+        T* cst = acc + static_cast<ptrdiff_t>(B) * G * nup;
+        if (a.cell == kLstm)
+            for (int b = 0; b < B; ++b)
+                for (int u = u0; u < u1; ++u) cst[b * nup + u - u0] = a.c0[b * H + u];
+        for (int t = 0; t < a.T_; ++t) {
+            const T* h_prev = t == 0 ? a.h0 : a.y + static_cast<ptrdiff_t>(t - 1) * B * H;
+            const ptrdiff_t ldc = static_cast<ptrdiff_t>(G) * nup;
+            for (int ub = ub0; ub < ub1; ++ub)
+                for (int g = 0; g < G; ++g) {
+                    const T* panel = a.wf + static_cast<ptrdiff_t>(ub * G + g) * H * NR;
+                    T* c = acc + g * nup + (ub - ub0) * NR;
+                    for (int b = 0; b < B; b += MR)
+                        ukernel<T>(std::min(MR, B - b), H, h_prev + static_cast<ptrdiff_t>(b) * H, H, 1, panel,
+                                   c + b * ldc, ldc, NR, false);
+                }
+            for (int b = 0; b < B; ++b) {
+                const T* accb = acc + b * ldc;
+                T* cb = cst + b * nup;
+                const T* hp = h_prev + static_cast<ptrdiff_t>(b) * H;
+                int u = u0;
+                for (; u + W <= u1; u += W)
+                    forward_units<T, typename S::V, VecMath<T>>(a, t, b, u, accb, nup, u - u0, hp, bi, bh, cb);
+                for (; u < u1; ++u)
+                    forward_units<T, T, ScalarMath<T>>(a, t, b, u, accb, nup, u - u0, hp, bi, bh, cb);
+            }
+            barrier.wait();
+        }
+        const T* last = a.T_ > 0 ? a.y + static_cast<ptrdiff_t>(a.T_ - 1) * B * H : a.h0;
+        for (int b = 0; b < B; ++b)
+            for (int u = u0; u < u1; ++u) {
+                a.h_n[b * H + u] = last[b * H + u];
+                if (a.cell == kLstm) a.c_n[b * H + u] = cst[b * nup + u - u0];
+            }
+    });
+}
+
+// ------------------------------------------------------------------------------------------- backward
+// Pointwise part of one reverse step for units [u, u+lanes) of batch row b. dhr holds the gradient
+// w.r.t. h_t coming from step t+1 and receives the direct part of the gradient w.r.t. h_{t-1}.
+template <typename T, typename V, typename M>
+inline void backward_units(const BwdArgs<T>& a, int t, int b, int u, int col, T* dhr, T* dcs, T* sbi, T* sbh) {
+    const int H = a.H, G = gates_of(a.cell);
+    const ptrdiff_t GH = static_cast<ptrdiff_t>(G) * H, row = static_cast<ptrdiff_t>(t) * a.B + b;
+    V dh = ld<V>(dhr + col);
+    if (a.dy) dh = dh + ld<V>(a.dy + row * H + u);
+    T* dx = a.dxg + row * GH + u;
+    auto put = [&](int g, V d) {  // one gate whose input and recurrent gradients are equal
+        st(dx + g * H, d);
+        st(sbi + g * H + u, ld<V>(sbi + g * H + u) + d);
+        st(sbh + g * H + u, ld<V>(sbh + g * H + u) + d);
+    };
+    if (a.cell == kRnnTanh || a.cell == kRnnRelu) {
+        const V h = ld<V>(a.y + row * H + u);
+        put(0, a.cell == kRnnTanh ? rnn_tanh_backward<M>(h, dh) : rnn_relu_backward<M>(h, dh));
+        st(dhr + col, M::c(0.0));
+    } else if (a.cell == kLstm) {
+        const T* ws = a.ws + row * 5 * H + u;
+        const V c_prev = t == 0 ? ld<V>(a.c0 + b * H + u) : ld<V>(ws - static_cast<ptrdiff_t>(a.B) * 5 * H + 4 * H);
+        V di, df, dg, d_o, dc;
+        lstm_backward<M>(ld<V>(ws), ld<V>(ws + H), ld<V>(ws + 2 * H), ld<V>(ws + 3 * H), c_prev, ld<V>(ws + 4 * H), dh,
+                         ld<V>(dcs + col), di, df, dg, d_o, dc);
+        put(0, di); put(1, df); put(2, dg); put(3, d_o);
+        st(dcs + col, dc);
+        st(dhr + col, M::c(0.0));
+    } else {
+        const T* ws = a.ws + row * 4 * H + u;
+        const V h_prev = t == 0 ? ld<V>(a.h0 + b * H + u) : ld<V>(a.y + (row - a.B) * H + u);
+        V dr, dz, dnx, dnh, dhp;
+        gru_backward<M>(ld<V>(ws), ld<V>(ws + H), ld<V>(ws + 2 * H), ld<V>(ws + 3 * H), h_prev, dh, dr, dz, dnx, dnh, dhp);
+        put(0, dr); put(1, dz);
+        st(dx + 2 * H, dnx);
+        T* dhg = a.dhg + row * GH + u;
+        st(dhg, dr); st(dhg + H, dz); st(dhg + 2 * H, dnh);
+        st(sbi + 2 * H + u, ld<V>(sbi + 2 * H + u) + dnx);
+        st(sbh + 2 * H + u, ld<V>(sbh + 2 * H + u) + dnh);
+        st(dhr + col, dhp);
+    }
+}
+
+template <typename T>
+void recurrence_backward(const BwdArgs<T>& a, int requested_threads) {
+    using S = Simd<T>;
+    constexpr int NR = Tile<T>::NR, MR = Tile<T>::MR, W = S::W;
+    const int H = a.H, B = a.B, G = gates_of(a.cell);
+    const ptrdiff_t GH = static_cast<ptrdiff_t>(G) * H;
+    const int nub = static_cast<int>(round_up(H, NR) / NR);
+    const int nt = threads_for(requested_threads, B, G, H, nub);
+    const T* dhg_all = a.cell == kGru ? a.dhg : a.dxg;
+    // Per-thread scratch: dh carry [B][nup], dc carry [B][nup]; bias-gradient sums for all G*H
+    // (each thread touches only its own units, so no two threads write the same element).
+    const ptrdiff_t per_thread = 2 * static_cast<ptrdiff_t>(B) * nub * NR;
+    std::vector<T> scratch(static_cast<size_t>(per_thread) * nt);
+    std::vector<T> sums(static_cast<size_t>(2 * GH), T(0));
+
+    run_team(nt, [&](int tid, int team, Barrier& barrier) {
+        const int ub0 = nub * tid / team, ub1 = nub * (tid + 1) / team;
+        const int u0 = ub0 * NR, u1 = std::min(H, ub1 * NR), nup = (ub1 - ub0) * NR;
+        T* dhr = scratch.data() + per_thread * tid;
+        T* dcs = dhr + static_cast<ptrdiff_t>(B) * nup;
+        for (int b = 0; b < B; ++b)
+            for (int j = 0; j < nup; ++j) {
+                const int u = u0 + j;
+                dhr[b * nup + j] = (a.dh_n && u < u1) ? a.dh_n[b * H + u] : T(0);
+                dcs[b * nup + j] = (a.dc_n && u < u1) ? a.dc_n[b * H + u] : T(0);
+            }
+        T* sbi = sums.data();
+        T* sbh = sums.data() + GH;
+        for (int t = a.T_ - 1; t >= 0; --t) {
+            for (int b = 0; b < B; ++b) {
+                T* dh = dhr + b * nup;
+                T* dc = dcs + b * nup;
+                int u = u0;
+                for (; u + W <= u1; u += W)
+                    backward_units<T, typename S::V, VecMath<T>>(a, t, b, u, u - u0, dh, dc, sbi, sbh);
+                for (; u < u1; ++u) backward_units<T, T, ScalarMath<T>>(a, t, b, u, u - u0, dh, dc, sbi, sbh);
+            }
+            barrier.wait();
+            const T* dg = dhg_all + static_cast<ptrdiff_t>(t) * B * GH;
+            for (int kb = ub0; kb < ub1; ++kb) {
+                const T* panel = a.wb + kb * GH * NR;
+                T* c = dhr + (kb - ub0) * NR;
+                for (int b = 0; b < B; b += MR)
+                    ukernel<T>(std::min(MR, B - b), GH, dg + b * GH, GH, 1, panel, c + b * nup, nup, NR, true);
+            }
+        }
+        for (int b = 0; b < B; ++b)
+            for (int u = u0; u < u1; ++u) {
+                a.dh0[b * H + u] = dhr[b * nup + u - u0];
+                if (a.cell == kLstm && a.dc0) a.dc0[b * H + u] = dcs[b * nup + u - u0];
+            }
+        for (int g = 0; g < G; ++g)
+            for (int u = u0; u < u1; ++u) {
+                if (a.db_ih) a.db_ih[g * H + u] += sbi[g * H + u];
+                if (a.db_hh) a.db_hh[g * H + u] += sbh[g * H + u];
+            }
+    });
+}
+
+}  // namespace

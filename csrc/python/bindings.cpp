@@ -1,0 +1,287 @@
+// bindings.cpp: the rnnfast._C module. Array checks, GIL release, and nothing else: no math here.
+//
+// Every entry point checks dtypes, shapes and contiguity of what it is given and raises ValueError or
+// TypeError naming the argument before any kernel runs; kernels run with the GIL released.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "../cpu/kernels.h"
+
+namespace py = pybind11;
+using rnnfast::cpu::Table;
+
+namespace {
+
+enum class DType { f32, f64 };
+
+DType dtype_of(const py::array& a, const char* name) {
+    if (a.dtype().is(py::dtype::of<float>())) return DType::f32;
+    if (a.dtype().is(py::dtype::of<double>())) return DType::f64;
+    throw py::type_error(std::string(name) + ": expected a float32 or float64 array, got dtype " +
+                         py::str(a.dtype()).cast<std::string>());
+}
+
+int cell_id(const std::string& cell) {
+    if (cell == "rnn_tanh") return 0;
+    if (cell == "rnn_relu") return 1;
+    if (cell == "lstm") return 2;
+    if (cell == "gru") return 3;
+    throw py::value_error("cell: expected 'rnn_tanh', 'rnn_relu', 'lstm' or 'gru', got '" + cell + "'");
+}
+int gates_of(int cell) { return cell == 2 ? 4 : cell == 3 ? 3 : 1; }
+int slots_of(int cell) { return cell == 2 ? 5 : cell == 3 ? 4 : 0; }
+
+std::string shape_str(const py::array& a) {
+    std::string s = "(";
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+    return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+// Checks one array argument: dtype, C-contiguity and exact shape. None is allowed when optional.
+template <typename T>
+const T* in_ptr(const py::object& o, const char* name, std::vector<py::ssize_t> shape, bool optional = false) {
+    if (o.is_none()) {
+        if (optional) return nullptr;
+        throw py::type_error(std::string(name) + ": expected an array, got None");
+    }
+    if (!py::isinstance<py::array>(o)) throw py::type_error(std::string(name) + ": expected a numpy array");
+    py::array a = o.cast<py::array>();
+    if (!a.dtype().is(py::dtype::of<T>()))
+        throw py::type_error(std::string(name) + ": expected dtype " + py::str(py::dtype::of<T>()).cast<std::string>() +
+                             ", got " + py::str(a.dtype()).cast<std::string>());
+    bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
+    for (size_t i = 0; ok && i < shape.size(); ++i) ok = a.shape(i) == shape[i];
+    if (!ok) {
+        std::string want = "(";
+        for (size_t i = 0; i < shape.size(); ++i) want += (i ? ", " : "") + std::to_string(shape[i]);
+        throw py::value_error(std::string(name) + ": expected shape " + want + (shape.size() == 1 ? ",)" : ")") +
+                              ", got " + shape_str(a));
+    }
+    if (!(a.flags() & py::array::c_style)) throw py::value_error(std::string(name) + ": expected a C-contiguous array");
+    return static_cast<const T*>(a.data());
+}
+
+template <typename T>
+T* out_ptr(const py::object& o, const char* name, std::vector<py::ssize_t> shape, bool optional = false) {
+    const T* p = in_ptr<T>(o, name, shape, optional);
+    if (p && !o.cast<py::array>().writeable())
+        throw py::value_error(std::string(name) + ": array is read-only");
+    return const_cast<T*>(p);
+}
+
+template <typename T>
+const Table<T>& table();
+template <>
+const Table<float>& table<float>() { return rnnfast::cpu::select().f32; }
+template <>
+const Table<double>& table<double>() { return rnnfast::cpu::select().f64; }
+
+// Packed recurrent weights, with a copy of the source so that a changed weight is never served stale.
+class Packed {
+  public:
+    Packed(py::array w, int gates) : gates_(gates) {
+        dtype_ = dtype_of(w, "weight_hh");
+        if (w.ndim() != 2 || gates <= 0 || w.shape(0) != gates * w.shape(1) || w.shape(1) < 1)
+            throw py::value_error("weight_hh: expected shape (G*H, H) with G=" + std::to_string(gates) + ", got " +
+                                  shape_str(w));
+        if (!(w.flags() & py::array::c_style)) throw py::value_error("weight_hh: expected a C-contiguous array");
+        H_ = static_cast<int>(w.shape(1));
+        source_.assign(static_cast<const char*>(w.data()), static_cast<const char*>(w.data()) + w.nbytes());
+        if (dtype_ == DType::f32) build<float>(); else build<double>();
+    }
+
+    // True when w has the same dtype, shape and bytes as the packed source.
+    bool matches(const py::array& w) const {
+        if (w.ndim() != 2 || w.shape(0) != gates_ * H_ || w.shape(1) != H_) return false;
+        if ((dtype_ == DType::f32) != w.dtype().is(py::dtype::of<float>())) return false;
+        if (!(w.flags() & py::array::c_style)) return false;
+        return static_cast<size_t>(w.nbytes()) == source_.size() &&
+               std::memcmp(w.data(), source_.data(), source_.size()) == 0;
+    }
+
+    template <typename T>
+    const T* forward_panels() const { return reinterpret_cast<const T*>(fwd_.get()); }
+
+    // The backward layout is built on first use: inference never pays for it.
+    template <typename T>
+    const T* backward_panels() {
+        std::call_once(bwd_once_, [this] {
+            bwd_ = alloc(sizeof(T) * table<T>().packed_size(gates_, H_));
+            table<T>().pack_backward(reinterpret_cast<const T*>(source_.data()), gates_, H_,
+                                     reinterpret_cast<T*>(bwd_.get()));
+        });
+        return reinterpret_cast<const T*>(bwd_.get());
+    }
+
+    int gates() const { return gates_; }
+    int hidden() const { return H_; }
+    DType dtype() const { return dtype_; }
+
+  private:
+    struct Free { void operator()(void* p) const { std::free(p); } };
+    using Buf = std::unique_ptr<void, Free>;
+    static Buf alloc(size_t bytes) {
+        void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
+        if (!p) throw std::bad_alloc();
+        return Buf(p);
+    }
+    template <typename T>
+    void build() {
+        fwd_ = alloc(sizeof(T) * table<T>().packed_size(gates_, H_));
+        table<T>().pack_forward(reinterpret_cast<const T*>(source_.data()), gates_, H_, reinterpret_cast<T*>(fwd_.get()));
+    }
+
+    int gates_, H_;
+    DType dtype_;
+    std::vector<char> source_;
+    Buf fwd_, bwd_;
+    std::once_flag bwd_once_;
+};
+
+int check_threads(int threads) {
+    if (threads < 1) throw py::value_error("threads: expected a positive integer, got " + std::to_string(threads));
+    return threads;
+}
+
+template <typename T>
+void forward_t(int cell, const py::array& xp, const py::object& h0, const py::object& c0, Packed& w,
+               const py::object& b_ih, const py::object& b_hh, const py::object& y, const py::object& h_n,
+               const py::object& c_n, const py::object& ws, int threads) {
+    const int G = gates_of(cell), H = w.hidden();
+    if (w.gates() != G) throw py::value_error("weight_hh: packed for a different cell");
+    if (xp.ndim() != 3) throw py::value_error("xp: expected a 3-D array (T, B, G*H), got " + shape_str(xp));
+    const py::ssize_t T_ = xp.shape(0), B = xp.shape(1);
+    if (B < 1) throw py::value_error("xp: batch size must be at least 1");
+    rnnfast::cpu::ForwardCall<T> c{};
+    c.cell = cell; c.T_ = static_cast<int>(T_); c.B = static_cast<int>(B); c.I = 0; c.H = H;
+    c.xp = in_ptr<T>(xp, "xp", {T_, B, G * H});
+    c.h0 = in_ptr<T>(h0, "h0", {B, H});
+    c.c0 = in_ptr<T>(c0, "c0", {B, H}, cell != 2);
+    c.wf = w.forward_panels<T>();
+    c.b_ih = in_ptr<T>(b_ih, "b_ih", {G * H}, true);
+    c.b_hh = in_ptr<T>(b_hh, "b_hh", {G * H}, true);
+    c.y = out_ptr<T>(y, "y", {T_, B, H});
+    c.h_n = out_ptr<T>(h_n, "h_n", {B, H});
+    c.c_n = out_ptr<T>(c_n, "c_n", {B, H}, cell != 2);
+    c.ws = out_ptr<T>(ws, "ws", {T_, B, slots_of(cell) * H}, true);
+    if (cell == 2 && c.ws == nullptr && !ws.is_none()) throw py::value_error("ws: invalid");
+    py::gil_scoped_release nogil;
+    table<T>().forward(c, threads);
+}
+
+template <typename T>
+void backward_t(int cell, Packed& w, const py::object& h0, const py::object& c0, const py::array& y,
+                const py::object& ws, const py::object& dy, const py::object& dh_n, const py::object& dc_n,
+                const py::object& dxg, const py::object& dhg, const py::object& dh0, const py::object& dc0,
+                const py::object& db_ih, const py::object& db_hh, int threads) {
+    const int G = gates_of(cell), H = w.hidden();
+    if (w.gates() != G) throw py::value_error("weight_hh: packed for a different cell");
+    if (y.ndim() != 3) throw py::value_error("y: expected a 3-D array (T, B, H), got " + shape_str(y));
+    const py::ssize_t T_ = y.shape(0), B = y.shape(1);
+    rnnfast::cpu::BackwardCall<T> c{};
+    c.cell = cell; c.T_ = static_cast<int>(T_); c.B = static_cast<int>(B); c.H = H;
+    c.y = in_ptr<T>(y, "y", {T_, B, H});
+    c.h0 = in_ptr<T>(h0, "h0", {B, H});
+    c.c0 = in_ptr<T>(c0, "c0", {B, H}, cell != 2);
+    c.ws = in_ptr<T>(ws, "ws", {T_, B, slots_of(cell) * H}, cell < 2);
+    c.dy = in_ptr<T>(dy, "dy", {T_, B, H}, true);
+    c.dh_n = in_ptr<T>(dh_n, "dh_n", {B, H}, true);
+    c.dc_n = in_ptr<T>(dc_n, "dc_n", {B, H}, true);
+    c.dxg = out_ptr<T>(dxg, "dxg", {T_, B, G * H});
+    c.dhg = out_ptr<T>(dhg, "dhg", {T_, B, G * H}, cell != 3);
+    c.dh0 = out_ptr<T>(dh0, "dh0", {B, H});
+    c.dc0 = out_ptr<T>(dc0, "dc0", {B, H}, true);
+    c.db_ih = out_ptr<T>(db_ih, "db_ih", {G * H}, true);
+    c.db_hh = out_ptr<T>(db_hh, "db_hh", {G * H}, true);
+    c.wb = w.backward_panels<T>();
+    py::gil_scoped_release nogil;
+    table<T>().backward(c, threads);
+}
+
+template <typename T>
+void gemm_t(const py::array& a, const py::array& b, const py::array& c, bool accumulate, int threads) {
+    if (a.ndim() != 2 || b.ndim() != 2 || c.ndim() != 2)
+        throw py::value_error("gemm: a, b and c must be 2-D");
+    const py::ssize_t M = a.shape(0), K = a.shape(1), N = b.shape(1);
+    if (b.shape(0) != K) throw py::value_error("b: expected " + std::to_string(K) + " rows, got " + shape_str(b));
+    if (c.shape(0) != M || c.shape(1) != N)
+        throw py::value_error("c: expected shape (" + std::to_string(M) + ", " + std::to_string(N) + "), got " +
+                              shape_str(c));
+    if (!b.dtype().is(a.dtype()) || !c.dtype().is(a.dtype())) throw py::type_error("gemm: a, b and c must share a dtype");
+    if (c.strides(1) != static_cast<py::ssize_t>(sizeof(T)) || c.strides(0) < N * static_cast<py::ssize_t>(sizeof(T)))
+        throw py::value_error("c: rows must be contiguous");
+    if (!c.writeable()) throw py::value_error("c: array is read-only");
+    const py::ssize_t s = sizeof(T);
+    rnnfast::cpu::GemmCall<T> g{M, N, K,
+                                static_cast<const T*>(a.data()), a.strides(0) / s, a.strides(1) / s,
+                                static_cast<const T*>(b.data()), b.strides(0) / s, b.strides(1) / s,
+                                static_cast<T*>(const_cast<void*>(c.data())), c.strides(0) / s, accumulate};
+    py::gil_scoped_release nogil;
+    table<T>().gemm(g, threads);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+    m.doc() = "rnnfast CPU kernels (fused recurrences, packed weights, GEMM). Internal: use rnnfast.functional.";
+    m.def("isa", [] { return std::string(rnnfast::cpu::select().name); },
+          "The instruction-set build the kernels run on (avx512, avx2 or generic).");
+    m.def("panel_width", [](const py::dtype& dt) {
+        return dt.is(py::dtype::of<float>()) ? table<float>().panel_width : table<double>().panel_width;
+    });
+
+    py::class_<Packed>(m, "PackedWeights")
+        .def(py::init<py::array, int>(), py::arg("weight_hh"), py::arg("gates"))
+        .def("matches", &Packed::matches, py::arg("weight_hh"),
+             "True when weight_hh still equals (same dtype, shape and bytes) the weights that were packed.")
+        .def_property_readonly("gates", &Packed::gates)
+        .def_property_readonly("hidden_size", &Packed::hidden);
+
+    m.def("forward",
+          [](const std::string& cell, const py::array& xp, const py::object& h0, const py::object& c0, Packed& w,
+             const py::object& b_ih, const py::object& b_hh, const py::object& y, const py::object& h_n,
+             const py::object& c_n, const py::object& ws, int threads) {
+              const int id = cell_id(cell);
+              check_threads(threads);
+              if (dtype_of(xp, "xp") != w.dtype()) throw py::type_error("xp: dtype differs from the weights'");
+              if (w.dtype() == DType::f32) forward_t<float>(id, xp, h0, c0, w, b_ih, b_hh, y, h_n, c_n, ws, threads);
+              else forward_t<double>(id, xp, h0, c0, w, b_ih, b_hh, y, h_n, c_n, ws, threads);
+          },
+          py::arg("cell"), py::arg("xp"), py::arg("h0"), py::arg("c0"), py::arg("weight_hh"), py::arg("b_ih"),
+          py::arg("b_hh"), py::arg("y"), py::arg("h_n"), py::arg("c_n"), py::arg("ws"), py::arg("threads"),
+          "Runs all T steps of the recurrence; writes y, h_n, c_n and (training) the workspace ws.");
+
+    m.def("backward",
+          [](const std::string& cell, Packed& w, const py::object& h0, const py::object& c0, const py::array& y,
+             const py::object& ws, const py::object& dy, const py::object& dh_n, const py::object& dc_n,
+             const py::object& dxg, const py::object& dhg, const py::object& dh0, const py::object& dc0,
+             const py::object& db_ih, const py::object& db_hh, int threads) {
+              const int id = cell_id(cell);
+              check_threads(threads);
+              if (dtype_of(y, "y") != w.dtype()) throw py::type_error("y: dtype differs from the weights'");
+              if (w.dtype() == DType::f32)
+                  backward_t<float>(id, w, h0, c0, y, ws, dy, dh_n, dc_n, dxg, dhg, dh0, dc0, db_ih, db_hh, threads);
+              else
+                  backward_t<double>(id, w, h0, c0, y, ws, dy, dh_n, dc_n, dxg, dhg, dh0, dc0, db_ih, db_hh, threads);
+          },
+          py::arg("cell"), py::arg("weight_hh"), py::arg("h0"), py::arg("c0"), py::arg("y"), py::arg("ws"),
+          py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("dxg"), py::arg("dhg"), py::arg("dh0"),
+          py::arg("dc0"), py::arg("db_ih"), py::arg("db_hh"), py::arg("threads"),
+          "BPTT through a training forward: writes dxg (and dhg for GRU), dh0, dc0; adds into db_ih, db_hh.");
+
+    m.def("gemm",
+          [](const py::array& a, const py::array& b, const py::array& c, bool accumulate, int threads) {
+              check_threads(threads);
+              if (dtype_of(a, "a") == DType::f32) gemm_t<float>(a, b, c, accumulate, threads);
+              else gemm_t<double>(a, b, c, accumulate, threads);
+          },
+          py::arg("a"), py::arg("b"), py::arg("c"), py::arg("accumulate") = false, py::arg("threads") = 1,
+          "c = a @ b, or c += a @ b with accumulate=True. a and b may be any strided 2-D views.");
+}

@@ -1,0 +1,10 @@
+"""rnnfast: fused C++ kernels for RNN, LSTM and GRU, forward and backpropagation through time,
+behind a torch.nn-like NumPy API. See README.md."""
+__version__ = "0.1.0"
+
+from .backend import get_num_threads, isa, matmul, set_num_threads
+from .layers import GRU, LSTM, RNN
+from .module import Module, Parameter
+
+__all__ = ["RNN", "LSTM", "GRU", "Module", "Parameter", "set_num_threads", "get_num_threads", "matmul", "isa",
+           "__version__"]

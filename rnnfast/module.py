@@ -1,0 +1,102 @@
+"""Parameters and the module base class: named parameters, state dicts, train/eval, gradients."""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+
+class Parameter:
+    """A trainable array: ``data`` holds the value, ``grad`` the accumulated gradient (same shape/dtype).
+
+    Both are plain NumPy arrays that may be updated in place (``p.data -= lr * p.grad``); kernels never
+    serve weights packed from an older value.
+    """
+
+    __slots__ = ("data", "grad")
+
+    def __init__(self, data: np.ndarray):
+        self.data = data
+        self.grad = np.zeros_like(data)
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    def __repr__(self):
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+def _to_numpy(value, name: str) -> np.ndarray:
+    """A NumPy array from a NumPy array or a torch tensor (any device), without importing torch."""
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch.Tensor
+        return value.detach().cpu().numpy()
+    raise TypeError(f"state_dict[{name!r}]: expected a numpy array or a torch tensor, got {type(value).__name__}")
+
+
+class Module:
+    """Base class: subclasses register parameters in ``self._params`` (an ordered name -> Parameter map)."""
+
+    def __init__(self):
+        self._params: OrderedDict[str, Parameter] = OrderedDict()
+        self.training = True
+
+    def named_parameters(self):
+        return list(self._params.items())
+
+    def parameters(self):
+        return list(self._params.values())
+
+    def __getattr__(self, name):
+        params = self.__dict__.get("_params")
+        if params is not None and name in params:
+            return params[name].data
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def train(self, mode: bool = True):
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self):
+        for p in self._params.values():
+            p.grad[...] = 0
+
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        return OrderedDict((k, p.data.copy()) for k, p in self._params.items())
+
+    def load_state_dict(self, state_dict) -> None:
+        """Loads every parameter from a mapping of NumPy arrays or torch tensors (e.g. a torch.nn module's
+        state_dict). All entries are checked first; on any error nothing is changed."""
+        if not hasattr(state_dict, "keys"):
+            raise TypeError(f"state_dict: expected a mapping, got {type(state_dict).__name__}")
+        missing = [k for k in self._params if k not in state_dict]
+        unexpected = [k for k in state_dict.keys() if k not in self._params]
+        problems = []
+        if missing:
+            problems.append(f"missing keys {missing}")
+        if unexpected:
+            problems.append(f"unexpected keys {unexpected}")
+        arrays = {}
+        for k, p in self._params.items():
+            if k not in state_dict:
+                continue
+            a = _to_numpy(state_dict[k], k)
+            if a.shape != p.data.shape:
+                problems.append(f"{k}: expected shape {p.data.shape}, got {a.shape}")
+            elif not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+                problems.append(f"{k}: expected a real array, got dtype {a.dtype}")
+            else:
+                arrays[k] = a
+        if problems:
+            raise ValueError("load_state_dict: " + "; ".join(problems))
+        for k, a in arrays.items():
+            self._params[k].data[...] = a
