@@ -217,6 +217,15 @@ def physical_cores():
         return None
 
 
+def loadavg():
+    """1-minute load average at start: a busy machine makes every number here unreliable."""
+    try:
+        with open("/proc/loadavg") as f:
+            return f.read().split()[0]
+    except OSError:
+        return None
+
+
 def gemm_rates(rnnfast, n=2048, repeats=5):
     """GFLOP/s of an n^3 float32 GEMM per library: {name: gflops or error string}."""
     rng = np.random.default_rng(1)
@@ -488,7 +497,8 @@ def table(results, roofline):
     for r in results:
         rs = r["rnnfast_s"]
         if rs is not None:
-            us = f"{rs / r['T'] * 1e6:.1f}"
+            us_v = rs / r["T"] * 1e6
+            us = f"{us_v:.2f}" if us_v < 10 else f"{us_v:.1f}"
             gf = r["flops"] / rs / 1e9
             gfs = f"{gf:.1f}"
             roof = f"{100.0 * gf / roofline:.1f}%" if roofline else "n/a"
@@ -541,12 +551,13 @@ def main(args=None):
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
         "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
         "dtype": args.dtype,
+        "loadavg": loadavg(),
     }
     print(f"# CPU: {info['cpu']} | cores: {info['physical_cores'] or '?'} physical / {info['logical_cpus']} logical"
           f" | threads: {nthreads} | python {info['python']} | numpy {info['numpy']}"
           f" | torch {info['torch'] or 'not installed'} | rnnfast {info['rnnfast'] or 'not available'}"
           f" | OPENBLAS_CORETYPE={info['OPENBLAS_CORETYPE'] if info['OPENBLAS_CORETYPE'] is not None else '(unset)'}"
-          f" | dtype {args.dtype}")
+          f" | dtype {args.dtype} | loadavg {info['loadavg'] or '?'}")
     if rnnfast is None and not args.no_rnnfast:
         print(f"# rnnfast unavailable: {rnnfast_err}")
     if ref is None and not args.no_reference:

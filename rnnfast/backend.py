@@ -22,24 +22,31 @@ def _default_threads() -> int:
 
 
 _num_threads = _default_threads()
+_exact = False
 
 
-def set_num_threads(n: int) -> None:
+def set_num_threads(n: int, exact: bool = False) -> None:
     """Sets the largest number of threads a kernel call may use (default: the cores available).
 
-    Kernels use fewer where a problem is too small to gain from more. Results do not depend on it.
+    Kernels use fewer where a problem is too small to gain from more, unless ``exact=True`` (for tests of
+    the threaded paths on small shapes). Results do not depend on the thread count.
     """
-    global _num_threads
+    global _num_threads, _exact
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
     if n < 1:
         raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
-    _num_threads = int(n)
+    _num_threads, _exact = int(n), bool(exact)
 
 
 def get_num_threads() -> int:
     """The largest number of threads a kernel call may use."""
     return _num_threads
+
+
+def _threads_arg() -> int:
+    """The kernels' thread argument: n = at most n, -n = exactly n."""
+    return -_num_threads if _exact else _num_threads
 
 
 def isa() -> str:
@@ -70,5 +77,5 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, accumula
         out = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
     elif np.shares_memory(out, a) or np.shares_memory(out, b):
         raise ValueError("matmul: out overlaps an input")
-    _C.gemm(a, b, out, accumulate, _num_threads)
+    _C.gemm(a, b, out, accumulate, _threads_arg())
     return out

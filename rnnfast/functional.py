@@ -31,11 +31,12 @@ def _empty(shape, dtype) -> np.ndarray:
     return np.full(shape, np.nan, dtype=dtype) if poison_outputs else np.empty(shape, dtype=dtype)
 
 
-def packed_weights(w_hh: np.ndarray, gates: int, cached: "_C.PackedWeights | None") -> "_C.PackedWeights":
-    """W_hh packed for the kernels; reuses `cached` only while it still holds exactly these bytes."""
-    if cached is not None and cached.matches(w_hh):
+def packed_weights(w: np.ndarray, gates: int, cached: "_C.PackedWeights | None") -> "_C.PackedWeights":
+    """A weight packed for the kernels (gates=G: a W_hh; gates=0: a W_ih for x @ W_ih^T). Reuses `cached`
+    only while it still holds exactly these bytes, so an in-place update is never served stale."""
+    if cached is not None and cached.matches(w):
         return cached
-    return _C.PackedWeights(w_hh, gates)
+    return _C.PackedWeights(w, gates)
 
 
 @dataclass
@@ -52,20 +53,22 @@ class Saved:
     ws: np.ndarray | None
 
 
-def layer_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, packed, training):
-    """One layer, one direction. Returns (y, h_n, c_n, saved); saved is None unless training."""
+def layer_forward(cell, x, h0, c0, w_ih, b_ih, b_hh, packed_ih, packed, training):
+    """One layer, one direction; packed_ih and packed are W_ih and W_hh from packed_weights().
+    Returns (y, h_n, c_n, saved); saved is None unless training."""
     T, B, I = x.shape
-    H = w_hh.shape[1]
+    H = packed.hidden_size
     G = GATES[cell]
     dtype = x.dtype
+    threads = backend._threads_arg()
     xp = _empty((T, B, G * H), dtype)
     if T:
-        backend.matmul(x.reshape(T * B, I), w_ih.T, out=xp.reshape(T * B, G * H))
+        _C.gemm_packed(x.reshape(T * B, I), packed_ih, xp.reshape(T * B, G * H), False, threads)
     y = _empty((T, B, H), dtype)
     h_n = _empty((B, H), dtype)
     c_n = _empty((B, H), dtype) if cell == "lstm" else None
     ws = _empty((T, B, SLOTS[cell] * H), dtype) if training and SLOTS[cell] else None
-    _C.forward(cell, xp, h0, c0, packed, b_ih, b_hh, y, h_n, c_n, ws, backend.get_num_threads())
+    _C.forward(cell, xp, h0, c0, packed, b_ih, b_hh, y, h_n, c_n, ws, threads)
     saved = Saved(cell, x, h0, c0, w_ih.copy(), packed, y, ws) if training else None
     return y, h_n, c_n, saved
 
@@ -83,7 +86,7 @@ def layer_backward(saved: Saved, dy, dh_n, dc_n, grads):
     dh0 = _empty((B, H), dtype)
     dc0 = _empty((B, H), dtype) if s.cell == "lstm" else None
     _C.backward(s.cell, s.packed, s.h0, s.c0, s.y, s.ws, dy, dh_n, dc_n, dxg, dhg, dh0, dc0,
-                grads["b_ih"], grads["b_hh"], backend.get_num_threads())
+                grads["b_ih"], grads["b_hh"], backend._threads_arg())
     dx = _empty((T, B, I), dtype)
     if T:
         dxg2 = dxg.reshape(T * B, G * H)

@@ -74,7 +74,9 @@ class _RNNBase(Module):
             shapes += [("bias_ih_l0", (G * H,)), ("bias_hh_l0", (G * H,))]
         for name, shape in shapes:
             self._params[name] = Parameter(rng.uniform(-k, k, size=shape).astype(self.dtype))
-        self._packed = None  # W_hh packed for the kernels, revalidated against the live weights each call
+        # W_ih and W_hh packed for the kernels, revalidated against the live weights at each call.
+        self._packed_ih = None
+        self._packed = None
         self._saved = None  # what the last training forward kept for backward
         self._layout = None  # (T, B, batched) of that forward, to check dy against
 
@@ -131,14 +133,17 @@ class _RNNBase(Module):
         if self.training or not x_tm.flags.c_contiguous:
             x_tm = np.array(x_tm, order="C", copy=True)  # backward must see the input of this forward
         p = self._params
-        w_hh = p["weight_hh_l0"].data
-        self._packed = functional.packed_weights(w_hh, functional.GATES[self._cell], self._packed)
+        w_ih = p["weight_ih_l0"].data
+        self._packed_ih = functional.packed_weights(w_ih, 0, self._packed_ih)
+        self._packed = functional.packed_weights(p["weight_hh_l0"].data, functional.GATES[self._cell], self._packed)
         b_ih = p["bias_ih_l0"].data if self.bias else None
         b_hh = p["bias_hh_l0"].data if self.bias else None
-        y, h_n, c_n, saved = functional.layer_forward(self._cell, x_tm, h0, c0, p["weight_ih_l0"].data, w_hh,
-                                                      b_ih, b_hh, self._packed, self.training)
+        y, h_n, c_n, saved = functional.layer_forward(self._cell, x_tm, h0, c0, w_ih, b_ih, b_hh, self._packed_ih,
+                                                      self._packed, self.training)
         if self.training:
             self._saved, self._layout = saved, (T, B, batched)
+            # y is also the saved activation backward reads: hand it out read-only instead of copying it.
+            y.flags.writeable = False
         return self._to_user(y, batched), self._state_out(h_n, batched), self._state_out(c_n, batched)
 
     def _to_user(self, a, batched):

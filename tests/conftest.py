@@ -14,18 +14,24 @@ this directory is on ``sys.path`` so that works under every pytest import mode):
   ``layer_backward`` -- build a layer for a cell name ("rnn_tanh", "rnn_relu", "lstm", "gru"),
   deterministic random inputs and weights, the float64 NumPy-reference results, and run the
   layer's forward/backward with the torch.nn-like calling conventions of each cell.
-* fixture ``num_threads`` -- parametrised over 1 and 2 rnnfast threads; restores the previous
-  setting afterwards.
+* fixture ``num_threads`` -- parametrised over 1 and 2 rnnfast threads, and 2 threads with
+  ``exact=True`` where the package has it (forces the threaded split even on small shapes, which
+  the kernels would otherwise run on one thread); restores the previous setting afterwards.
 
 A note on poisoning
 -------------------
 Kernel tests often fill output buffers with NaN ("poison") before a call to prove that every
 element is written. rnnfast's layers allocate their outputs (y, h_n, c_n, dx, dh0, dc0) freshly
-and expose no way to pass in pre-poisoned buffers, so the layer tests cannot poison. Instead every
-comparison here is over *all* elements of every output and gradient against the NumPy reference
-(or torch), and ``assert_close`` fails on any NaN or inf in the result: an element that was never
-written holds garbage (often 0 or NaN from ``np.empty``), which shows up as a mismatch with the
-reference given random, non-degenerate inputs.
+and take no caller-provided output buffers, so the layer tests cannot poison through the public
+API. Instead every comparison here is over *all* elements of every output and gradient against
+the NumPy reference (or torch), and ``assert_close`` fails on any NaN or inf in the result: an
+element that was never written holds garbage (often 0 or NaN from ``np.empty``), which shows up as
+a mismatch with the reference given random, non-degenerate inputs.
+
+Where the package offers the private switch ``rnnfast.functional.poison_outputs`` (allocate every
+kernel output and workspace filled with NaN instead of ``np.empty``), the fixture
+``poison_outputs`` turns it on for the duration of a test (the layer test modules use it for every
+test), so that an unwritten element is NaN for certain; without the switch it does nothing.
 """
 
 import os
@@ -242,14 +248,45 @@ def grads_of(m):
     return {n: p.grad for n, p in m.named_parameters()}
 
 
-@pytest.fixture(params=[1, 2], ids=["threads1", "threads2"])
+def set_threads(n, exact=False):
+    """rnnfast.set_num_threads(n), with exact=True where the package has that option (it makes the
+    kernels use exactly n threads even on shapes too small to gain from them, so that the threaded
+    split is exercised by small tests). Skips the test if exact is asked for but not available."""
+    import rnnfast
+
+    if not exact:
+        rnnfast.set_num_threads(n)
+        return
+    try:
+        rnnfast.set_num_threads(n, exact=True)
+    except TypeError:
+        pytest.skip("rnnfast.set_num_threads has no exact= option")
+
+
+@pytest.fixture(params=[(1, False), (2, False), (2, True)],
+                ids=["threads1", "threads2", "threads2exact"])
 def num_threads(request):
-    """Run the test with rnnfast.set_num_threads(1) and (2); restore the old setting afterwards."""
+    """Run the test with rnnfast.set_num_threads(1), (2) and (2, exact=True); restore afterwards."""
     import rnnfast
 
     old = rnnfast.get_num_threads()
-    rnnfast.set_num_threads(request.param)
+    n, exact = request.param
     try:
-        yield request.param
+        set_threads(n, exact)
+        assert rnnfast.get_num_threads() == n
+        yield n
     finally:
         rnnfast.set_num_threads(old)
+
+
+@pytest.fixture
+def poison_outputs(monkeypatch):
+    """Turn on rnnfast.functional.poison_outputs (NaN-filled kernel outputs) where it exists."""
+    try:
+        from rnnfast import functional
+    except ImportError:
+        return False
+    if not hasattr(functional, "poison_outputs"):
+        return False
+    monkeypatch.setattr(functional, "poison_outputs", True)
+    return True

@@ -17,6 +17,9 @@ from conftest import (CELLS, DTYPE_IDS, DTYPES, assert_close, grads_of,  # noqa:
 
 import rnnfast  # noqa: E402
 
+# Every kernel output starts as NaN where the package supports it (see conftest.py).
+pytestmark = pytest.mark.usefixtures("poison_outputs")
+
 BAD = (ValueError, TypeError)
 # Errors of state rather than of an argument (backward with no forward to go through).
 BAD_STATE = (ValueError, TypeError, RuntimeError)
@@ -439,7 +442,10 @@ def test_caller_changing_returned_outputs_does_not_change_backward(cell):
     r = reference_run(cell, p["weights"], p["x"], p["h0"], p["c0"], p["dy"], p["dh_n"],
                       p["dc_n"])
     y, h_n, c_n = layer_forward(m, cell, p["x"], h0, c0)
-    y[...] = 0.5
+    # A training forward's y is the activation backward reads: it comes back read-only (like torch,
+    # which refuses to differentiate through a tensor modified in place) rather than silently shared.
+    with pytest.raises(ValueError, match="read-only"):
+        y[...] = 0.5
     h_n[...] = 0.5
     if c_n is not None:
         c_n[...] = 0.5

@@ -17,6 +17,9 @@ from conftest import (CELLS, DTYPE_IDS, DTYPES, assert_close, grads_of,  # noqa:
                       layer_backward, layer_forward, make_layer, max_abs, random_problem,
                       require_torch, tol_for)
 
+# Every kernel output starts as NaN where the package supports it (see conftest.py).
+pytestmark = pytest.mark.usefixtures("poison_outputs")
+
 
 def torch_module(torch, cell, I, H, bias=True, batch_first=False, dtype=None):
     """The torch.nn module for a cell name."""

@@ -119,17 +119,23 @@ inline void ukernel(int m, ptrdiff_t K, const T* a, ptrdiff_t a_rs, ptrdiff_t a_
     }
 }
 
-// rows x cols block of C (+)= A * Bp[panels], A row i at a + i*a_rs. Panels are consecutive, each K*NR.
+// C[0:rows, 0:cols] (+)= A * Bp, A read in place (row i at a + i*a_rs), Bp consecutive panels of K*NR
+// (a matrix packed once, e.g. a layer's W_ih^T). Rows go in blocks that stay in L2 while every panel
+// passes over them; a panel stays in L1 across the tiles of a block.
 template <typename T>
-inline void gemm_rows_panels(int rows, int cols, ptrdiff_t K, const T* a, ptrdiff_t a_rs, ptrdiff_t a_ks,
-                             const T* bp, T* c, ptrdiff_t ldc, bool accumulate) {
+inline void gemm_rows_panels(ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t K, const T* a, ptrdiff_t a_rs,
+                             ptrdiff_t a_ks, const T* bp, T* c, ptrdiff_t ldc, bool accumulate) {
     constexpr int NR = Tile<T>::NR, MR = Tile<T>::MR;
-    for (int j = 0; j < cols; j += NR) {
-        const T* panel = bp + static_cast<ptrdiff_t>(j / NR) * K * NR;
-        const int n = std::min(NR, cols - j);
-        for (int i = 0; i < rows; i += MR)
-            ukernel<T>(std::min(MR, rows - i), K, a + i * a_rs, a_rs, a_ks, panel, c + i * ldc + j, ldc, n,
-                       accumulate);
+    const ptrdiff_t MC = std::max<ptrdiff_t>(MR, (128 * 1024 / sizeof(T) / std::max<ptrdiff_t>(K, 1)) / MR * MR);
+    for (ptrdiff_t i0 = 0; i0 < rows; i0 += MC) {
+        const ptrdiff_t mc = std::min(MC, rows - i0);
+        for (ptrdiff_t j = 0; j < cols; j += NR) {
+            const T* panel = bp + (j / NR) * K * NR;
+            const int n = static_cast<int>(std::min<ptrdiff_t>(NR, cols - j));
+            for (ptrdiff_t i = i0; i < i0 + mc; i += MR)
+                ukernel<T>(static_cast<int>(std::min<ptrdiff_t>(MR, i0 + mc - i)), K, a + i * a_rs, a_rs, a_ks,
+                           panel, c + i * ldc + j, ldc, n, accumulate);
+        }
     }
 }
 

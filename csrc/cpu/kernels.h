@@ -31,6 +31,16 @@ struct GemmCall {
     bool accumulate;
 };
 
+// C (+)= A Bp, where Bp holds a matrix B (K x N) packed by pack_matrix (panels of NR columns).
+template <typename T>
+struct PackedGemmCall {
+    ptrdiff_t M, N, K;
+    const T* a; ptrdiff_t a_rs, a_ks;
+    const T* bp;
+    T* c; ptrdiff_t ldc;
+    bool accumulate;
+};
+
 template <typename T>
 struct Table {
     int panel_width;                              // NR: packed layouts depend on it
@@ -40,6 +50,9 @@ struct Table {
     void (*forward)(const ForwardCall<T>&, int threads);
     void (*backward)(const BackwardCall<T>&, int threads);
     void (*gemm)(const GemmCall<T>&, int threads);
+    // Packs B(k, n) = w[n*K + k] (B = w^T for a row-major w of shape (N, K)) into panels; size N_pad*K.
+    void (*pack_matrix_t)(const T* w, ptrdiff_t N, ptrdiff_t K, T* out);
+    void (*gemm_packed)(const PackedGemmCall<T>&, int threads);
 };
 
 struct Isa {

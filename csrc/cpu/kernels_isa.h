@@ -25,7 +25,7 @@ template <typename T>
 void gemm_entry(const rnnfast::cpu::GemmCall<T>& g, int threads) {
     constexpr int NR = Tile<T>::NR, MR = Tile<T>::MR;
     const double flops = 2.0 * g.M * g.N * g.K;
-    int nt = std::max(1, std::min<int>(threads, static_cast<int>(flops / 2e6)));
+    int nt = threads < 0 ? -threads : std::max(1, std::min<int>(threads, static_cast<int>(flops / 2e6)));
     const bool by_cols = g.N >= static_cast<ptrdiff_t>(nt) * 4 * NR;
     const ptrdiff_t units = by_cols ? (g.N + NR - 1) / NR : (g.M + MR - 1) / MR;
     nt = static_cast<int>(std::max<ptrdiff_t>(1, std::min<ptrdiff_t>(nt, units)));
@@ -41,9 +41,34 @@ void gemm_entry(const rnnfast::cpu::GemmCall<T>& g, int threads) {
 }
 
 template <typename T>
+void pack_matrix_t_entry(const T* w, ptrdiff_t N, ptrdiff_t K, T* out) {
+    pack_panels<T>(w, 1, K, 0, K, 0, N, out);
+}
+
+template <typename T>
+void gemm_packed_entry(const rnnfast::cpu::PackedGemmCall<T>& g, int threads) {
+    constexpr int NR = Tile<T>::NR, MR = Tile<T>::MR;
+    const double flops = 2.0 * g.M * g.N * g.K;
+    int nt = threads < 0 ? -threads : std::max(1, std::min<int>(threads, static_cast<int>(flops / 2e6)));
+    const ptrdiff_t panels = (g.N + NR - 1) / NR, tiles = (g.M + MR - 1) / MR;
+    const bool by_cols = panels >= static_cast<ptrdiff_t>(nt) * 4 || panels >= tiles;
+    const ptrdiff_t units = by_cols ? panels : tiles;
+    nt = static_cast<int>(std::max<ptrdiff_t>(1, std::min<ptrdiff_t>(nt, units)));
+    run_team(nt, [&](int tid, int team, Barrier&) {
+        const ptrdiff_t q0 = units * tid / team, q1 = units * (tid + 1) / team;
+        if (by_cols)
+            gemm_rows_panels<T>(g.M, std::min(g.N, q1 * NR) - q0 * NR, g.K, g.a, g.a_rs, g.a_ks, g.bp + q0 * NR * g.K,
+                                g.c + q0 * NR, g.ldc, g.accumulate);
+        else
+            gemm_rows_panels<T>(std::min(g.M, q1 * MR) - q0 * MR, g.N, g.K, g.a + q0 * MR * g.a_rs, g.a_rs, g.a_ks,
+                                g.bp, g.c + q0 * MR * g.ldc, g.ldc, g.accumulate);
+    });
+}
+
+template <typename T>
 rnnfast::cpu::Table<T> make_table() {
     return {Tile<T>::NR, &packed_size<T>, &pack_forward<T>, &pack_backward<T>,
-            &forward_entry<T>, &backward_entry<T>, &gemm_entry<T>};
+            &forward_entry<T>, &backward_entry<T>, &gemm_entry<T>, &pack_matrix_t_entry<T>, &gemm_packed_entry<T>};
 }
 
 }  // namespace

@@ -83,23 +83,27 @@ const Table<float>& table<float>() { return rnnfast::cpu::select().f32; }
 template <>
 const Table<double>& table<double>() { return rnnfast::cpu::select().f64; }
 
-// Packed recurrent weights, with a copy of the source so that a changed weight is never served stale.
+// Weights packed for the kernels, with a copy of the source so that a changed weight is never served stale.
+// gates > 0: a recurrent W_hh (G*H, H) in the recurrence kernels' layouts; gates == 0: any (N, K) matrix w
+// packed as the right operand of x @ w^T (a layer's W_ih).
 class Packed {
   public:
     Packed(py::array w, int gates) : gates_(gates) {
-        dtype_ = dtype_of(w, "weight_hh");
-        if (w.ndim() != 2 || gates <= 0 || w.shape(0) != gates * w.shape(1) || w.shape(1) < 1)
-            throw py::value_error("weight_hh: expected shape (G*H, H) with G=" + std::to_string(gates) + ", got " +
-                                  shape_str(w));
-        if (!(w.flags() & py::array::c_style)) throw py::value_error("weight_hh: expected a C-contiguous array");
-        H_ = static_cast<int>(w.shape(1));
+        dtype_ = dtype_of(w, "weight");
+        if (gates < 0) throw py::value_error("gates: expected >= 0");
+        if (w.ndim() != 2 || w.shape(0) < 1 || w.shape(1) < 1 || (gates > 0 && w.shape(0) != gates * w.shape(1)))
+            throw py::value_error("weight: expected shape " + std::string(gates ? "(G*H, H) with G=" + std::to_string(gates)
+                                                                                 : "(N, K)") + ", got " + shape_str(w));
+        if (!(w.flags() & py::array::c_style)) throw py::value_error("weight: expected a C-contiguous array");
+        rows_ = w.shape(0);
+        cols_ = w.shape(1);
         source_.assign(static_cast<const char*>(w.data()), static_cast<const char*>(w.data()) + w.nbytes());
         if (dtype_ == DType::f32) build<float>(); else build<double>();
     }
 
     // True when w has the same dtype, shape and bytes as the packed source.
     bool matches(const py::array& w) const {
-        if (w.ndim() != 2 || w.shape(0) != gates_ * H_ || w.shape(1) != H_) return false;
+        if (w.ndim() != 2 || w.shape(0) != rows_ || w.shape(1) != cols_) return false;
         if ((dtype_ == DType::f32) != w.dtype().is(py::dtype::of<float>())) return false;
         if (!(w.flags() & py::array::c_style)) return false;
         return static_cast<size_t>(w.nbytes()) == source_.size() &&
@@ -113,15 +117,17 @@ class Packed {
     template <typename T>
     const T* backward_panels() {
         std::call_once(bwd_once_, [this] {
-            bwd_ = alloc(sizeof(T) * table<T>().packed_size(gates_, H_));
-            table<T>().pack_backward(reinterpret_cast<const T*>(source_.data()), gates_, H_,
+            bwd_ = alloc(sizeof(T) * table<T>().packed_size(gates_, hidden()));
+            table<T>().pack_backward(reinterpret_cast<const T*>(source_.data()), gates_, hidden(),
                                      reinterpret_cast<T*>(bwd_.get()));
         });
         return reinterpret_cast<const T*>(bwd_.get());
     }
 
     int gates() const { return gates_; }
-    int hidden() const { return H_; }
+    int hidden() const { return static_cast<int>(cols_); }
+    py::ssize_t rows() const { return rows_; }
+    py::ssize_t cols() const { return cols_; }
     DType dtype() const { return dtype_; }
 
   private:
@@ -134,19 +140,28 @@ class Packed {
     }
     template <typename T>
     void build() {
-        fwd_ = alloc(sizeof(T) * table<T>().packed_size(gates_, H_));
-        table<T>().pack_forward(reinterpret_cast<const T*>(source_.data()), gates_, H_, reinterpret_cast<T*>(fwd_.get()));
+        const T* w = reinterpret_cast<const T*>(source_.data());
+        if (gates_ > 0) {
+            fwd_ = alloc(sizeof(T) * table<T>().packed_size(gates_, hidden()));
+            table<T>().pack_forward(w, gates_, hidden(), reinterpret_cast<T*>(fwd_.get()));
+        } else {
+            const py::ssize_t nr = table<T>().panel_width;
+            fwd_ = alloc(sizeof(T) * ((rows_ + nr - 1) / nr * nr) * cols_);
+            table<T>().pack_matrix_t(w, rows_, cols_, reinterpret_cast<T*>(fwd_.get()));
+        }
     }
 
-    int gates_, H_;
+    int gates_;
+    py::ssize_t rows_, cols_;
     DType dtype_;
     std::vector<char> source_;
     Buf fwd_, bwd_;
     std::once_flag bwd_once_;
 };
 
+// threads > 0: at most that many (kernels use fewer on small problems); threads < 0: exactly -threads.
 int check_threads(int threads) {
-    if (threads < 1) throw py::value_error("threads: expected a positive integer, got " + std::to_string(threads));
+    if (threads == 0) throw py::value_error("threads: expected a non-zero integer");
     return threads;
 }
 
@@ -227,6 +242,27 @@ void gemm_t(const py::array& a, const py::array& b, const py::array& c, bool acc
     table<T>().gemm(g, threads);
 }
 
+template <typename T>
+void gemm_packed_t(const py::array& a, Packed& w, const py::array& c, bool accumulate, int threads) {
+    if (w.gates() != 0) throw py::value_error("weight: packed as a recurrent matrix, not for gemm_packed");
+    if (a.ndim() != 2 || c.ndim() != 2) throw py::value_error("gemm_packed: a and c must be 2-D");
+    const py::ssize_t M = a.shape(0), K = a.shape(1), N = w.rows();
+    if (K != w.cols()) throw py::value_error("a: expected " + std::to_string(w.cols()) + " columns, got " + shape_str(a));
+    if (!a.dtype().is(py::dtype::of<T>()) || !c.dtype().is(py::dtype::of<T>()))
+        throw py::type_error("gemm_packed: a, c and the weight must share a dtype");
+    if (c.shape(0) != M || c.shape(1) != N)
+        throw py::value_error("c: expected shape (" + std::to_string(M) + ", " + std::to_string(N) + "), got " + shape_str(c));
+    if (c.strides(1) != static_cast<py::ssize_t>(sizeof(T)) || c.strides(0) < N * static_cast<py::ssize_t>(sizeof(T)))
+        throw py::value_error("c: rows must be contiguous");
+    if (!c.writeable()) throw py::value_error("c: array is read-only");
+    const py::ssize_t s = sizeof(T);
+    rnnfast::cpu::PackedGemmCall<T> g{M, N, K, static_cast<const T*>(a.data()), a.strides(0) / s, a.strides(1) / s,
+                                      w.forward_panels<T>(), static_cast<T*>(const_cast<void*>(c.data())),
+                                      c.strides(0) / s, accumulate};
+    py::gil_scoped_release nogil;
+    table<T>().gemm_packed(g, threads);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -238,11 +274,22 @@ PYBIND11_MODULE(_C, m) {
     });
 
     py::class_<Packed>(m, "PackedWeights")
-        .def(py::init<py::array, int>(), py::arg("weight_hh"), py::arg("gates"))
-        .def("matches", &Packed::matches, py::arg("weight_hh"),
-             "True when weight_hh still equals (same dtype, shape and bytes) the weights that were packed.")
+        .def(py::init<py::array, int>(), py::arg("weight"), py::arg("gates"),
+             "Packs a recurrent weight_hh (gates = G) or, with gates=0, a matrix w for x @ w^T.")
+        .def("matches", &Packed::matches, py::arg("weight"),
+             "True when weight still equals (same dtype, shape and bytes) the weights that were packed.")
         .def_property_readonly("gates", &Packed::gates)
         .def_property_readonly("hidden_size", &Packed::hidden);
+
+    m.def("gemm_packed",
+          [](const py::array& a, Packed& w, const py::array& c, bool accumulate, int threads) {
+              check_threads(threads);
+              if (dtype_of(a, "a") != w.dtype()) throw py::type_error("a: dtype differs from the weight's");
+              if (w.dtype() == DType::f32) gemm_packed_t<float>(a, w, c, accumulate, threads);
+              else gemm_packed_t<double>(a, w, c, accumulate, threads);
+          },
+          py::arg("a"), py::arg("weight"), py::arg("c"), py::arg("accumulate") = false, py::arg("threads") = 1,
+          "c = a @ weight^T (or +=) with weight packed by PackedWeights(weight, 0).");
 
     m.def("forward",
           [](const std::string& cell, const py::array& xp, const py::object& h0, const py::object& c0, Packed& w,
