@@ -148,10 +148,18 @@ def time_runs(fn, setup=None, warmup=2, repeats=7):
     setup() runs before every call, outside the timed region. Returns (median, all times, last result).
     """
     out = None
+    # Let the previous library's idle OpenMP threads stop spinning (libgomp spins for a few ms after a
+    # parallel region) so that neither library is timed against the other's busy-waiting threads.
+    time.sleep(0.05)
     for _ in range(warmup):
         if setup is not None:
             setup()
         out = fn()
+    # Short runs are noisier (a preempted thread costs a whole step): take more of them.
+    t0 = time.perf_counter()
+    out = fn()
+    if time.perf_counter() - t0 < 0.005:
+        repeats = max(repeats, 31)
     times = []
     gc_was_enabled = gc.isenabled()
     gc.collect()

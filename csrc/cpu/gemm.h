@@ -17,6 +17,10 @@
 
 namespace {
 
+#ifndef RNNFAST_PF
+#define RNNFAST_PF 32
+#endif
+
 template <typename T>
 struct Tile {
     static constexpr int W = Simd<T>::W;
@@ -47,6 +51,11 @@ inline void ukernel_impl(ptrdiff_t K, const T* __restrict a, ptrdiff_t a_rs, ptr
 #pragma GCC unroll 64
         for (int u = 0; u < KU; ++u) {
             const T* bk = bp + (k + u) * NR;
+            // Short tiles stream the panel from L2 with little reuse: fetch rows ahead into L1.
+            if (M_ <= 2)
+#pragma GCC unroll 4
+                for (int v = 0; v < NR * static_cast<int>(sizeof(T)); v += 64)
+                    __builtin_prefetch(reinterpret_cast<const char*>(bk + RNNFAST_PF * NR) + v);
             V b[NV];
 #pragma GCC unroll 4
             for (int v = 0; v < NV; ++v) b[v] = loadu<V>(bk + v * W);
