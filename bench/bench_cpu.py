@@ -142,39 +142,45 @@ def import_rnnfast():
 # Timing
 
 
-def time_runs(fn, setup=None, warmup=2, repeats=7):
-    """Median wall time (seconds) of `repeats` calls of fn() after `warmup` untimed ones.
+def time_runs(fn, setup=None, warmup=2, repeats=7, blocks=3):
+    """Wall time (seconds) of fn(): the smallest of `blocks` block medians, each block `repeats` calls after
+    `warmup` untimed ones, with a pause before each block.
 
-    setup() runs before every call, outside the timed region. Returns (median, all times, last result).
+    The pause lets the other library's idle OpenMP threads stop spinning (libgomp spins for a few ms after a
+    parallel region), so neither library is timed against the other's busy-waiting threads. Taking the best
+    block median discards a block that a noisy neighbour (this is a shared 2-core VM) slowed down, without
+    taking the single luckiest run. setup() runs before every call, outside the timed region.
+    Returns (time, all times, last result).
     """
     out = None
-    # Let the previous library's idle OpenMP threads stop spinning (libgomp spins for a few ms after a
-    # parallel region) so that neither library is timed against the other's busy-waiting threads.
-    time.sleep(0.05)
-    for _ in range(warmup):
-        if setup is not None:
-            setup()
-        out = fn()
-    # Short runs are noisier (a preempted thread costs a whole step): take more of them.
-    t0 = time.perf_counter()
-    out = fn()
-    if time.perf_counter() - t0 < 0.005:
-        repeats = max(repeats, 31)
-    times = []
-    gc_was_enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
-        for _ in range(repeats):
+    all_times, block_medians = [], []
+    for _ in range(blocks):
+        time.sleep(0.05)
+        for _ in range(warmup):
             if setup is not None:
                 setup()
-            t0 = time.perf_counter()
             out = fn()
-            times.append(time.perf_counter() - t0)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    return statistics.median(times), times, out
+        # Short runs are noisier (a preempted thread costs a whole step): take more of them.
+        t0 = time.perf_counter()
+        out = fn()
+        n = max(repeats, 31) if time.perf_counter() - t0 < 0.005 else repeats
+        times = []
+        gc_was_enabled = gc.isenabled()
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(n):
+                if setup is not None:
+                    setup()
+                t0 = time.perf_counter()
+                out = fn()
+                times.append(time.perf_counter() - t0)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        block_medians.append(statistics.median(times))
+        all_times += times
+    return min(block_medians), all_times, out
 
 
 def time_reference(fn, max_repeats, budget_s=20.0):
@@ -572,7 +578,7 @@ def main(args=None):
         print(f"# rnnfast.reference unavailable: {ref_err}")
     for n in thread_notes:
         print(f"# {n}")
-    print(f"# timing: median of {args.repeats} runs after {args.warmup} warm-up(s); reference: median of up to "
+    print(f"# timing: best of 3 block medians, each of {args.repeats} runs (31 for runs under 5 ms) after {args.warmup} warm-up(s); reference: median of up to "
           f"{args.ref_repeats} run(s), no warm-up; train = forward + backward, grads zeroed outside the timed region")
 
     specs = DEFAULT_CASES

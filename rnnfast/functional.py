@@ -34,7 +34,7 @@ def _empty(shape, dtype) -> np.ndarray:
 def packed_weights(w: np.ndarray, gates: int, cached: "_C.PackedWeights | None") -> "_C.PackedWeights":
     """A weight packed for the kernels (gates=G: a W_hh; gates=0: a W_ih for x @ W_ih^T). Reuses `cached`
     only while it still holds exactly these bytes, so an in-place update is never served stale."""
-    if cached is not None and cached.matches(w):
+    if cached is not None and cached.matches(w, backend._threads_arg()):
         return cached
     return _C.PackedWeights(w, gates)
 

@@ -61,7 +61,10 @@ struct Isa {
     Table<double> f64;
 };
 
-const Isa& select();  // the widest instruction set this processor supports (RNNFAST_ISA env overrides)
+const Isa& select();
+
+// memcmp(a, b, n) == 0, on up to `threads` threads for large n.
+bool equal_bytes(const void* a, const void* b, size_t n, int threads);  // the widest instruction set this processor supports (RNNFAST_ISA env overrides)
 
 namespace avx512 { const Isa& isa(); }
 namespace avx2 { const Isa& isa(); }

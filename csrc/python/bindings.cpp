@@ -102,12 +102,12 @@ class Packed {
     }
 
     // True when w has the same dtype, shape and bytes as the packed source.
-    bool matches(const py::array& w) const {
+    bool matches(const py::array& w, int threads) const {
         if (w.ndim() != 2 || w.shape(0) != rows_ || w.shape(1) != cols_) return false;
         if ((dtype_ == DType::f32) != w.dtype().is(py::dtype::of<float>())) return false;
         if (!(w.flags() & py::array::c_style)) return false;
         return static_cast<size_t>(w.nbytes()) == source_.size() &&
-               std::memcmp(w.data(), source_.data(), source_.size()) == 0;
+               rnnfast::cpu::equal_bytes(w.data(), source_.data(), source_.size(), threads < 0 ? -threads : threads);
     }
 
     template <typename T>
@@ -276,7 +276,7 @@ PYBIND11_MODULE(_C, m) {
     py::class_<Packed>(m, "PackedWeights")
         .def(py::init<py::array, int>(), py::arg("weight"), py::arg("gates"),
              "Packs a recurrent weight_hh (gates = G) or, with gates=0, a matrix w for x @ w^T.")
-        .def("matches", &Packed::matches, py::arg("weight"),
+        .def("matches", &Packed::matches, py::arg("weight"), py::arg("threads") = 1,
              "True when weight still equals (same dtype, shape and bytes) the weights that were packed.")
         .def_property_readonly("gates", &Packed::gates)
         .def_property_readonly("hidden_size", &Packed::hidden);
