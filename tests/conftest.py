@@ -15,7 +15,7 @@ this directory is on ``sys.path`` so that works under every pytest import mode):
   deterministic random inputs and weights, the float64 NumPy-reference results, and run the
   layer's forward/backward with the torch.nn-like calling conventions of each cell.
 * fixture ``num_threads`` -- parametrised over 1 and 2 rnnfast threads, and 2 threads with
-  ``exact=True`` where the package has it (forces the threaded split even on small shapes, which
+  ``exact=True`` (forces the threaded split even on small shapes, which
   the kernels would otherwise run on one thread); restores the previous setting afterwards.
 
 A note on poisoning
@@ -249,18 +249,11 @@ def grads_of(m):
 
 
 def set_threads(n, exact=False):
-    """rnnfast.set_num_threads(n), with exact=True where the package has that option (it makes the
-    kernels use exactly n threads even on shapes too small to gain from them, so that the threaded
-    split is exercised by small tests). Skips the test if exact is asked for but not available."""
+    """rnnfast.set_num_threads(n, exact): exact=True makes the kernels use exactly n threads even on
+    shapes too small to gain from them, so that the threaded split is exercised by small tests."""
     import rnnfast
 
-    if not exact:
-        rnnfast.set_num_threads(n)
-        return
-    try:
-        rnnfast.set_num_threads(n, exact=True)
-    except TypeError:
-        pytest.skip("rnnfast.set_num_threads has no exact= option")
+    rnnfast.set_num_threads(n, exact=exact)
 
 
 @pytest.fixture(params=[(1, False), (2, False), (2, True)],
@@ -281,12 +274,9 @@ def num_threads(request):
 
 @pytest.fixture
 def poison_outputs(monkeypatch):
-    """Turn on rnnfast.functional.poison_outputs (NaN-filled kernel outputs) where it exists."""
-    try:
-        from rnnfast import functional
-    except ImportError:
-        return False
-    if not hasattr(functional, "poison_outputs"):
-        return False
+    """Fill every kernel output with NaN before the kernel runs (rnnfast.functional.poison_outputs),
+    so that an element a kernel forgets to write fails the comparison."""
+    from rnnfast import functional
+
     monkeypatch.setattr(functional, "poison_outputs", True)
     return True

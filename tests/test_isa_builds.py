@@ -1,0 +1,75 @@
+"""Every instruction-set build of the CPU kernels (AVX-512, AVX2, generic) against the NumPy reference.
+
+The build is chosen once per process, so each is checked in a subprocess with RNNFAST_ISA set.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import rnnfast
+
+SCRIPT = r"""
+import json, numpy as np, rnnfast, rnnfast.reference as ref
+rnnfast.set_num_threads(2, exact=True)
+rng = np.random.default_rng(3)
+worst = {}
+for cls, cell, kw in [(rnnfast.RNN, "rnn_tanh", {}), (rnnfast.RNN, "rnn_relu", {"nonlinearity": "relu"}),
+                      (rnnfast.LSTM, "lstm", {}), (rnnfast.GRU, "gru", {})]:
+    for dt, (T, B, I, H) in [(np.float64, (6, 13, 5, 37)), (np.float32, (6, 13, 5, 37)), (np.float64, (4, 1, 3, 70))]:
+        m = cls(I, H, dtype=dt, seed=1, **kw)
+        x = rng.standard_normal((T, B, I)).astype(dt)
+        dy = rng.standard_normal((T, B, H)).astype(dt)
+        p = {k: v.astype(np.float64) for k, v in m.state_dict().items()}
+        z = np.zeros((B, H))
+        y_r, _, _, cache = ref.forward(cell, x.astype(np.float64), z, z if cell == "lstm" else None,
+                                       p["weight_ih_l0"], p["weight_hh_l0"], p["bias_ih_l0"], p["bias_hh_l0"])
+        g = ref.backward(cell, cache, dy.astype(np.float64))
+        y = m(x)[0]
+        dx = m.backward(dy)[0]
+        grads = dict(m.named_parameters())
+        pairs = [(y, y_r), (dx, g["dx"]), (grads["weight_hh_l0"].grad, g["dw_hh"]), (grads["bias_ih_l0"].grad, g["db_ih"])]
+        err = max(float(np.abs(a - b).max() / np.abs(b).max()) for a, b in pairs)
+        key = f"{cell}/{np.dtype(dt).name}"
+        worst[key] = max(worst.get(key, 0.0), err)
+print(json.dumps({"isa": rnnfast.isa(), "worst": worst}))
+"""
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+def test_isa_build_matches_reference(isa):
+    flags = _cpu_flags()
+    needed = {"avx2": {"avx2", "fma"}, "avx512": {"avx512f", "avx512dq", "avx512vl", "avx512bw"}}.get(isa, set())
+    if not needed <= flags:
+        pytest.skip(f"this processor cannot run the {isa} build")
+    env = dict(os.environ, RNNFAST_ISA=isa)
+    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["isa"] == isa, f"asked for the {isa} build, got {result['isa']}"
+    for key, err in result["worst"].items():
+        tol = 1e-10 if key.endswith("float64") else 1e-5
+        assert err <= tol, f"{isa} build, {key}: normwise relative error {err:.2e} > {tol:g}"
+
+
+def test_default_build_is_the_widest_this_cpu_runs():
+    flags = _cpu_flags()
+    if {"avx512f", "avx512dq", "avx512vl", "avx512bw"} <= flags:
+        assert rnnfast.isa() == "avx512"
+    elif {"avx2", "fma"} <= flags:
+        assert rnnfast.isa() == "avx2"
+    else:
+        assert rnnfast.isa() == "generic"
