@@ -50,13 +50,15 @@ def _cpu_flags():
 
 
 @pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
-def test_isa_build_matches_reference(isa):
+def test_isa_build_matches_reference(isa, tmp_path):
     flags = _cpu_flags()
     needed = {"avx2": {"avx2", "fma"}, "avx512": {"avx512f", "avx512dq", "avx512vl", "avx512bw"}}.get(isa, set())
     if not needed <= flags:
         pytest.skip(f"this processor cannot run the {isa} build")
     env = dict(os.environ, RNNFAST_ISA=isa)
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    # cwd outside the checkout: `python -c` puts cwd first on sys.path, and the source folder has no _C.
+    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["isa"] == isa, f"asked for the {isa} build, got {result['isa']}"
