@@ -1,17 +1,18 @@
-"""Orchestration of a recurrent layer around the kernels: the only place where the data flow is written.
+"""Orchestration of recurrent layers around the kernels: the only place where the data flow is written.
 
-One layer, one direction (DESIGN.md, "Data flow"):
+One layer, one direction (DESIGN.md, "Data flow"), over packed tokens (see `Plan`):
 
-    forward:  xp = x W_ih^T                       one GEMM for all steps
-              y, h_n, c_n, ws = recurrence(xp)     one kernel call for all T steps (adds the biases)
+    forward:  xp = x W_ih^T                       one GEMM for all tokens
+              y, h_n, c_n, ws = recurrence(xp)     one kernel call for all steps (adds the biases)
     backward: dxg, dhg, dh0, dc0, db = reverse recurrence(dy, dh_n, dc_n)
               dW_ih += dxg^T x;  dW_hh += dhg^T h_prev;  dx = dxg W_ih
 
-Inputs here are already validated, T-major (T, B, I) and C-contiguous, of the layer's dtype.
+A stack (`stack_forward` / `stack_backward`) runs layers bottom-up and, for a bidirectional layer, a
+forward and a reverse direction whose outputs are concatenated per token; dropout sits between layers.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -39,12 +40,98 @@ def packed_weights(w: np.ndarray, gates: int, cached: "_C.PackedWeights | None")
     return _C.PackedWeights(w, gates)
 
 
+# ----------------------------------------------------------------------------------------------- tokens
+class Plan:
+    """Where the kernels' tokens come from.
+
+    The kernels take sequences packed like a torch PackedSequence: time-major, and at each step only the
+    rows still running, longest sequences first, so that padded steps cost nothing. `batch_sizes[t]` is the
+    number of rows running at step t. Token k of the forward direction is (src_t[k], src_b[k]) of the
+    caller's (T, B) grid; the reverse direction runs each sequence from its own last step, and its token k
+    is the forward token `rev_index[k]`. Without lengths (every sequence T long) the tokens are the plain
+    (T*B) grid in order and no gather is needed (`dense`).
+    """
+
+    def __init__(self, T: int, B: int, lengths: np.ndarray | None):
+        self.T, self.B = T, B
+        self.dense = lengths is None or bool(np.all(lengths == T))
+        if self.dense:
+            self.order = None
+            self.batch_sizes = np.full(T, B, dtype=np.int64)
+            self.N = T * B
+            return
+        order = np.argsort(-lengths, kind="stable")
+        L = lengths[order]
+        mask = np.arange(T)[:, None] < L[None, :]
+        ts, js = np.nonzero(mask)  # t-major: the packed order
+        self.order = order
+        self.batch_sizes = np.ascontiguousarray(mask.sum(axis=1)[: int(L[0])], dtype=np.int64)
+        self.N = int(ts.size)
+        self.src_t, self.src_b = ts, order[js]
+        off = np.concatenate(([0], np.cumsum(self.batch_sizes)))
+        self._ts, self._js, self._off = ts, js, off
+
+    @property
+    def reverse_index(self) -> np.ndarray:
+        """Token k of the reverse direction is forward token reverse_index[k]."""
+        if not hasattr(self, "_rev"):
+            if self.dense:
+                t = np.arange(self.T)[::-1]
+                self._rev = (t[:, None] * self.B + np.arange(self.B)[None, :]).reshape(-1)
+            else:
+                lengths_sorted = np.bincount(self._js, minlength=self.B)
+                src_t = lengths_sorted[self._js] - 1 - self._ts
+                self._rev = self._off[src_t] + self._js
+        return self._rev
+
+    @property
+    def prev_index(self) -> np.ndarray | None:
+        """For the tokens of steps 1.. (in order), the token of the same row one step earlier."""
+        if self.dense:
+            return None
+        if not hasattr(self, "_prev"):
+            later = self._ts > 0
+            self._prev = self._off[self._ts[later] - 1] + self._js[later]
+        return self._prev
+
+    def gather(self, x_tm: np.ndarray) -> np.ndarray:
+        """(T, B, F) -> tokens (N, F), C-contiguous."""
+        if self.dense:
+            return np.ascontiguousarray(x_tm).reshape(self.N, x_tm.shape[2])
+        return np.ascontiguousarray(x_tm[self.src_t, self.src_b])
+
+    def scatter(self, tokens: np.ndarray) -> np.ndarray:
+        """tokens (N, F) -> (T, B, F), zeros where a sequence has ended."""
+        F = tokens.shape[1]
+        if self.dense:
+            return tokens.reshape(self.T, self.B, F)
+        out = np.zeros((self.T, self.B, F), dtype=tokens.dtype)
+        out[self.src_t, self.src_b] = tokens
+        return out
+
+    def sort_rows(self, s: np.ndarray | None) -> np.ndarray | None:
+        """A (B, H) state in the caller's batch order -> the kernels' (longest first), C-contiguous."""
+        if s is None or self.order is None:
+            return s
+        return np.ascontiguousarray(s[self.order])
+
+    def unsort_rows(self, s: np.ndarray | None) -> np.ndarray | None:
+        if s is None or self.order is None:
+            return s
+        out = np.empty_like(s)
+        out[self.order] = s
+        return out
+
+
+# ----------------------------------------------------------------------------------------------- one layer
 @dataclass
 class Saved:
-    """What a training forward keeps for backward."""
+    """What a training forward of one layer, one direction keeps for backward."""
 
     cell: str
-    x: np.ndarray  # (T, B, I), our own copy
+    batch_sizes: np.ndarray
+    prev_index: np.ndarray | None  # see Plan.prev_index; None when rows never end early
+    x: np.ndarray  # (N, I) tokens, our own copy
     h0: np.ndarray
     c0: np.ndarray | None
     w_ih: np.ndarray  # our own copy: backward uses the weights of the forward it differentiates
@@ -53,48 +140,182 @@ class Saved:
     ws: np.ndarray | None
 
 
-def layer_forward(cell, x, h0, c0, w_ih, b_ih, b_hh, packed_ih, packed, training):
+def layer_forward(cell, x, h0, c0, w_ih, b_ih, b_hh, packed_ih, packed, training, batch_sizes=None,
+                  prev_index=None):
     """One layer, one direction; packed_ih and packed are W_ih and W_hh from packed_weights().
-    Returns (y, h_n, c_n, saved); saved is None unless training."""
-    T, B, I = x.shape
+
+    x is (T, B, I) (every sequence T long) or, with batch_sizes, packed tokens (N, I); y comes back in the
+    same form. h0, c0 are (B, H) in the kernels' row order. Returns (y, h_n, c_n, saved); saved is None
+    unless training.
+    """
+    shape3 = x.ndim == 3
+    if shape3:
+        T, B, I = x.shape
+        batch_sizes = np.full(T, B, dtype=np.int64)
+        x = x.reshape(T * B, I)
+    N, I = x.shape
+    B = h0.shape[0]
     H = packed.hidden_size
     G = GATES[cell]
     dtype = x.dtype
     threads = backend._threads_arg()
-    xp = _empty((T, B, G * H), dtype)
-    if T:
-        _C.gemm_packed(x.reshape(T * B, I), packed_ih, xp.reshape(T * B, G * H), False, threads)
-    y = _empty((T, B, H), dtype)
+    xp = _empty((N, G * H), dtype)
+    if N:
+        _C.gemm_packed(x, packed_ih, xp, False, threads)
+    y = _empty((N, H), dtype)
     h_n = _empty((B, H), dtype)
     c_n = _empty((B, H), dtype) if cell == "lstm" else None
-    ws = _empty((T, B, SLOTS[cell] * H), dtype) if training and SLOTS[cell] else None
-    _C.forward(cell, xp, h0, c0, packed, b_ih, b_hh, y, h_n, c_n, ws, threads)
-    saved = Saved(cell, x, h0, c0, w_ih.copy(), packed, y, ws) if training else None
+    ws = _empty((N, SLOTS[cell] * H), dtype) if training and SLOTS[cell] else None
+    _C.forward(cell, batch_sizes, xp, h0, c0, packed, b_ih, b_hh, y, h_n, c_n, ws, threads)
+    saved = Saved(cell, batch_sizes, prev_index, x, h0, c0, w_ih.copy(), packed, y, ws) if training else None
+    if shape3:
+        y = y.reshape(T, B, H)
     return y, h_n, c_n, saved
 
 
 def layer_backward(saved: Saved, dy, dh_n, dc_n, grads):
-    """BPTT through a training forward. `grads` maps w_ih, w_hh, b_ih, b_hh to the arrays the parameter
-    gradients are added into (the biases may be None). Returns (dx, dh0, dc0)."""
+    """BPTT through a training forward of one layer, one direction. dy is None or in the form of the
+    forward's y; `grads` maps w_ih, w_hh, b_ih, b_hh to the arrays the parameter gradients are added into
+    (biases may be None). Returns (dx, dh0, dc0), dx in the form of the forward's x."""
     s = saved
-    T, B, I = s.x.shape
-    H = s.y.shape[2]
+    N, I = s.x.shape
+    H = s.y.shape[1]
+    B = s.h0.shape[0]
     G = GATES[s.cell]
     dtype = s.x.dtype
-    dxg = _empty((T, B, G * H), dtype)
-    dhg = _empty((T, B, G * H), dtype) if s.cell == "gru" else None
+    shape3 = dy is not None and dy.ndim == 3
+    if shape3:
+        dy = dy.reshape(N, H)
+    dxg = _empty((N, G * H), dtype)
+    dhg = _empty((N, G * H), dtype) if s.cell == "gru" else None
     dh0 = _empty((B, H), dtype)
     dc0 = _empty((B, H), dtype) if s.cell == "lstm" else None
-    _C.backward(s.cell, s.packed, s.h0, s.c0, s.y, s.ws, dy, dh_n, dc_n, dxg, dhg, dh0, dc0,
-                grads["b_ih"], grads["b_hh"], backend._threads_arg())
-    dx = _empty((T, B, I), dtype)
-    if T:
-        dxg2 = dxg.reshape(T * B, G * H)
-        dhg2 = (dhg if dhg is not None else dxg).reshape(T * B, G * H)
-        backend.matmul(dxg2.T, s.x.reshape(T * B, I), out=grads["w_ih"], accumulate=True)
-        # h_prev is h0 for the first step and y[t-1] after it: two GEMMs, no shifted copy of y.
-        backend.matmul(dhg2[:B].T, s.h0, out=grads["w_hh"], accumulate=True)
-        if T > 1:
-            backend.matmul(dhg2[B:].T, s.y[:-1].reshape((T - 1) * B, H), out=grads["w_hh"], accumulate=True)
-        backend.matmul(dxg2, s.w_ih, out=dx.reshape(T * B, I))
+    threads = backend._threads_arg()
+    _C.backward(s.cell, s.batch_sizes, s.packed, s.h0, s.c0, s.y, s.ws, dy, dh_n, dc_n, dxg, dhg, dh0, dc0,
+                grads["b_ih"], grads["b_hh"], threads)
+    dx = _empty((N, I), dtype)
+    if N:
+        dhg = dhg if dhg is not None else dxg
+        backend.matmul(dxg.T, s.x, out=grads["w_ih"], accumulate=True)
+        # h_prev is h0 for the first step and the same row's output one step earlier after it.
+        backend.matmul(dhg[:B].T, s.h0, out=grads["w_hh"], accumulate=True)
+        if N > B:
+            h_prev = s.y[: N - B] if s.prev_index is None else s.y[s.prev_index]
+            backend.matmul(dhg[B:].T, h_prev, out=grads["w_hh"], accumulate=True)
+        backend.matmul(dxg, s.w_ih, out=dx)
+    if shape3:
+        dx = dx.reshape(-1, B, I)
     return dx, dh0, dc0
+
+
+# ----------------------------------------------------------------------------------------------- stacks
+@dataclass
+class LayerWeights:
+    """One layer, one direction: live parameter arrays, their gradients and the packed caches."""
+
+    w_ih: np.ndarray
+    w_hh: np.ndarray
+    b_ih: np.ndarray | None
+    b_hh: np.ndarray | None
+    grads: dict
+    packed_ih: "_C.PackedWeights"
+    packed_hh: "_C.PackedWeights"
+
+
+@dataclass
+class StackSaved:
+    plan: Plan
+    directions: int
+    layers: list = field(default_factory=list)  # per layer: list of Saved per direction
+    masks: list = field(default_factory=list)  # per layer but the last: dropout mask or None
+    in_features: list = field(default_factory=list)
+
+
+def stack_forward(cell, x_tm, h0, c0, weights, plan: Plan, directions, training, dropout=0.0, rng=None):
+    """A multi-layer, optionally bidirectional stack.
+
+    x_tm (T, B, I) in the caller's batch order; h0, c0 (L*D, B, H) or None; weights[l][d] LayerWeights.
+    Returns (y (T, B, D*H) zero past each sequence's end, h_n (L*D, B, H), c_n or None, saved or None).
+    """
+    L = len(weights)
+    B = plan.B
+    H = weights[0][0].packed_hh.hidden_size
+    dtype = x_tm.dtype
+    lstm = cell == "lstm"
+    h_n = np.empty((L * directions, B, H), dtype=dtype)
+    c_n = np.empty((L * directions, B, H), dtype=dtype) if lstm else None
+    saved = StackSaved(plan, directions) if training else None
+    tokens = plan.gather(x_tm)
+    prev_index = plan.prev_index
+    for layer in range(L):
+        dropped = training and dropout > 0 and layer < L - 1
+        # One direction without dropout: the layer's output is the kernel's y itself (no copy).
+        out = None if directions == 1 and not dropped else np.empty((plan.N, directions * H), dtype=dtype)
+        saved_dirs = []
+        for d in range(directions):
+            k = layer * directions + d
+            lw = weights[layer][d]
+            inp = tokens if d == 0 else np.ascontiguousarray(tokens[plan.reverse_index])
+            h0_k = plan.sort_rows(h0[k]) if h0 is not None else np.zeros((B, H), dtype=dtype)
+            c0_k = (plan.sort_rows(c0[k]) if c0 is not None else np.zeros((B, H), dtype=dtype)) if lstm else None
+            y, hn, cn, sv = layer_forward(cell, inp, h0_k, c0_k, lw.w_ih, lw.b_ih, lw.b_hh, lw.packed_ih,
+                                          lw.packed_hh, training, plan.batch_sizes, prev_index)
+            if out is None:
+                out = y
+            elif d == 0:
+                out[:, :H] = y
+            else:
+                out[plan.reverse_index, H:] = y
+            h_n[k] = plan.unsort_rows(hn)
+            if lstm:
+                c_n[k] = plan.unsort_rows(cn)
+            saved_dirs.append(sv)
+        mask = None
+        if dropped:
+            mask = (rng.random(out.shape) >= dropout).astype(dtype) / dtype.type(1.0 - dropout)
+            out *= mask
+        if training:
+            saved.layers.append(saved_dirs)
+            saved.masks.append(mask)
+            saved.in_features.append(tokens.shape[1])
+        tokens = out
+    return plan.scatter(tokens), h_n, c_n, saved
+
+
+def stack_backward(saved: StackSaved, weights, dy_tm, dh_n, dc_n):
+    """BPTT through a stack's training forward. dy_tm (T, B, D*H) or None; dh_n, dc_n (L*D, B, H) or None.
+    Adds into every parameter's gradient; returns (dx (T, B, I), dh0 (L*D, B, H), dc0 or None)."""
+    plan, D = saved.plan, saved.directions
+    L = len(saved.layers)
+    B = plan.B
+    H = weights[0][0].packed_hh.hidden_size
+    lstm = saved.layers[0][0].cell == "lstm"
+    dtype = saved.layers[0][0].x.dtype
+    dh0 = np.empty((L * D, B, H), dtype=dtype)
+    dc0 = np.empty((L * D, B, H), dtype=dtype) if lstm else None
+    dtok = plan.gather(dy_tm) if dy_tm is not None else None
+    for layer in reversed(range(L)):
+        dx = None
+        for d in range(D):
+            k = layer * D + d
+            sv = saved.layers[layer][d]
+            if dtok is None:
+                dyd = None
+            elif d == 0:
+                dyd = np.ascontiguousarray(dtok[:, :H])
+            else:
+                dyd = np.ascontiguousarray(dtok[plan.reverse_index, H:])
+            dhn = plan.sort_rows(dh_n[k]) if dh_n is not None else None
+            dcn = plan.sort_rows(dc_n[k]) if (dc_n is not None and lstm) else None
+            dxd, dh0_k, dc0_k = layer_backward(sv, dyd, dhn, dcn, weights[layer][d].grads)
+            dh0[k] = plan.unsort_rows(dh0_k)
+            if lstm:
+                dc0[k] = plan.unsort_rows(dc0_k)
+            if d == 0:
+                dx = dxd
+            else:
+                dx[plan.reverse_index] += dxd
+        if layer > 0 and saved.masks[layer - 1] is not None:
+            dx *= saved.masks[layer - 1]
+        dtok = dx
+    return plan.scatter(dtok), dh0, dc0

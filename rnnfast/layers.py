@@ -56,29 +56,60 @@ class _RNNBase(Module):
         self.batch_first = bool(batch_first)
         self.bidirectional = bool(bidirectional)
         self.dtype = _check_dtype(dtype)
-        unsupported = [name for name, on in (("num_layers > 1", self.num_layers > 1),
-                                             ("bidirectional=True", self.bidirectional),
-                                             ("dropout > 0", self.dropout > 0),
-                                             ("proj_size > 0", self.proj_size > 0)) if on]
-        if unsupported:
-            raise NotImplementedError(f"{type(self).__name__}: {', '.join(unsupported)} is not supported yet "
-                                      "(this release has one layer, one direction)")
+        if self.proj_size > 0:
+            if self.proj_size >= self.hidden_size:
+                raise ValueError(f"proj_size must be smaller than hidden_size, got proj_size={self.proj_size} "
+                                 f"and hidden_size={self.hidden_size}")
+            raise NotImplementedError("LSTM proj_size > 0 is not supported yet")
+        if seed is not None and not isinstance(seed, (np.random.Generator, numbers.Integral)):
+            raise TypeError(f"seed must be None, an int or a numpy.random.Generator, got {type(seed).__name__}")
         self._cell = cell
         G = functional.GATES[cell]
-        H, I = self.hidden_size, self.input_size
-        # torch.nn's initialisation: every parameter uniform in [-1/sqrt(H), 1/sqrt(H)].
-        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        H = self.hidden_size
+        D = 2 if self.bidirectional else 1
+        # One generator for the initial weights and, later, the dropout masks: a seed reproduces both.
+        self._rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        # torch.nn's initialisation: every parameter uniform in [-1/sqrt(H), 1/sqrt(H)], in torch's order.
         k = 1.0 / math.sqrt(H)
-        shapes = [("weight_ih_l0", (G * H, I)), ("weight_hh_l0", (G * H, H))]
-        if self.bias:
-            shapes += [("bias_ih_l0", (G * H,)), ("bias_hh_l0", (G * H,))]
-        for name, shape in shapes:
-            self._params[name] = Parameter(rng.uniform(-k, k, size=shape).astype(self.dtype))
-        # W_ih and W_hh packed for the kernels, revalidated against the live weights at each call.
-        self._packed_ih = None
-        self._packed = None
+        for layer in range(self.num_layers):
+            in_size = self.input_size if layer == 0 else D * H
+            for d in range(D):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                shapes = [("weight_ih" + sfx, (G * H, in_size)), ("weight_hh" + sfx, (G * H, H))]
+                if self.bias:
+                    shapes += [("bias_ih" + sfx, (G * H,)), ("bias_hh" + sfx, (G * H,))]
+                for name, shape in shapes:
+                    self._params[name] = Parameter(self._rng.uniform(-k, k, size=shape).astype(self.dtype))
+        # W_ih and W_hh of every layer and direction packed for the kernels, revalidated at each call.
+        self._packed = {}
         self._saved = None  # what the last training forward kept for backward
         self._layout = None  # (T, B, batched) of that forward, to check dy against
+
+    @property
+    def _directions(self):
+        return 2 if self.bidirectional else 1
+
+    def _layer_weights(self):
+        """[layer][direction] -> functional.LayerWeights over the live parameters (packing refreshed)."""
+        G = functional.GATES[self._cell]
+        out = []
+        for layer in range(self.num_layers):
+            dirs = []
+            for d in range(self._directions):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                p = {n: self._params.get(n + sfx) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+                ih = functional.packed_weights(p["weight_ih"].data, 0, self._packed.get("ih" + sfx))
+                hh = functional.packed_weights(p["weight_hh"].data, G, self._packed.get("hh" + sfx))
+                self._packed["ih" + sfx], self._packed["hh" + sfx] = ih, hh
+                bias = self.bias
+                dirs.append(functional.LayerWeights(
+                    p["weight_ih"].data, p["weight_hh"].data,
+                    p["bias_ih"].data if bias else None, p["bias_hh"].data if bias else None,
+                    {"w_ih": p["weight_ih"].grad, "w_hh": p["weight_hh"].grad,
+                     "b_ih": p["bias_ih"].grad if bias else None, "b_hh": p["bias_hh"].grad if bias else None},
+                    ih, hh))
+            out.append(dirs)
+        return out
 
     # -------------------------------------------------------------------------------- checks
     def _check_array(self, value, name):
@@ -89,7 +120,7 @@ class _RNNBase(Module):
         return value
 
     def _check_input(self, x):
-        """x as a T-major, C-contiguous (T, B, I) array, and whether the call is batched."""
+        """x as a T-major (T, B, I) array (a view where possible), and whether the call is batched."""
         x = self._check_array(x, "x")
         if x.ndim not in (2, 3):
             raise ValueError(f"x: expected a 3-D (batched) or 2-D (unbatched) array, got shape {x.shape}")
@@ -104,19 +135,37 @@ class _RNNBase(Module):
             raise ValueError(f"x: batch size must be at least 1, got shape {x.shape}")
         return x, batched
 
+    def _check_lengths(self, lengths, T, B):
+        """lengths as an int64 array of B values in [1, T], or None (every sequence T long)."""
+        if lengths is None:
+            return None
+        if hasattr(lengths, "detach") and hasattr(lengths, "cpu"):  # a torch tensor
+            lengths = lengths.detach().cpu().numpy()
+        arr = np.asarray(lengths)
+        if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+            raise TypeError(f"lengths: expected integers, got dtype {arr.dtype}")
+        if arr.shape != (B,):
+            raise ValueError(f"lengths: expected one length per batch element, shape ({B},), got {arr.shape}")
+        if B and (arr.min() < 1 or arr.max() > T):
+            raise ValueError(f"lengths: every length must be in [1, {T}] (T), got min {arr.min()} and max {arr.max()}")
+        return arr.astype(np.int64)
+
+    def _state_shape(self, B, batched):
+        LD = self.num_layers * self._directions
+        return (LD, B, self.hidden_size) if batched else (LD, self.hidden_size)
+
     def _check_state(self, value, name, B, batched):
-        """A state argument (num_layers*num_directions, B, H), or (1, H) unbatched, as a (B, H) copy."""
-        H = self.hidden_size
+        """A state argument (num_layers*num_directions, B, H), or (.., H) unbatched, as a (L*D, B, H) copy."""
         if value is None:
-            return np.zeros((B, H), dtype=self.dtype)
+            return None
         value = self._check_array(value, name)
-        want = (self.num_layers, B, H) if batched else (self.num_layers, H)
+        want = self._state_shape(B, batched)
         if value.shape != want:
             raise ValueError(f"{name}: expected shape {want}, got {value.shape}")
-        return np.array(value.reshape(B, H), dtype=self.dtype, order="C", copy=True)
+        return np.array(value.reshape(want[0], B, self.hidden_size), dtype=self.dtype, order="C", copy=True)
 
     def _check_grad_out(self, value, name, shape):
-        """A gradient argument of the given user-facing shape, T-major and C-contiguous, or None."""
+        """A gradient argument of the given user-facing shape, or None."""
         if value is None:
             return None
         value = self._check_array(value, name)
@@ -125,24 +174,22 @@ class _RNNBase(Module):
         return value
 
     # -------------------------------------------------------------------------------- forward / backward
-    def _forward(self, x, h0, c0):
+    def _forward(self, x, h0, c0, lengths):
         x_tm, batched = self._check_input(x)
         T, B, _ = x_tm.shape
+        lengths = self._check_lengths(lengths, T, B)
         h0 = self._check_state(h0, "h0", B, batched)
         c0 = self._check_state(c0, "c0", B, batched) if self._cell == "lstm" else None
-        if self.training or not x_tm.flags.c_contiguous:
+        plan = functional.Plan(T, B, lengths)
+        if self.training and plan.dense:
             x_tm = np.array(x_tm, order="C", copy=True)  # backward must see the input of this forward
-        p = self._params
-        w_ih = p["weight_ih_l0"].data
-        self._packed_ih = functional.packed_weights(w_ih, 0, self._packed_ih)
-        self._packed = functional.packed_weights(p["weight_hh_l0"].data, functional.GATES[self._cell], self._packed)
-        b_ih = p["bias_ih_l0"].data if self.bias else None
-        b_hh = p["bias_hh_l0"].data if self.bias else None
-        y, h_n, c_n, saved = functional.layer_forward(self._cell, x_tm, h0, c0, w_ih, b_ih, b_hh, self._packed_ih,
-                                                      self._packed, self.training)
+        weights = self._layer_weights()
+        y, h_n, c_n, saved = functional.stack_forward(self._cell, x_tm, h0, c0, weights, plan, self._directions,
+                                                      self.training, self.dropout, self._rng)
         if self.training:
-            self._saved, self._layout = saved, (T, B, batched)
-            # y is also the saved activation backward reads: hand it out read-only instead of copying it.
+            self._saved, self._layout = (saved, weights), (T, B, batched)
+            # y is also the saved activation backward reads (last layer, forward direction, no lengths):
+            # hand it out read-only instead of copying it.
             y.flags.writeable = False
         return self._to_user(y, batched), self._state_out(h_n, batched), self._state_out(c_n, batched)
 
@@ -163,31 +210,32 @@ class _RNNBase(Module):
     def _state_out(self, s, batched):
         if s is None:
             return None
-        return s[None] if batched else s
+        return s if batched else s[:, 0, :]
 
     def _backward(self, dy, dh_n, dc_n):
         if self._saved is None:
             raise RuntimeError("backward: no training-mode forward to differentiate (call the layer in train() mode first)")
         T, B, batched = self._layout
-        H = self.hidden_size
-        y_shape = ((B, T, H) if self.batch_first else (T, B, H)) if batched else (T, H)
-        state_shape = (self.num_layers, B, H) if batched else (self.num_layers, H)
+        F = self._directions * self.hidden_size
+        y_shape = ((B, T, F) if self.batch_first else (T, B, F)) if batched else (T, F)
+        state_shape = self._state_shape(B, batched)
         dy = self._check_grad_out(dy, "dy", y_shape)
         dh_n = self._check_grad_out(dh_n, "dh_n", state_shape)
         dc_n = self._check_grad_out(dc_n, "dc_n", state_shape) if self._cell == "lstm" else None
         dy = None if dy is None else self._from_user(dy, batched)
-        dh_n = None if dh_n is None else np.ascontiguousarray(dh_n.reshape(B, H))
-        dc_n = None if dc_n is None else np.ascontiguousarray(dc_n.reshape(B, H))
-        p = self._params
-        grads = {"w_ih": p["weight_ih_l0"].grad, "w_hh": p["weight_hh_l0"].grad,
-                 "b_ih": p["bias_ih_l0"].grad if self.bias else None,
-                 "b_hh": p["bias_hh_l0"].grad if self.bias else None}
-        dx, dh0, dc0 = functional.layer_backward(self._saved, dy, dh_n, dc_n, grads)
+        LD = state_shape[0]
+        dh_n = None if dh_n is None else np.ascontiguousarray(dh_n.reshape(LD, B, self.hidden_size))
+        dc_n = None if dc_n is None else np.ascontiguousarray(dc_n.reshape(LD, B, self.hidden_size))
+        saved, weights = self._saved
+        dx, dh0, dc0 = functional.stack_backward(saved, weights, dy, dh_n, dc_n)
         return self._to_user(dx, batched), self._state_out(dh0, batched), self._state_out(dc0, batched)
 
     # RNN and GRU: one state. LSTM overrides both with (h, c) pairs.
-    def __call__(self, x, h0=None):
-        y, h_n, _ = self._forward(x, h0, None)
+    def __call__(self, x, h0=None, lengths=None):
+        """y, h_n = layer(x, h0=None, lengths=None). lengths: one per batch element, 1 <= length <= T, any
+        order (PackedSequence semantics: outputs past a sequence's end are zero, h_n is the state at each
+        sequence's own last step, the reverse direction starts there)."""
+        y, h_n, _ = self._forward(x, h0, None, lengths)
         return y, h_n
 
     def backward(self, dy, dh_n=None):
@@ -237,9 +285,9 @@ class LSTM(_RNNBase):
         super().__init__("lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          proj_size, dtype, seed)
 
-    def __call__(self, x, hx=None):
+    def __call__(self, x, hx=None, lengths=None):
         h0, c0 = self._split_pair(hx, "hx")
-        y, h_n, c_n = self._forward(x, h0, c0)
+        y, h_n, c_n = self._forward(x, h0, c0, lengths)
         return y, (h_n, c_n)
 
     def backward(self, dy, dstate=None):

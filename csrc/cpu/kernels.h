@@ -4,12 +4,15 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 namespace rnnfast::cpu {
 
+// Tensors are in the packed-sequence layout documented in recurrence.h: bs[t] active rows at step t.
 template <typename T>
 struct ForwardCall {
     int cell, T_, B, I, H;
+    const int64_t* bs;
     const T *xp, *h0, *c0, *wf, *b_ih, *b_hh;
     T *y, *h_n, *c_n, *ws;  // ws null in inference
 };
@@ -17,6 +20,7 @@ struct ForwardCall {
 template <typename T>
 struct BackwardCall {
     int cell, T_, B, H;
+    const int64_t* bs;
     const T *wb, *h0, *c0, *y, *ws, *dy, *dh_n, *dc_n;  // dy, dh_n, dc_n may be null
     T *dxg, *dhg, *dh0, *dc0, *db_ih, *db_hh;          // dhg: GRU only; db_* accumulate, may be null
 };

@@ -1,19 +1,24 @@
 // recurrence.h: the fused CPU recurrence kernels, forward and BPTT backward, for every cell.
 //
-// One call runs all T steps of one layer, one direction. Tensors (row-major, T-major):
-//   xp    [T, B, G*H]   W_ih x_t for every step (no bias: the kernel adds b_ih)
+// One call runs all T steps of one layer, one direction. Sequences of different lengths are packed as in
+// a torch PackedSequence: step t has bs[t] active batch rows (non-increasing in t: rows sorted by length,
+// longest first), and per-token tensors hold the active rows of step 0, then those of step 1, ...:
+// N = sum(bs) rows, row(t, b) = off[t] + b with off[t] = bs[0] + ... + bs[t-1]. A full-length batch is
+// bs[t] = B, which is the plain [T, B, ...] layout. Padded steps cost nothing. Tensors (row-major):
+//   bs    [T]           active rows per step; B = bs[0]
+//   xp    [N, G*H]      W_ih x_t for every token (no bias: the kernel adds b_ih)
 //   h0    [B, H]        initial hidden state;  c0 [B, H] initial cell state (LSTM)
 //   wf    packed W_hh for the forward product, panels (unit block, gate): see pack_forward()
 //   wb    packed W_hh for the backward product, panels (unit block):      see pack_backward()
 //   b_ih, b_hh [G*H] or null
-//   y     [T, B, H]     outputs h_1..h_T (also the h_{t-1} the next step reads)
-//   h_n, c_n [B, H]     final states
-//   ws    [T, B, S*H]   training workspace, or null in inference. S slots per unit:
+//   y     [N, H]        outputs h_t (also the h_{t-1} that the next step reads)
+//   h_n, c_n [B, H]     final states: each row's state after its own last step
+//   ws    [N, S*H]      training workspace, or null in inference. S slots per unit:
 //                       LSTM: i, f, g, o (activated), c_t  (S=5);  GRU: r, z, n, hn (S=4);  RNN: none
 // Backward:
-//   dy    [T, B, H] or null; dh_n, dc_n [B, H] or null
-//   dxg   [T, B, G*H]   gradient w.r.t. the input pre-activations (W_ih x + b_ih)
-//   dhg   [T, B, G*H]   gradient w.r.t. the recurrent pre-activations (W_hh h + b_hh); GRU only, for the
+//   dy    [N, H] or null; dh_n, dc_n [B, H] or null (gradients w.r.t. h_n and c_n)
+//   dxg   [N, G*H]      gradient w.r.t. the input pre-activations (W_ih x + b_ih)
+//   dhg   [N, G*H]      gradient w.r.t. the recurrent pre-activations (W_hh h + b_hh); GRU only, for the
 //                       other cells it is dxg itself
 //   dh0, dc0 [B, H]; db_ih, db_hh [G*H] accumulated (+=) when not null
 //
@@ -24,6 +29,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
 #include <vector>
 
 #include "../common/cells.h"
@@ -81,6 +87,7 @@ void pack_backward(const T* w, int G, int H, T* wb) {
 template <typename T>
 struct FwdArgs {
     int cell, T_, B, I, H;
+    const int64_t* bs;
     const T *xp, *h0, *c0, *wf, *b_ih, *b_hh;
     T *y, *h_n, *c_n, *ws;
 };
@@ -88,9 +95,17 @@ struct FwdArgs {
 template <typename T>
 struct BwdArgs {
     int cell, T_, B, H;
+    const int64_t* bs;
     const T *wb, *h0, *c0, *y, *ws, *dy, *dh_n, *dc_n;
     T *dxg, *dhg, *dh0, *dc0, *db_ih, *db_hh;
 };
+
+// off[t] = bs[0] + ... + bs[t-1], for t = 0..T.
+inline std::vector<ptrdiff_t> offsets_of(const int64_t* bs, int T_) {
+    std::vector<ptrdiff_t> off(static_cast<size_t>(T_) + 1, 0);
+    for (int t = 0; t < T_; ++t) off[t + 1] = off[t] + bs[t];
+    return off;
+}
 
 // Threads worth using for a step of this size: a barrier crossing costs about as much as ~8k multiply-adds
 // (measured: LSTM H=64 B=1 gains from 2 threads, RNN H=64 B=1 loses).
@@ -102,18 +117,19 @@ inline int threads_for(int requested, int B, int G, int H, int nub) {
     return std::max(1, std::min({requested, nub, std::max(nt, 1)}));
 }
 
+
 // ------------------------------------------------------------------------------------------- forward
-// Pointwise part of one step for units [u, u+lanes) of batch row b (V = vector or scalar).
+// Pointwise part of one step for units [u, u+lanes) of the token in packed row `row` (V = vector or scalar).
 template <typename T, typename V, typename M>
-inline void forward_units(const FwdArgs<T>& a, int t, int b, int u, const T* acc, int nup, int col,
+inline void forward_units(const FwdArgs<T>& a, ptrdiff_t row, int u, const T* acc, int nup, int col,
                           const T* h_prev, const T* bi, const T* bh, T* cst) {
     const int H = a.H, G = gates_of(a.cell);
     const ptrdiff_t GH = static_cast<ptrdiff_t>(G) * H;
-    const T* xp = a.xp + (static_cast<ptrdiff_t>(t) * a.B + b) * GH;
-    T* y = a.y + (static_cast<ptrdiff_t>(t) * a.B + b) * H;
+    const T* xp = a.xp + row * GH;
+    T* y = a.y + row * H;
     auto X = [&](int g) { return ld<V>(xp + g * H + u) + ld<V>(bi + g * H + u); };
     auto R = [&](int g) { return ld<V>(acc + g * nup + col) + ld<V>(bh + g * H + u); };
-    T* ws = a.ws ? a.ws + (static_cast<ptrdiff_t>(t) * a.B + b) * slots_of(a.cell) * H + u : nullptr;
+    T* ws = a.ws ? a.ws + row * slots_of(a.cell) * H + u : nullptr;
     if (a.cell == kRnnTanh) {
         st(y + u, rnn_tanh_forward<M>(X(0), R(0)));
     } else if (a.cell == kRnnRelu) {
@@ -139,6 +155,7 @@ void recurrence_forward(const FwdArgs<T>& a, int requested_threads) {
     const int H = a.H, B = a.B, G = gates_of(a.cell);
     const int nub = static_cast<int>(round_up(H, NR) / NR);
     const int nt = threads_for(requested_threads, B, G, H, nub);
+    const std::vector<ptrdiff_t> off = offsets_of(a.bs, a.T_);
     std::vector<T> zeros(static_cast<size_t>(G) * H, T(0));
     const T* bi = a.b_ih ? a.b_ih : zeros.data();
     const T* bh = a.b_hh ? a.b_hh : zeros.data();
@@ -155,44 +172,53 @@ void recurrence_forward(const FwdArgs<T>& a, int requested_threads) {
             for (int b = 0; b < B; ++b)
                 for (int u = u0; u < u1; ++u) cst[b * nup + u - u0] = a.c0[b * H + u];
         for (int t = 0; t < a.T_; ++t) {
-            const T* h_prev = t == 0 ? a.h0 : a.y + static_cast<ptrdiff_t>(t - 1) * B * H;
+            const int Bt = static_cast<int>(a.bs[t]);
+            // Step t-1's rows come first in the same order, so its first Bt rows are this step's h_{t-1}.
+            const T* h_prev = t == 0 ? a.h0 : a.y + off[t - 1] * H;
             const ptrdiff_t ldc = static_cast<ptrdiff_t>(G) * nup;
             for (int ub = ub0; ub < ub1; ++ub)
                 for (int g = 0; g < G; ++g) {
                     const T* panel = a.wf + static_cast<ptrdiff_t>(ub * G + g) * H * NR;
                     T* c = acc + g * nup + (ub - ub0) * NR;
-                    for (int b = 0; b < B; b += MR)
-                        ukernel<T>(std::min(MR, B - b), H, h_prev + static_cast<ptrdiff_t>(b) * H, H, 1, panel,
+                    for (int b = 0; b < Bt; b += MR)
+                        ukernel<T>(std::min(MR, Bt - b), H, h_prev + static_cast<ptrdiff_t>(b) * H, H, 1, panel,
                                    c + b * ldc, ldc, NR, false);
                 }
-            for (int b = 0; b < B; ++b) {
+            for (int b = 0; b < Bt; ++b) {
                 const T* accb = acc + b * ldc;
                 T* cb = cst + b * nup;
                 const T* hp = h_prev + static_cast<ptrdiff_t>(b) * H;
+                const ptrdiff_t row = off[t] + b;
                 int u = u0;
                 for (; u + W <= u1; u += W)
-                    forward_units<T, typename S::V, VecMath<T>>(a, t, b, u, accb, nup, u - u0, hp, bi, bh, cb);
+                    forward_units<T, typename S::V, VecMath<T>>(a, row, u, accb, nup, u - u0, hp, bi, bh, cb);
                 for (; u < u1; ++u)
-                    forward_units<T, T, ScalarMath<T>>(a, t, b, u, accb, nup, u - u0, hp, bi, bh, cb);
+                    forward_units<T, T, ScalarMath<T>>(a, row, u, accb, nup, u - u0, hp, bi, bh, cb);
             }
             barrier.wait(tid);
         }
-        const T* last = a.T_ > 0 ? a.y + static_cast<ptrdiff_t>(a.T_ - 1) * B * H : a.h0;
-        for (int b = 0; b < B; ++b)
+        // Row b's last step is the last t with bs[t] > b (rows go longest first, so it only moves back).
+        int t_last = a.T_ - 1;
+        for (int b = 0; b < B; ++b) {
+            while (t_last >= 0 && a.bs[t_last] <= b) --t_last;
+            const T* last = t_last >= 0 ? a.y + (off[t_last] + b) * H : a.h0 + static_cast<ptrdiff_t>(b) * H;
             for (int u = u0; u < u1; ++u) {
-                a.h_n[b * H + u] = last[b * H + u];
+                a.h_n[b * H + u] = last[u];
                 if (a.cell == kLstm) a.c_n[b * H + u] = cst[b * nup + u - u0];
             }
+        }
     });
 }
 
 // ------------------------------------------------------------------------------------------- backward
-// Pointwise part of one reverse step for units [u, u+lanes) of batch row b. dhr holds the gradient
-// w.r.t. h_t coming from step t+1 and receives the direct part of the gradient w.r.t. h_{t-1}.
+// Pointwise part of one reverse step for units [u, u+lanes) of the token in packed row `row`; prev_row is
+// the same batch row at step t-1 (-1 at t = 0). dhr holds the gradient w.r.t. h_t coming from step t+1
+// and receives the direct part of the gradient w.r.t. h_{t-1}.
 template <typename T, typename V, typename M>
-inline void backward_units(const BwdArgs<T>& a, int t, int b, int u, int col, T* dhr, T* dcs, T* sbi, T* sbh) {
+inline void backward_units(const BwdArgs<T>& a, ptrdiff_t row, ptrdiff_t prev_row, int b, int u, int col, T* dhr,
+                           T* dcs, T* sbi, T* sbh) {
     const int H = a.H, G = gates_of(a.cell);
-    const ptrdiff_t GH = static_cast<ptrdiff_t>(G) * H, row = static_cast<ptrdiff_t>(t) * a.B + b;
+    const ptrdiff_t GH = static_cast<ptrdiff_t>(G) * H;
     V dh = ld<V>(dhr + col);
     if (a.dy) dh = dh + ld<V>(a.dy + row * H + u);
     T* dx = a.dxg + row * GH + u;
@@ -207,7 +233,7 @@ inline void backward_units(const BwdArgs<T>& a, int t, int b, int u, int col, T*
         st(dhr + col, M::c(0.0));
     } else if (a.cell == kLstm) {
         const T* ws = a.ws + row * 5 * H + u;
-        const V c_prev = t == 0 ? ld<V>(a.c0 + b * H + u) : ld<V>(ws - static_cast<ptrdiff_t>(a.B) * 5 * H + 4 * H);
+        const V c_prev = prev_row < 0 ? ld<V>(a.c0 + b * H + u) : ld<V>(a.ws + prev_row * 5 * H + 4 * H + u);
         V di, df, dg, d_o, dc;
         lstm_backward<M>(ld<V>(ws), ld<V>(ws + H), ld<V>(ws + 2 * H), ld<V>(ws + 3 * H), c_prev, ld<V>(ws + 4 * H), dh,
                          ld<V>(dcs + col), di, df, dg, d_o, dc);
@@ -216,7 +242,7 @@ inline void backward_units(const BwdArgs<T>& a, int t, int b, int u, int col, T*
         st(dhr + col, M::c(0.0));
     } else {
         const T* ws = a.ws + row * 4 * H + u;
-        const V h_prev = t == 0 ? ld<V>(a.h0 + b * H + u) : ld<V>(a.y + (row - a.B) * H + u);
+        const V h_prev = prev_row < 0 ? ld<V>(a.h0 + b * H + u) : ld<V>(a.y + prev_row * H + u);
         V dr, dz, dnx, dnh, dhp;
         gru_backward<M>(ld<V>(ws), ld<V>(ws + H), ld<V>(ws + 2 * H), ld<V>(ws + 3 * H), h_prev, dh, dr, dz, dnx, dnh, dhp);
         put(0, dr); put(1, dz);
@@ -237,6 +263,7 @@ void recurrence_backward(const BwdArgs<T>& a, int requested_threads) {
     const ptrdiff_t GH = static_cast<ptrdiff_t>(G) * H;
     const int nub = static_cast<int>(round_up(H, NR) / NR);
     const int nt = threads_for(requested_threads, B, G, H, nub);
+    const std::vector<ptrdiff_t> off = offsets_of(a.bs, a.T_);
     const T* dhg_all = a.cell == kGru ? a.dhg : a.dxg;
     // Per-thread scratch: dh carry [B][nup], dc carry [B][nup]; bias-gradient sums for all G*H
     // (each thread touches only its own units, so no two threads write the same element).
@@ -249,6 +276,7 @@ void recurrence_backward(const BwdArgs<T>& a, int requested_threads) {
         const int u0 = ub0 * NR, u1 = std::min(H, ub1 * NR), nup = (ub1 - ub0) * NR;
         T* dhr = scratch.data() + per_thread * tid;
         T* dcs = dhr + static_cast<ptrdiff_t>(B) * nup;
+        // A row's carries start at dh_n / dc_n and wait untouched until its own last step comes up.
         for (int b = 0; b < B; ++b)
             for (int j = 0; j < nup; ++j) {
                 const int u = u0 + j;
@@ -258,21 +286,24 @@ void recurrence_backward(const BwdArgs<T>& a, int requested_threads) {
         T* sbi = sums.data();
         T* sbh = sums.data() + GH;
         for (int t = a.T_ - 1; t >= 0; --t) {
-            for (int b = 0; b < B; ++b) {
+            const int Bt = static_cast<int>(a.bs[t]);
+            for (int b = 0; b < Bt; ++b) {
                 T* dh = dhr + b * nup;
                 T* dc = dcs + b * nup;
+                const ptrdiff_t row = off[t] + b, prev_row = t == 0 ? -1 : off[t - 1] + b;
                 int u = u0;
                 for (; u + W <= u1; u += W)
-                    backward_units<T, typename S::V, VecMath<T>>(a, t, b, u, u - u0, dh, dc, sbi, sbh);
-                for (; u < u1; ++u) backward_units<T, T, ScalarMath<T>>(a, t, b, u, u - u0, dh, dc, sbi, sbh);
+                    backward_units<T, typename S::V, VecMath<T>>(a, row, prev_row, b, u, u - u0, dh, dc, sbi, sbh);
+                for (; u < u1; ++u)
+                    backward_units<T, T, ScalarMath<T>>(a, row, prev_row, b, u, u - u0, dh, dc, sbi, sbh);
             }
             barrier.wait(tid);
-            const T* dg = dhg_all + static_cast<ptrdiff_t>(t) * B * GH;
+            const T* dg = dhg_all + off[t] * GH;
             for (int kb = ub0; kb < ub1; ++kb) {
                 const T* panel = a.wb + kb * GH * NR;
                 T* c = dhr + (kb - ub0) * NR;
-                for (int b = 0; b < B; b += MR)
-                    ukernel<T>(std::min(MR, B - b), GH, dg + b * GH, GH, 1, panel, c + b * nup, nup, NR, true);
+                for (int b = 0; b < Bt; b += MR)
+                    ukernel<T>(std::min(MR, Bt - b), GH, dg + b * GH, GH, 1, panel, c + b * nup, nup, NR, true);
             }
         }
         for (int b = 0; b < B; ++b)

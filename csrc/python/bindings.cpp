@@ -165,52 +165,76 @@ int check_threads(int threads) {
     return threads;
 }
 
+// batch_sizes: int64 [T], bs[t] active rows at step t, 1 <= bs[t] <= bs[t-1] (see csrc/cpu/recurrence.h).
+// Returns its sum, the number of token rows.
+py::ssize_t check_batch_sizes(const py::array& bs) {
+    if (!bs.dtype().is(py::dtype::of<int64_t>()) || bs.ndim() != 1 || !(bs.flags() & py::array::c_style))
+        throw py::type_error("batch_sizes: expected a contiguous 1-D int64 array");
+    const int64_t* p = static_cast<const int64_t*>(bs.data());
+    py::ssize_t n = 0;
+    for (py::ssize_t t = 0; t < bs.shape(0); ++t) {
+        if (p[t] < 1 || (t > 0 && p[t] > p[t - 1]))
+            throw py::value_error("batch_sizes: expected positive, non-increasing sizes");
+        n += p[t];
+    }
+    return n;
+}
+
 template <typename T>
-void forward_t(int cell, const py::array& xp, const py::object& h0, const py::object& c0, Packed& w,
-               const py::object& b_ih, const py::object& b_hh, const py::object& y, const py::object& h_n,
+void forward_t(int cell, const py::array& bs, const py::array& xp, const py::object& h0, const py::object& c0,
+               Packed& w, const py::object& b_ih, const py::object& b_hh, const py::object& y, const py::object& h_n,
                const py::object& c_n, const py::object& ws, int threads) {
     const int G = gates_of(cell), H = w.hidden();
     if (w.gates() != G) throw py::value_error("weight_hh: packed for a different cell");
-    if (xp.ndim() != 3) throw py::value_error("xp: expected a 3-D array (T, B, G*H), got " + shape_str(xp));
-    const py::ssize_t T_ = xp.shape(0), B = xp.shape(1);
-    if (B < 1) throw py::value_error("xp: batch size must be at least 1");
+    const py::ssize_t N = check_batch_sizes(bs), T_ = bs.shape(0);
+    if (h0.is_none() || !py::isinstance<py::array>(h0) || h0.cast<py::array>().ndim() != 2)
+        throw py::value_error("h0: expected a 2-D array (B, H)");
+    const py::ssize_t B = h0.cast<py::array>().shape(0);
+    if (T_ > 0 && static_cast<const int64_t*>(bs.data())[0] != B)
+        throw py::value_error("batch_sizes: the first size must equal the batch size of h0");
+    if (B < 1) throw py::value_error("h0: batch size must be at least 1");
     rnnfast::cpu::ForwardCall<T> c{};
     c.cell = cell; c.T_ = static_cast<int>(T_); c.B = static_cast<int>(B); c.I = 0; c.H = H;
-    c.xp = in_ptr<T>(xp, "xp", {T_, B, G * H});
+    c.bs = static_cast<const int64_t*>(bs.data());
+    c.xp = in_ptr<T>(xp, "xp", {N, G * H});
     c.h0 = in_ptr<T>(h0, "h0", {B, H});
     c.c0 = in_ptr<T>(c0, "c0", {B, H}, cell != 2);
     c.wf = w.forward_panels<T>();
     c.b_ih = in_ptr<T>(b_ih, "b_ih", {G * H}, true);
     c.b_hh = in_ptr<T>(b_hh, "b_hh", {G * H}, true);
-    c.y = out_ptr<T>(y, "y", {T_, B, H});
+    c.y = out_ptr<T>(y, "y", {N, H});
     c.h_n = out_ptr<T>(h_n, "h_n", {B, H});
     c.c_n = out_ptr<T>(c_n, "c_n", {B, H}, cell != 2);
-    c.ws = out_ptr<T>(ws, "ws", {T_, B, slots_of(cell) * H}, true);
-    if (cell == 2 && c.ws == nullptr && !ws.is_none()) throw py::value_error("ws: invalid");
+    c.ws = out_ptr<T>(ws, "ws", {N, slots_of(cell) * H}, true);
     py::gil_scoped_release nogil;
     table<T>().forward(c, threads);
 }
 
 template <typename T>
-void backward_t(int cell, Packed& w, const py::object& h0, const py::object& c0, const py::array& y,
-                const py::object& ws, const py::object& dy, const py::object& dh_n, const py::object& dc_n,
-                const py::object& dxg, const py::object& dhg, const py::object& dh0, const py::object& dc0,
-                const py::object& db_ih, const py::object& db_hh, int threads) {
+void backward_t(int cell, const py::array& bs, Packed& w, const py::object& h0, const py::object& c0,
+                const py::array& y, const py::object& ws, const py::object& dy, const py::object& dh_n,
+                const py::object& dc_n, const py::object& dxg, const py::object& dhg, const py::object& dh0,
+                const py::object& dc0, const py::object& db_ih, const py::object& db_hh, int threads) {
     const int G = gates_of(cell), H = w.hidden();
     if (w.gates() != G) throw py::value_error("weight_hh: packed for a different cell");
-    if (y.ndim() != 3) throw py::value_error("y: expected a 3-D array (T, B, H), got " + shape_str(y));
-    const py::ssize_t T_ = y.shape(0), B = y.shape(1);
+    const py::ssize_t N = check_batch_sizes(bs), T_ = bs.shape(0);
+    if (h0.is_none() || !py::isinstance<py::array>(h0) || h0.cast<py::array>().ndim() != 2)
+        throw py::value_error("h0: expected a 2-D array (B, H)");
+    const py::ssize_t B = h0.cast<py::array>().shape(0);
+    if (T_ > 0 && static_cast<const int64_t*>(bs.data())[0] != B)
+        throw py::value_error("batch_sizes: the first size must equal the batch size of h0");
     rnnfast::cpu::BackwardCall<T> c{};
     c.cell = cell; c.T_ = static_cast<int>(T_); c.B = static_cast<int>(B); c.H = H;
-    c.y = in_ptr<T>(y, "y", {T_, B, H});
+    c.bs = static_cast<const int64_t*>(bs.data());
+    c.y = in_ptr<T>(y, "y", {N, H});
     c.h0 = in_ptr<T>(h0, "h0", {B, H});
     c.c0 = in_ptr<T>(c0, "c0", {B, H}, cell != 2);
-    c.ws = in_ptr<T>(ws, "ws", {T_, B, slots_of(cell) * H}, cell < 2);
-    c.dy = in_ptr<T>(dy, "dy", {T_, B, H}, true);
+    c.ws = in_ptr<T>(ws, "ws", {N, slots_of(cell) * H}, cell < 2);
+    c.dy = in_ptr<T>(dy, "dy", {N, H}, true);
     c.dh_n = in_ptr<T>(dh_n, "dh_n", {B, H}, true);
     c.dc_n = in_ptr<T>(dc_n, "dc_n", {B, H}, true);
-    c.dxg = out_ptr<T>(dxg, "dxg", {T_, B, G * H});
-    c.dhg = out_ptr<T>(dhg, "dhg", {T_, B, G * H}, cell != 3);
+    c.dxg = out_ptr<T>(dxg, "dxg", {N, G * H});
+    c.dhg = out_ptr<T>(dhg, "dhg", {N, G * H}, cell != 3);
     c.dh0 = out_ptr<T>(dh0, "dh0", {B, H});
     c.dc0 = out_ptr<T>(dc0, "dc0", {B, H}, true);
     c.db_ih = out_ptr<T>(db_ih, "db_ih", {G * H}, true);
@@ -292,35 +316,41 @@ PYBIND11_MODULE(_C, m) {
           "c = a @ weight^T (or +=) with weight packed by PackedWeights(weight, 0).");
 
     m.def("forward",
-          [](const std::string& cell, const py::array& xp, const py::object& h0, const py::object& c0, Packed& w,
-             const py::object& b_ih, const py::object& b_hh, const py::object& y, const py::object& h_n,
-             const py::object& c_n, const py::object& ws, int threads) {
+          [](const std::string& cell, const py::array& batch_sizes, const py::array& xp, const py::object& h0,
+             const py::object& c0, Packed& w, const py::object& b_ih, const py::object& b_hh, const py::object& y,
+             const py::object& h_n, const py::object& c_n, const py::object& ws, int threads) {
               const int id = cell_id(cell);
               check_threads(threads);
               if (dtype_of(xp, "xp") != w.dtype()) throw py::type_error("xp: dtype differs from the weights'");
-              if (w.dtype() == DType::f32) forward_t<float>(id, xp, h0, c0, w, b_ih, b_hh, y, h_n, c_n, ws, threads);
-              else forward_t<double>(id, xp, h0, c0, w, b_ih, b_hh, y, h_n, c_n, ws, threads);
+              if (w.dtype() == DType::f32)
+                  forward_t<float>(id, batch_sizes, xp, h0, c0, w, b_ih, b_hh, y, h_n, c_n, ws, threads);
+              else
+                  forward_t<double>(id, batch_sizes, xp, h0, c0, w, b_ih, b_hh, y, h_n, c_n, ws, threads);
           },
-          py::arg("cell"), py::arg("xp"), py::arg("h0"), py::arg("c0"), py::arg("weight_hh"), py::arg("b_ih"),
-          py::arg("b_hh"), py::arg("y"), py::arg("h_n"), py::arg("c_n"), py::arg("ws"), py::arg("threads"),
-          "Runs all T steps of the recurrence; writes y, h_n, c_n and (training) the workspace ws.");
+          py::arg("cell"), py::arg("batch_sizes"), py::arg("xp"), py::arg("h0"), py::arg("c0"), py::arg("weight_hh"),
+          py::arg("b_ih"), py::arg("b_hh"), py::arg("y"), py::arg("h_n"), py::arg("c_n"), py::arg("ws"),
+          py::arg("threads"),
+          "Runs all steps of the recurrence over packed tokens; writes y, h_n, c_n and (training) the workspace ws.");
 
     m.def("backward",
-          [](const std::string& cell, Packed& w, const py::object& h0, const py::object& c0, const py::array& y,
-             const py::object& ws, const py::object& dy, const py::object& dh_n, const py::object& dc_n,
-             const py::object& dxg, const py::object& dhg, const py::object& dh0, const py::object& dc0,
-             const py::object& db_ih, const py::object& db_hh, int threads) {
+          [](const std::string& cell, const py::array& batch_sizes, Packed& w, const py::object& h0,
+             const py::object& c0, const py::array& y, const py::object& ws, const py::object& dy,
+             const py::object& dh_n, const py::object& dc_n, const py::object& dxg, const py::object& dhg,
+             const py::object& dh0, const py::object& dc0, const py::object& db_ih, const py::object& db_hh,
+             int threads) {
               const int id = cell_id(cell);
               check_threads(threads);
               if (dtype_of(y, "y") != w.dtype()) throw py::type_error("y: dtype differs from the weights'");
               if (w.dtype() == DType::f32)
-                  backward_t<float>(id, w, h0, c0, y, ws, dy, dh_n, dc_n, dxg, dhg, dh0, dc0, db_ih, db_hh, threads);
+                  backward_t<float>(id, batch_sizes, w, h0, c0, y, ws, dy, dh_n, dc_n, dxg, dhg, dh0, dc0, db_ih,
+                                    db_hh, threads);
               else
-                  backward_t<double>(id, w, h0, c0, y, ws, dy, dh_n, dc_n, dxg, dhg, dh0, dc0, db_ih, db_hh, threads);
+                  backward_t<double>(id, batch_sizes, w, h0, c0, y, ws, dy, dh_n, dc_n, dxg, dhg, dh0, dc0, db_ih,
+                                     db_hh, threads);
           },
-          py::arg("cell"), py::arg("weight_hh"), py::arg("h0"), py::arg("c0"), py::arg("y"), py::arg("ws"),
-          py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("dxg"), py::arg("dhg"), py::arg("dh0"),
-          py::arg("dc0"), py::arg("db_ih"), py::arg("db_hh"), py::arg("threads"),
+          py::arg("cell"), py::arg("batch_sizes"), py::arg("weight_hh"), py::arg("h0"), py::arg("c0"), py::arg("y"),
+          py::arg("ws"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("dxg"), py::arg("dhg"),
+          py::arg("dh0"), py::arg("dc0"), py::arg("db_ih"), py::arg("db_hh"), py::arg("threads"),
           "BPTT through a training forward: writes dxg (and dhg for GRU), dh0, dc0; adds into db_ih, db_hh.");
 
     m.def("gemm",
