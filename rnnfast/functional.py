@@ -19,9 +19,10 @@ import numpy as np
 from . import _C
 from . import backend
 
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
-# Per-unit workspace slots a training forward keeps for backward (see csrc/cpu/recurrence.h).
-SLOTS = {"rnn_tanh": 0, "rnn_relu": 0, "lstm": 5, "gru": 4}
+# "gru" is torch's GRU (linear_before_reset=True); "gru_original" the original form (False).
+GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3, "gru_original": 3}
+# Per-unit workspace slots a training forward keeps for backward (see csrc/cpu/recurrence*.h).
+SLOTS = {"rnn_tanh": 0, "rnn_relu": 0, "lstm": 5, "gru": 4, "gru_original": 4}
 
 # Tests set this to fill every output with NaN before a kernel runs, so that an element the kernel
 # forgets to write cannot pass unnoticed.
@@ -129,6 +130,7 @@ class Saved:
     """What a training forward of one layer, one direction keeps for backward."""
 
     cell: str
+    shape3: tuple | None  # (T, B) when the forward took x as (T, B, I): backward answers in that form
     batch_sizes: np.ndarray
     prev_index: np.ndarray | None  # see Plan.prev_index; None when rows never end early
     x: np.ndarray  # (N, I) tokens, our own copy
@@ -167,7 +169,8 @@ def layer_forward(cell, x, h0, c0, w_ih, b_ih, b_hh, packed_ih, packed, training
     c_n = _empty((B, H), dtype) if cell == "lstm" else None
     ws = _empty((N, SLOTS[cell] * H), dtype) if training and SLOTS[cell] else None
     _C.forward(cell, batch_sizes, xp, h0, c0, packed, b_ih, b_hh, y, h_n, c_n, ws, threads)
-    saved = Saved(cell, batch_sizes, prev_index, x, h0, c0, w_ih.copy(), packed, y, ws) if training else None
+    saved = (Saved(cell, (T, B) if shape3 else None, batch_sizes, prev_index, x, h0, c0, w_ih.copy(), packed, y, ws)
+             if training else None)
     if shape3:
         y = y.reshape(T, B, H)
     return y, h_n, c_n, saved
@@ -183,8 +186,7 @@ def layer_backward(saved: Saved, dy, dh_n, dc_n, grads):
     B = s.h0.shape[0]
     G = GATES[s.cell]
     dtype = s.x.dtype
-    shape3 = dy is not None and dy.ndim == 3
-    if shape3:
+    if dy is not None and dy.ndim == 3:
         dy = dy.reshape(N, H)
     dxg = _empty((N, G * H), dtype)
     dhg = _empty((N, G * H), dtype) if s.cell == "gru" else None
@@ -197,14 +199,19 @@ def layer_backward(saved: Saved, dy, dh_n, dc_n, grads):
     if N:
         dhg = dhg if dhg is not None else dxg
         backend.matmul(dxg.T, s.x, out=grads["w_ih"], accumulate=True)
-        # h_prev is h0 for the first step and the same row's output one step earlier after it.
-        backend.matmul(dhg[:B].T, s.h0, out=grads["w_hh"], accumulate=True)
+        # The recurrent product of a step read h_prev: h0 for the first step, then the same row's output one
+        # step earlier. The original GRU's candidate rows read r*h_prev instead, which its workspace keeps.
+        rows = slice(0, 2 * H) if s.cell == "gru_original" else slice(None)
+        dw_hh = grads["w_hh"][rows]
+        backend.matmul(dhg[:B, rows].T, s.h0, out=dw_hh, accumulate=True)
         if N > B:
             h_prev = s.y[: N - B] if s.prev_index is None else s.y[s.prev_index]
-            backend.matmul(dhg[B:].T, h_prev, out=grads["w_hh"], accumulate=True)
+            backend.matmul(dhg[B:, rows].T, h_prev, out=dw_hh, accumulate=True)
+        if s.cell == "gru_original":
+            backend.matmul(dhg[:, 2 * H:].T, s.ws[:, 3 * H:], out=grads["w_hh"][2 * H:], accumulate=True)
         backend.matmul(dxg, s.w_ih, out=dx)
-    if shape3:
-        dx = dx.reshape(-1, B, I)
+    if s.shape3 is not None:
+        dx = dx.reshape(s.shape3[0], s.shape3[1], I)
     return dx, dh0, dc0
 
 

@@ -269,12 +269,21 @@ class RNN(_RNNBase):
 
 
 class GRU(_RNNBase):
-    """GRU as torch.nn.GRU (linear_before_reset form): r, z gates; n = tanh(W_in x + b_in + r*(W_hn h + b_hn))."""
+    """GRU. With linear_before_reset=True (default) it is torch.nn.GRU (and cuDNN's, Keras' reset_after=True):
+    n = tanh(W_in x + b_in + r*(W_hn h + b_hn)). With False it is the original form (Keras reset_after=False):
+    n = tanh(W_in x + b_in + W_hn (r*h) + b_hn). Gates r, z as torch; h' = (1-z)*n + z*h."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, dtype=np.float32, seed=None):
-        super().__init__("gru", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0,
-                         dtype, seed)
+                 bidirectional=False, dtype=np.float32, seed=None, linear_before_reset=True):
+        if not isinstance(linear_before_reset, (bool, np.bool_)):
+            raise TypeError(f"linear_before_reset must be a bool, got {type(linear_before_reset).__name__}")
+        self.linear_before_reset = bool(linear_before_reset)
+        super().__init__("gru" if self.linear_before_reset else "gru_original", input_size, hidden_size, num_layers,
+                         bias, batch_first, dropout, bidirectional, 0, dtype, seed)
+
+    def extra_repr(self):
+        s = super().extra_repr()
+        return s if self.linear_before_reset else s + ", linear_before_reset=False"
 
 
 class LSTM(_RNNBase):

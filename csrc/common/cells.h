@@ -89,3 +89,38 @@ RNNFAST_HD void gru_backward(V r, V z, V n, V hn, V h, V dh_out,
     dnh = dnx * r;
     dh = dh_out * z;
 }
+
+// ---------------------------------------------------------------- GRU, linear_before_reset=False (original form)
+// r,z = sigmoid(x* + h*); n = tanh(xn + W_hn (r*h) + b_hn); h' = (1-z)*n + z*h.
+// The candidate needs r*h of every unit before its recurrent product, so a step has two phases.
+// Phase 1: the gates and r*h (what the W_hn product reads).
+template <class M, class V>
+RNNFAST_HD void gru_original_gates(V xr, V xz, V hr, V hz, V h, V& r, V& z, V& rh) {
+    r = M::sigmoid(xr + hr);
+    z = M::sigmoid(xz + hz);
+    rh = r * h;
+}
+
+// Phase 2: hn = W_hn (r*h) + b_hn; returns h'.
+template <class M, class V>
+RNNFAST_HD V gru_original_output(V xn, V hn, V z, V h, V& n) {
+    n = M::tanh(xn + hn);
+    return (M::c(1.0) - z) * n + z * h;
+}
+
+// Backward phase 1, from dh_out (total gradient w.r.t. h'): dn (w.r.t. both xn and hn), dz, and the
+// direct part of dh.
+template <class M, class V>
+RNNFAST_HD void gru_original_backward_output(V z, V n, V h, V dh_out, V& dn, V& dz, V& dh) {
+    const V one = M::c(1.0);
+    dn = dh_out * (one - z) * (one - n * n);
+    dz = dh_out * (h - n) * z * (one - z);
+    dh = dh_out * z;
+}
+
+// Backward phase 2, once drh = W_hn^T dn (gradient w.r.t. r*h) is known: dr, and drh's share of dh.
+template <class M, class V>
+RNNFAST_HD void gru_original_backward_gates(V r, V h, V drh, V& dr, V& dh) {
+    dr = drh * h * r * (M::c(1.0) - r);
+    dh = dh + drh * r;
+}

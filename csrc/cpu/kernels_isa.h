@@ -4,20 +4,23 @@
 
 #include "kernels.h"
 #include "recurrence.h"
+#include "recurrence_gru_original.h"
 
 namespace {
 
 template <typename T>
 void forward_entry(const rnnfast::cpu::ForwardCall<T>& c, int threads) {
     FwdArgs<T> a{c.cell, c.T_, c.B, c.I, c.H, c.bs, c.xp, c.h0, c.c0, c.wf, c.b_ih, c.b_hh, c.y, c.h_n, c.c_n, c.ws};
-    recurrence_forward<T>(a, threads);
+    if (c.cell == kGruOriginal) gru_original_forward<T>(a, threads);
+    else recurrence_forward<T>(a, threads);
 }
 
 template <typename T>
 void backward_entry(const rnnfast::cpu::BackwardCall<T>& c, int threads) {
     BwdArgs<T> a{c.cell, c.T_, c.B, c.H, c.bs, c.wb, c.h0, c.c0, c.y, c.ws, c.dy, c.dh_n, c.dc_n,
                  c.dxg, c.dhg, c.dh0, c.dc0, c.db_ih, c.db_hh};
-    recurrence_backward<T>(a, threads);
+    if (c.cell == kGruOriginal) gru_original_backward<T>(a, threads);
+    else recurrence_backward<T>(a, threads);
 }
 
 // Splits C by columns (panel-aligned) when it is wide enough, else by rows (tile-aligned).

@@ -38,10 +38,11 @@
 
 namespace {
 
-enum CellId { kRnnTanh = 0, kRnnRelu = 1, kLstm = 2, kGru = 3 };
+// kGruOriginal (linear_before_reset=False) has its own kernels in recurrence_gru_original.h.
+enum CellId { kRnnTanh = 0, kRnnRelu = 1, kLstm = 2, kGru = 3, kGruOriginal = 4 };
 
-inline int gates_of(int cell) { return cell == kLstm ? 4 : cell == kGru ? 3 : 1; }
-inline int slots_of(int cell) { return cell == kLstm ? 5 : cell == kGru ? 4 : 0; }
+inline int gates_of(int cell) { return cell == kLstm ? 4 : cell >= kGru ? 3 : 1; }
+inline int slots_of(int cell) { return cell == kLstm ? 5 : cell >= kGru ? 4 : 0; }
 
 template <typename V, typename T>
 inline V ld(const T* p) {

@@ -33,10 +33,11 @@ int cell_id(const std::string& cell) {
     if (cell == "rnn_relu") return 1;
     if (cell == "lstm") return 2;
     if (cell == "gru") return 3;
-    throw py::value_error("cell: expected 'rnn_tanh', 'rnn_relu', 'lstm' or 'gru', got '" + cell + "'");
+    if (cell == "gru_original") return 4;
+    throw py::value_error("cell: expected 'rnn_tanh', 'rnn_relu', 'lstm', 'gru' or 'gru_original', got '" + cell + "'");
 }
-int gates_of(int cell) { return cell == 2 ? 4 : cell == 3 ? 3 : 1; }
-int slots_of(int cell) { return cell == 2 ? 5 : cell == 3 ? 4 : 0; }
+int gates_of(int cell) { return cell == 2 ? 4 : cell >= 3 ? 3 : 1; }
+int slots_of(int cell) { return cell == 2 ? 5 : cell >= 3 ? 4 : 0; }
 
 std::string shape_str(const py::array& a) {
     std::string s = "(";
