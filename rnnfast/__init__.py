@@ -3,6 +3,7 @@ behind a torch.nn-like NumPy API. See README.md."""
 __version__ = "0.1.0"
 
 from .backend import get_num_threads, isa, matmul, set_num_threads
+from .cells import GRUCell, LSTMCell, RNNCell
 from .layers import GRU, LSTM, RNN
 from .module import Module, Parameter
 
