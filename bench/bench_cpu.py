@@ -80,6 +80,7 @@ def parse_args(argv=None):
     p.add_argument("--no-rnnfast", action="store_true", help="skip rnnfast layers (weights are still drawn with numpy)")
     p.add_argument("--no-roofline", action="store_true", help="skip the 2048^3 GEMM roofline measurement")
     p.add_argument("--quick", action="store_true", help="fewer repeats")
+    p.add_argument("--no-lengths", action="store_true", help="skip the variable-length comparison")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON to PATH")
     a = p.parse_args(argv)
@@ -534,6 +535,62 @@ def table(results, roofline):
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------------------------------
+# Variable lengths
+
+
+def lengths_section(rnnfast, dtype, args, T=100, B=64, I=256, H=512):
+    """LSTM at full length T vs the same batch with lengths uniform in [1, T] (mean about T/2): rnnfast's
+    packed kernels should cost in proportion to the real tokens; torch runs a PackedSequence."""
+    rng = np.random.default_rng(args.seed)
+    lengths = rng.integers(1, T + 1, size=B)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    dy = rng.standard_normal((T, B, H)).astype(dtype)
+    m = rnnfast.LSTM(I, H, dtype=dtype, seed=args.seed)
+    tm = None
+    if torch is not None and not args.no_torch:
+        tm = torch.nn.LSTM(I, H).to(torch.float64 if dtype == np.float64 else torch.float32)
+        tm.load_state_dict({k: torch.from_numpy(v) for k, v in m.state_dict().items()})
+    tokens = int(lengths.sum())
+    print(f"\nVariable lengths: LSTM T={T} B={B} I={I} H={H}, lengths uniform in [1, {T}] "
+          f"({tokens} of {T * B} tokens, {tokens / (T * B):.2f})")
+    print("| mode | rnnfast full ms | rnnfast lengths ms | ratio | torch full ms | torch packed ms | ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    rows = []
+    for mode in args.modes:
+        def rf(lens):
+            if mode == "infer":
+                m.eval()
+                return lambda: m(x, lengths=lens)
+            m.train()
+            return lambda: (m(x, lengths=lens), m.backward(dy))
+        full, _, _ = time_runs(rf(None), setup=m.zero_grad, warmup=args.warmup, repeats=args.repeats)
+        part, _, _ = time_runs(rf(lengths), setup=m.zero_grad, warmup=args.warmup, repeats=args.repeats)
+        tfull = tpart = None
+        if tm is not None:
+            tx, tdy, tl = torch.from_numpy(x), torch.from_numpy(dy), torch.from_numpy(lengths)
+
+            def tf(packed):
+                def run():
+                    inp = torch.nn.utils.rnn.pack_padded_sequence(tx, tl, enforce_sorted=False) if packed else tx
+                    if mode == "infer":
+                        with torch.no_grad():
+                            return tm(inp)
+                    tm.zero_grad()
+                    out = tm(inp)[0]
+                    if packed:
+                        out = torch.nn.utils.rnn.pad_packed_sequence(out, total_length=T)[0]
+                    out.backward(tdy)
+                return run
+            tfull, _, _ = time_runs(tf(False), warmup=args.warmup, repeats=args.repeats)
+            tpart, _, _ = time_runs(tf(True), warmup=args.warmup, repeats=args.repeats)
+        tcols = (f"{tfull * 1e3:.2f} | {tpart * 1e3:.2f} | {tpart / tfull:.2f}" if tfull else "n/a | n/a | n/a")
+        print(f"| {mode} | {full * 1e3:.2f} | {part * 1e3:.2f} | {part / full:.2f} | {tcols} |")
+        rows.append({"mode": mode, "rnnfast_full_s": full, "rnnfast_lengths_s": part,
+                     "torch_full_s": tfull, "torch_packed_s": tpart, "token_fraction": tokens / (T * B)})
+    return rows
+
+
 def main(args=None):
     args = args or ARGS or parse_args()
     dtype = {"float32": np.float32, "float64": np.float64}[args.dtype]
@@ -619,6 +676,12 @@ def main(args=None):
 
     print()
     print(table(results, roofline))
+    lengths_rows = []
+    if rnnfast is not None and not args.no_lengths:
+        try:
+            lengths_rows = lengths_section(rnnfast, dtype, args)
+        except Exception:
+            errors.append(("variable lengths", "-", "rnnfast", traceback.format_exc()))
 
     if checks:
         tol = 1e-3 if dtype == np.float32 else 1e-9
@@ -638,7 +701,7 @@ def main(args=None):
 
     if args.json:
         payload = {"machine": info, "roofline_gflops": roofline, "gemm_gflops": rates,
-                   "args": {k: v for k, v in vars(args).items()}, "results": results,
+                   "args": {k: v for k, v in vars(args).items()}, "results": results, "lengths": lengths_rows,
                    "checks": [{"case": c[0], "mode": c[1], "what": c[2], "max_rel_diff": c[3]} for c in checks]}
         with open(args.json, "w") as f:
             json.dump(payload, f, indent=2, default=str)
