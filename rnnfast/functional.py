@@ -140,15 +140,17 @@ class Saved:
     packed: "_C.PackedWeights"
     y: np.ndarray
     ws: np.ndarray | None
+    packed_hr: "_C.PackedWeights | None" = None  # the LSTM projection, if any
 
 
 def layer_forward(cell, x, h0, c0, w_ih, b_ih, b_hh, packed_ih, packed, training, batch_sizes=None,
-                  prev_index=None):
-    """One layer, one direction; packed_ih and packed are W_ih and W_hh from packed_weights().
+                  prev_index=None, packed_hr=None):
+    """One layer, one direction; packed_ih, packed (and packed_hr, an LSTM's projection W_hr packed with
+    gates=1) come from packed_weights().
 
     x is (T, B, I) (every sequence T long) or, with batch_sizes, packed tokens (N, I); y comes back in the
-    same form. h0, c0 are (B, H) in the kernels' row order. Returns (y, h_n, c_n, saved); saved is None
-    unless training.
+    same form. h0 (B, S) and c0 (B, H) are in the kernels' row order, S = proj_size or H.
+    Returns (y, h_n, c_n, saved); saved is None unless training.
     """
     shape3 = x.ndim == 3
     if shape3:
@@ -157,22 +159,23 @@ def layer_forward(cell, x, h0, c0, w_ih, b_ih, b_hh, packed_ih, packed, training
         x = x.reshape(T * B, I)
     N, I = x.shape
     B = h0.shape[0]
-    H = packed.hidden_size
+    H, S = packed.hidden_size, packed.state_size
     G = GATES[cell]
     dtype = x.dtype
     threads = backend._threads_arg()
     xp = _empty((N, G * H), dtype)
     if N:
         _C.gemm_packed(x, packed_ih, xp, False, threads)
-    y = _empty((N, H), dtype)
-    h_n = _empty((B, H), dtype)
+    y = _empty((N, S), dtype)
+    h_n = _empty((B, S), dtype)
     c_n = _empty((B, H), dtype) if cell == "lstm" else None
-    ws = _empty((N, SLOTS[cell] * H), dtype) if training and SLOTS[cell] else None
-    _C.forward(cell, batch_sizes, xp, h0, c0, packed, b_ih, b_hh, y, h_n, c_n, ws, threads)
-    saved = (Saved(cell, (T, B) if shape3 else None, batch_sizes, prev_index, x, h0, c0, w_ih.copy(), packed, y, ws)
-             if training else None)
+    slots = SLOTS[cell] + (1 if packed_hr is not None else 0)  # + m_t, the projection's input
+    ws = _empty((N, slots * H), dtype) if training and slots else None
+    _C.forward(cell, batch_sizes, xp, h0, c0, packed, b_ih, b_hh, y, h_n, c_n, ws, threads, packed_hr)
+    saved = (Saved(cell, (T, B) if shape3 else None, batch_sizes, prev_index, x, h0, c0, w_ih.copy(), packed, y, ws,
+                   packed_hr) if training else None)
     if shape3:
-        y = y.reshape(T, B, H)
+        y = y.reshape(T, B, S)
     return y, h_n, c_n, saved
 
 
@@ -182,19 +185,20 @@ def layer_backward(saved: Saved, dy, dh_n, dc_n, grads):
     (biases may be None). Returns (dx, dh0, dc0), dx in the form of the forward's x."""
     s = saved
     N, I = s.x.shape
-    H = s.y.shape[1]
+    H, S = s.packed.hidden_size, s.y.shape[1]
     B = s.h0.shape[0]
     G = GATES[s.cell]
     dtype = s.x.dtype
     if dy is not None and dy.ndim == 3:
-        dy = dy.reshape(N, H)
+        dy = dy.reshape(N, S)
     dxg = _empty((N, G * H), dtype)
     dhg = _empty((N, G * H), dtype) if s.cell == "gru" else None
-    dh0 = _empty((B, H), dtype)
+    dh0 = _empty((B, S), dtype)
     dc0 = _empty((B, H), dtype) if s.cell == "lstm" else None
+    dh_all = _empty((N, S), dtype) if s.packed_hr is not None else None
     threads = backend._threads_arg()
     _C.backward(s.cell, s.batch_sizes, s.packed, s.h0, s.c0, s.y, s.ws, dy, dh_n, dc_n, dxg, dhg, dh0, dc0,
-                grads["b_ih"], grads["b_hh"], threads)
+                grads["b_ih"], grads["b_hh"], threads, s.packed_hr, dh_all)
     dx = _empty((N, I), dtype)
     if N:
         dhg = dhg if dhg is not None else dxg
@@ -209,6 +213,8 @@ def layer_backward(saved: Saved, dy, dh_n, dc_n, grads):
             backend.matmul(dhg[B:, rows].T, h_prev, out=dw_hh, accumulate=True)
         if s.cell == "gru_original":
             backend.matmul(dhg[:, 2 * H:].T, s.ws[:, 3 * H:], out=grads["w_hh"][2 * H:], accumulate=True)
+        if dh_all is not None:  # h_t = W_hr m_t
+            backend.matmul(dh_all.T, s.ws[:, 5 * H:], out=grads["w_hr"], accumulate=True)
         backend.matmul(dxg, s.w_ih, out=dx)
     if s.shape3 is not None:
         dx = dx.reshape(s.shape3[0], s.shape3[1], I)
@@ -227,6 +233,7 @@ class LayerWeights:
     grads: dict
     packed_ih: "_C.PackedWeights"
     packed_hh: "_C.PackedWeights"
+    packed_hr: "_C.PackedWeights | None" = None
 
 
 @dataclass
@@ -241,15 +248,16 @@ class StackSaved:
 def stack_forward(cell, x_tm, h0, c0, weights, plan: Plan, directions, training, dropout=0.0, rng=None):
     """A multi-layer, optionally bidirectional stack.
 
-    x_tm (T, B, I) in the caller's batch order; h0, c0 (L*D, B, H) or None; weights[l][d] LayerWeights.
-    Returns (y (T, B, D*H) zero past each sequence's end, h_n (L*D, B, H), c_n or None, saved or None).
+    x_tm (T, B, I) in the caller's batch order; h0 (L*D, B, S), c0 (L*D, B, H) or None (S = proj_size or H);
+    weights[l][d] LayerWeights.
+    Returns (y (T, B, D*S) zero past each sequence's end, h_n (L*D, B, S), c_n or None, saved or None).
     """
     L = len(weights)
     B = plan.B
-    H = weights[0][0].packed_hh.hidden_size
+    H, S = weights[0][0].packed_hh.hidden_size, weights[0][0].packed_hh.state_size
     dtype = x_tm.dtype
     lstm = cell == "lstm"
-    h_n = np.empty((L * directions, B, H), dtype=dtype)
+    h_n = np.empty((L * directions, B, S), dtype=dtype)
     c_n = np.empty((L * directions, B, H), dtype=dtype) if lstm else None
     saved = StackSaved(plan, directions) if training else None
     tokens = plan.gather(x_tm)
@@ -257,22 +265,22 @@ def stack_forward(cell, x_tm, h0, c0, weights, plan: Plan, directions, training,
     for layer in range(L):
         dropped = training and dropout > 0 and layer < L - 1
         # One direction without dropout: the layer's output is the kernel's y itself (no copy).
-        out = None if directions == 1 and not dropped else np.empty((plan.N, directions * H), dtype=dtype)
+        out = None if directions == 1 and not dropped else np.empty((plan.N, directions * S), dtype=dtype)
         saved_dirs = []
         for d in range(directions):
             k = layer * directions + d
             lw = weights[layer][d]
             inp = tokens if d == 0 else np.ascontiguousarray(tokens[plan.reverse_index])
-            h0_k = plan.sort_rows(h0[k]) if h0 is not None else np.zeros((B, H), dtype=dtype)
+            h0_k = plan.sort_rows(h0[k]) if h0 is not None else np.zeros((B, S), dtype=dtype)
             c0_k = (plan.sort_rows(c0[k]) if c0 is not None else np.zeros((B, H), dtype=dtype)) if lstm else None
             y, hn, cn, sv = layer_forward(cell, inp, h0_k, c0_k, lw.w_ih, lw.b_ih, lw.b_hh, lw.packed_ih,
-                                          lw.packed_hh, training, plan.batch_sizes, prev_index)
+                                          lw.packed_hh, training, plan.batch_sizes, prev_index, lw.packed_hr)
             if out is None:
                 out = y
             elif d == 0:
-                out[:, :H] = y
+                out[:, :S] = y
             else:
-                out[plan.reverse_index, H:] = y
+                out[plan.reverse_index, S:] = y
             h_n[k] = plan.unsort_rows(hn)
             if lstm:
                 c_n[k] = plan.unsort_rows(cn)
@@ -290,15 +298,15 @@ def stack_forward(cell, x_tm, h0, c0, weights, plan: Plan, directions, training,
 
 
 def stack_backward(saved: StackSaved, weights, dy_tm, dh_n, dc_n):
-    """BPTT through a stack's training forward. dy_tm (T, B, D*H) or None; dh_n, dc_n (L*D, B, H) or None.
-    Adds into every parameter's gradient; returns (dx (T, B, I), dh0 (L*D, B, H), dc0 or None)."""
+    """BPTT through a stack's training forward. dy_tm (T, B, D*S) or None; dh_n (L*D, B, S), dc_n (L*D, B, H)
+    or None. Adds into every parameter's gradient; returns (dx (T, B, I), dh0 (L*D, B, S), dc0 or None)."""
     plan, D = saved.plan, saved.directions
     L = len(saved.layers)
     B = plan.B
-    H = weights[0][0].packed_hh.hidden_size
+    H, S = weights[0][0].packed_hh.hidden_size, weights[0][0].packed_hh.state_size
     lstm = saved.layers[0][0].cell == "lstm"
     dtype = saved.layers[0][0].x.dtype
-    dh0 = np.empty((L * D, B, H), dtype=dtype)
+    dh0 = np.empty((L * D, B, S), dtype=dtype)
     dc0 = np.empty((L * D, B, H), dtype=dtype) if lstm else None
     dtok = plan.gather(dy_tm) if dy_tm is not None else None
     for layer in reversed(range(L)):
@@ -309,9 +317,9 @@ def stack_backward(saved: StackSaved, weights, dy_tm, dh_n, dc_n):
             if dtok is None:
                 dyd = None
             elif d == 0:
-                dyd = np.ascontiguousarray(dtok[:, :H])
+                dyd = np.ascontiguousarray(dtok[:, :S])
             else:
-                dyd = np.ascontiguousarray(dtok[plan.reverse_index, H:])
+                dyd = np.ascontiguousarray(dtok[plan.reverse_index, S:])
             dhn = plan.sort_rows(dh_n[k]) if dh_n is not None else None
             dcn = plan.sort_rows(dc_n[k]) if (dc_n is not None and lstm) else None
             dxd, dh0_k, dc0_k = layer_backward(sv, dyd, dhn, dcn, weights[layer][d].grads)

@@ -56,11 +56,9 @@ class _RNNBase(Module):
         self.batch_first = bool(batch_first)
         self.bidirectional = bool(bidirectional)
         self.dtype = _check_dtype(dtype)
-        if self.proj_size > 0:
-            if self.proj_size >= self.hidden_size:
-                raise ValueError(f"proj_size must be smaller than hidden_size, got proj_size={self.proj_size} "
-                                 f"and hidden_size={self.hidden_size}")
-            raise NotImplementedError("LSTM proj_size > 0 is not supported yet")
+        if self.proj_size > 0 and self.proj_size >= self.hidden_size:
+            raise ValueError(f"proj_size must be smaller than hidden_size, got proj_size={self.proj_size} "
+                             f"and hidden_size={self.hidden_size}")
         if seed is not None and not isinstance(seed, (np.random.Generator, numbers.Integral)):
             raise TypeError(f"seed must be None, an int or a numpy.random.Generator, got {type(seed).__name__}")
         self._cell = cell
@@ -71,13 +69,16 @@ class _RNNBase(Module):
         self._rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         # torch.nn's initialisation: every parameter uniform in [-1/sqrt(H), 1/sqrt(H)], in torch's order.
         k = 1.0 / math.sqrt(H)
+        S = self._state_size
         for layer in range(self.num_layers):
-            in_size = self.input_size if layer == 0 else D * H
+            in_size = self.input_size if layer == 0 else D * S
             for d in range(D):
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
-                shapes = [("weight_ih" + sfx, (G * H, in_size)), ("weight_hh" + sfx, (G * H, H))]
+                shapes = [("weight_ih" + sfx, (G * H, in_size)), ("weight_hh" + sfx, (G * H, S))]
                 if self.bias:
                     shapes += [("bias_ih" + sfx, (G * H,)), ("bias_hh" + sfx, (G * H,))]
+                if self.proj_size:
+                    shapes += [("weight_hr" + sfx, (self.proj_size, H))]
                 for name, shape in shapes:
                     self._params[name] = Parameter(self._rng.uniform(-k, k, size=shape).astype(self.dtype))
         # W_ih and W_hh of every layer and direction packed for the kernels, revalidated at each call.
@@ -89,6 +90,11 @@ class _RNNBase(Module):
     def _directions(self):
         return 2 if self.bidirectional else 1
 
+    @property
+    def _state_size(self):
+        """Features of h (and of each direction's output): proj_size when there is one, else hidden_size."""
+        return self.proj_size or self.hidden_size
+
     def _layer_weights(self):
         """[layer][direction] -> functional.LayerWeights over the live parameters (packing refreshed)."""
         G = functional.GATES[self._cell]
@@ -97,17 +103,23 @@ class _RNNBase(Module):
             dirs = []
             for d in range(self._directions):
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
-                p = {n: self._params.get(n + sfx) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+                p = {n: self._params.get(n + sfx)
+                     for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")}
                 ih = functional.packed_weights(p["weight_ih"].data, 0, self._packed.get("ih" + sfx))
                 hh = functional.packed_weights(p["weight_hh"].data, G, self._packed.get("hh" + sfx))
                 self._packed["ih" + sfx], self._packed["hh" + sfx] = ih, hh
+                hr = None
+                if p["weight_hr"] is not None:
+                    hr = functional.packed_weights(p["weight_hr"].data, 1, self._packed.get("hr" + sfx))
+                    self._packed["hr" + sfx] = hr
                 bias = self.bias
                 dirs.append(functional.LayerWeights(
                     p["weight_ih"].data, p["weight_hh"].data,
                     p["bias_ih"].data if bias else None, p["bias_hh"].data if bias else None,
                     {"w_ih": p["weight_ih"].grad, "w_hh": p["weight_hh"].grad,
-                     "b_ih": p["bias_ih"].grad if bias else None, "b_hh": p["bias_hh"].grad if bias else None},
-                    ih, hh))
+                     "b_ih": p["bias_ih"].grad if bias else None, "b_hh": p["bias_hh"].grad if bias else None,
+                     "w_hr": p["weight_hr"].grad if hr is not None else None},
+                    ih, hh, hr))
             out.append(dirs)
         return out
 
@@ -150,19 +162,20 @@ class _RNNBase(Module):
             raise ValueError(f"lengths: every length must be in [1, {T}] (T), got min {arr.min()} and max {arr.max()}")
         return arr.astype(np.int64)
 
-    def _state_shape(self, B, batched):
+    def _state_shape(self, B, batched, size):
         LD = self.num_layers * self._directions
-        return (LD, B, self.hidden_size) if batched else (LD, self.hidden_size)
+        return (LD, B, size) if batched else (LD, size)
 
-    def _check_state(self, value, name, B, batched):
-        """A state argument (num_layers*num_directions, B, H), or (.., H) unbatched, as a (L*D, B, H) copy."""
+    def _check_state(self, value, name, B, batched, size):
+        """A state argument (num_layers*num_directions, B, size), or (.., size) unbatched, as a (L*D, B, size)
+        copy. size: proj_size or H for h, H for c."""
         if value is None:
             return None
         value = self._check_array(value, name)
-        want = self._state_shape(B, batched)
+        want = self._state_shape(B, batched, size)
         if value.shape != want:
             raise ValueError(f"{name}: expected shape {want}, got {value.shape}")
-        return np.array(value.reshape(want[0], B, self.hidden_size), dtype=self.dtype, order="C", copy=True)
+        return np.array(value.reshape(want[0], B, size), dtype=self.dtype, order="C", copy=True)
 
     def _check_grad_out(self, value, name, shape):
         """A gradient argument of the given user-facing shape, or None."""
@@ -178,8 +191,8 @@ class _RNNBase(Module):
         x_tm, batched = self._check_input(x)
         T, B, _ = x_tm.shape
         lengths = self._check_lengths(lengths, T, B)
-        h0 = self._check_state(h0, "h0", B, batched)
-        c0 = self._check_state(c0, "c0", B, batched) if self._cell == "lstm" else None
+        h0 = self._check_state(h0, "h0", B, batched, self._state_size)
+        c0 = self._check_state(c0, "c0", B, batched, self.hidden_size) if self._cell == "lstm" else None
         plan = functional.Plan(T, B, lengths)
         if self.training and plan.dense:
             x_tm = np.array(x_tm, order="C", copy=True)  # backward must see the input of this forward
@@ -216,16 +229,17 @@ class _RNNBase(Module):
         if self._saved is None:
             raise RuntimeError("backward: no training-mode forward to differentiate (call the layer in train() mode first)")
         T, B, batched = self._layout
-        F = self._directions * self.hidden_size
+        S, H = self._state_size, self.hidden_size
+        F = self._directions * S
         y_shape = ((B, T, F) if self.batch_first else (T, B, F)) if batched else (T, F)
-        state_shape = self._state_shape(B, batched)
         dy = self._check_grad_out(dy, "dy", y_shape)
-        dh_n = self._check_grad_out(dh_n, "dh_n", state_shape)
-        dc_n = self._check_grad_out(dc_n, "dc_n", state_shape) if self._cell == "lstm" else None
+        dh_n = self._check_grad_out(dh_n, "dh_n", self._state_shape(B, batched, S))
+        dc_n = (self._check_grad_out(dc_n, "dc_n", self._state_shape(B, batched, H))
+                if self._cell == "lstm" else None)
         dy = None if dy is None else self._from_user(dy, batched)
-        LD = state_shape[0]
-        dh_n = None if dh_n is None else np.ascontiguousarray(dh_n.reshape(LD, B, self.hidden_size))
-        dc_n = None if dc_n is None else np.ascontiguousarray(dc_n.reshape(LD, B, self.hidden_size))
+        LD = self.num_layers * self._directions
+        dh_n = None if dh_n is None else np.ascontiguousarray(dh_n.reshape(LD, B, S))
+        dc_n = None if dc_n is None else np.ascontiguousarray(dc_n.reshape(LD, B, H))
         saved, weights = self._saved
         dx, dh0, dc0 = functional.stack_backward(saved, weights, dy, dh_n, dc_n)
         return self._to_user(dx, batched), self._state_out(dh0, batched), self._state_out(dc0, batched)

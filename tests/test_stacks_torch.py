@@ -207,3 +207,50 @@ def test_dropout_out_of_range_rejected():
     for bad in (-0.1, 1.0, 1.5):
         with pytest.raises(ValueError, match="dropout"):
             rnnfast.LSTM(3, 4, num_layers=2, dropout=bad)
+
+
+@pytest.mark.parametrize("layers,directions", [(1, 1), (2, 2)])
+@pytest.mark.parametrize("use_lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-10), (np.float32, 1e-5)], ids=["f64", "f32"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_lstm_projection_matches_torch(layers, directions, use_lengths, dtype, tol, threads):
+    torch = require_torch()
+    rng = np.random.default_rng(layers * 10 + directions + threads)
+    T, B, I, H, P = 6, 5, 3, 40, 7
+    old = rnnfast.get_num_threads()
+    rnnfast.set_num_threads(threads, exact=True)
+    try:
+        m = rnnfast.LSTM(I, H, num_layers=layers, bidirectional=directions == 2, proj_size=P, dtype=dtype, seed=1)
+        assert dict(m.named_parameters())["weight_hr_l0"].shape == (P, H)
+        tm = torch.nn.LSTM(I, H, layers, bidirectional=directions == 2, proj_size=P)
+        tm = tm.to(torch.float64 if dtype == np.float64 else torch.float32)
+        tm.load_state_dict({k: torch.from_numpy(v) for k, v in m.state_dict().items()})
+        lengths = random_lengths(rng, T, B) if use_lengths else None
+        x = rng.standard_normal((T, B, I)).astype(dtype)
+        h0 = rng.standard_normal((layers * directions, B, P)).astype(dtype)
+        c0 = rng.standard_normal((layers * directions, B, H)).astype(dtype)
+        y, (hn, cn) = m(x, (h0, c0), lengths=lengths)
+        dy, dhn, dcn = (rng.standard_normal(a.shape).astype(dtype) for a in (y, hn, cn))
+        dx, (dh0, dc0) = m.backward(dy, (dhn, dcn))
+    finally:
+        rnnfast.set_num_threads(old)
+    xt = torch.from_numpy(x.copy()).requires_grad_()
+    h0t, c0t = torch.from_numpy(h0).requires_grad_(), torch.from_numpy(c0).requires_grad_()
+    inp = xt if lengths is None else torch.nn.utils.rnn.pack_padded_sequence(xt, torch.from_numpy(lengths),
+                                                                               enforce_sorted=False)
+    yt, (hnt, cnt) = tm(inp, (h0t, c0t))
+    if lengths is not None:
+        yt, _ = torch.nn.utils.rnn.pad_packed_sequence(yt, total_length=T)
+    ((yt * torch.from_numpy(dy)).sum() + (hnt * torch.from_numpy(dhn)).sum() + (cnt * torch.from_numpy(dcn)).sum()).backward()
+    for name, a, b in [("y", y, yt), ("h_n", hn, hnt), ("c_n", cn, cnt), ("dx", dx, xt.grad), ("dh0", dh0, h0t.grad),
+                       ("dc0", dc0, c0t.grad)]:
+        assert_close(a, b.detach().numpy(), tol, name)
+    grads = dict(m.named_parameters())
+    for k, p in tm.named_parameters():
+        assert_close(grads[k].grad, p.grad.numpy(), tol, f"{k}.grad")
+
+
+def test_proj_size_must_be_smaller_than_hidden_size():
+    for bad in (8, 9):
+        with pytest.raises(ValueError, match="proj_size"):
+            rnnfast.LSTM(3, 8, proj_size=bad)

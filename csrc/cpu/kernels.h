@@ -15,6 +15,8 @@ struct ForwardCall {
     const int64_t* bs;
     const T *xp, *h0, *c0, *wf, *b_ih, *b_hh;
     T *y, *h_n, *c_n, *ws;  // ws null in inference
+    int P = 0;              // LSTM proj_size (0: none); then h0, y, h_n have P features
+    const T* wr = nullptr;  // W_hr (P, H) packed forward (panels over P)
 };
 
 template <typename T>
@@ -23,6 +25,9 @@ struct BackwardCall {
     const int64_t* bs;
     const T *wb, *h0, *c0, *y, *ws, *dy, *dh_n, *dc_n;  // dy, dh_n, dc_n may be null
     T *dxg, *dhg, *dh0, *dc0, *db_ih, *db_hh;          // dhg: GRU only; db_* accumulate, may be null
+    int P = 0;              // LSTM proj_size (0: none)
+    const T* wr = nullptr;  // W_hr (P, H) packed backward (panels over H)
+    T* dh_all = nullptr;    // [N, P] gradient w.r.t. every h_t (what dW_hr needs)
 };
 
 // C (+)= A B with A(i,k) = a[i*a_rs + k*a_ks], B(k,j) = b[k*b_ks + j*b_ns], C row-major (ldc).
@@ -48,9 +53,11 @@ struct PackedGemmCall {
 template <typename T>
 struct Table {
     int panel_width;                              // NR: packed layouts depend on it
-    ptrdiff_t (*packed_size)(int G, int H);
-    void (*pack_forward)(const T* w, int G, int H, T* out);
-    void (*pack_backward)(const T* w, int G, int H, T* out);
+    // A recurrent weight (G*H, K), K the state size (H, or proj_size); see recurrence.h.
+    ptrdiff_t (*packed_size_forward)(int G, int H, int K);
+    ptrdiff_t (*packed_size_backward)(int G, int H, int K);
+    void (*pack_forward)(const T* w, int G, int H, int K, T* out);
+    void (*pack_backward)(const T* w, int G, int H, int K, T* out);
     void (*forward)(const ForwardCall<T>&, int threads);
     void (*backward)(const BackwardCall<T>&, int threads);
     void (*gemm)(const GemmCall<T>&, int threads);

@@ -5,22 +5,22 @@
 #include "kernels.h"
 #include "recurrence.h"
 #include "recurrence_gru_original.h"
+#include "recurrence_lstm_proj.h"
 
 namespace {
 
 template <typename T>
 void forward_entry(const rnnfast::cpu::ForwardCall<T>& c, int threads) {
-    FwdArgs<T> a{c.cell, c.T_, c.B, c.I, c.H, c.bs, c.xp, c.h0, c.c0, c.wf, c.b_ih, c.b_hh, c.y, c.h_n, c.c_n, c.ws};
-    if (c.cell == kGruOriginal) gru_original_forward<T>(a, threads);
-    else recurrence_forward<T>(a, threads);
+    if (c.cell == kGruOriginal) gru_original_forward<T>(c, threads);
+    else if (c.P > 0) lstm_proj_forward<T>(c, threads);
+    else recurrence_forward<T>(c, threads);
 }
 
 template <typename T>
 void backward_entry(const rnnfast::cpu::BackwardCall<T>& c, int threads) {
-    BwdArgs<T> a{c.cell, c.T_, c.B, c.H, c.bs, c.wb, c.h0, c.c0, c.y, c.ws, c.dy, c.dh_n, c.dc_n,
-                 c.dxg, c.dhg, c.dh0, c.dc0, c.db_ih, c.db_hh};
-    if (c.cell == kGruOriginal) gru_original_backward<T>(a, threads);
-    else recurrence_backward<T>(a, threads);
+    if (c.cell == kGruOriginal) gru_original_backward<T>(c, threads);
+    else if (c.P > 0) lstm_proj_backward<T>(c, threads);
+    else recurrence_backward<T>(c, threads);
 }
 
 // Splits C by columns (panel-aligned) when it is wide enough, else by rows (tile-aligned).
@@ -70,7 +70,7 @@ void gemm_packed_entry(const rnnfast::cpu::PackedGemmCall<T>& g, int threads) {
 
 template <typename T>
 rnnfast::cpu::Table<T> make_table() {
-    return {Tile<T>::NR, &packed_size<T>, &pack_forward<T>, &pack_backward<T>,
+    return {Tile<T>::NR, &packed_size_forward<T>, &packed_size_backward<T>, &pack_forward<T>, &pack_backward<T>,
             &forward_entry<T>, &backward_entry<T>, &gemm_entry<T>, &pack_matrix_t_entry<T>, &gemm_packed_entry<T>};
 }
 

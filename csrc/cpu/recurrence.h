@@ -34,6 +34,7 @@
 
 #include "../common/cells.h"
 #include "gemm.h"
+#include "kernels.h"
 #include "threads.h"
 
 namespace {
@@ -54,52 +55,46 @@ inline void st(T* p, V v) {
 }
 
 // ------------------------------------------------------------------------------------------- packing
+// A recurrent weight w is (G*H, K): G gates of H rows, K = the recurrent state's size (H, or proj_size).
+// The forward layout cuts rows into panels of NR units, gate by gate; the backward layout cuts columns.
 template <typename T>
-inline ptrdiff_t packed_size(int G, int H) {
-    constexpr int NR = Tile<T>::NR;
-    return round_up(H, NR) * static_cast<ptrdiff_t>(G) * H;
+inline ptrdiff_t packed_size_forward(int G, int H, int K) {
+    return round_up(H, Tile<T>::NR) * static_cast<ptrdiff_t>(G) * K;
+}
+template <typename T>
+inline ptrdiff_t packed_size_backward(int G, int H, int K) {
+    return round_up(K, Tile<T>::NR) * static_cast<ptrdiff_t>(G) * H;
 }
 
-// wf[(ub*G + g)*H*NR + k*NR + j] = W_hh[g*H + ub*NR + j, k]
+// wf[(ub*G + g)*K*NR + k*NR + j] = w[g*H + ub*NR + j, k]
 template <typename T>
-void pack_forward(const T* w, int G, int H, T* wf) {
+void pack_forward(const T* w, int G, int H, int K, T* wf) {
     constexpr int NR = Tile<T>::NR;
     const int nub = static_cast<int>(round_up(H, NR) / NR);
     for (int ub = 0; ub < nub; ++ub)
         for (int g = 0; g < G; ++g) {
             const int n = std::min(NR, H - ub * NR);
-            // B(k, j) = w[(g*H + ub*NR + j)*H + k]: k stride 1, j stride H.
-            pack_panels<T>(w + static_cast<ptrdiff_t>(g * H + ub * NR) * H, 1, H, 0, H, 0, n,
-                           wf + static_cast<ptrdiff_t>(ub * G + g) * H * NR);
+            // B(k, j) = w[(g*H + ub*NR + j)*K + k]: k stride 1, j stride K.
+            pack_panels<T>(w + static_cast<ptrdiff_t>(g * H + ub * NR) * K, 1, K, 0, K, 0, n,
+                           wf + static_cast<ptrdiff_t>(ub * G + g) * K * NR);
         }
 }
 
-// wb[kb*G*H*NR + r*NR + j] = W_hh[r, kb*NR + j]
+// wb[kb*G*H*NR + r*NR + j] = w[r, kb*NR + j]
 template <typename T>
-void pack_backward(const T* w, int G, int H, T* wb) {
+void pack_backward(const T* w, int G, int H, int K, T* wb) {
     constexpr int NR = Tile<T>::NR;
-    const int nub = static_cast<int>(round_up(H, NR) / NR);
+    const int nkb = static_cast<int>(round_up(K, NR) / NR);
     const ptrdiff_t GH = static_cast<ptrdiff_t>(G) * H;
-    for (int kb = 0; kb < nub; ++kb)
-        pack_panels<T>(w, H, 1, 0, GH, kb * NR, std::min(NR, H - kb * NR), wb + kb * GH * NR);
+    for (int kb = 0; kb < nkb; ++kb)
+        pack_panels<T>(w, K, 1, 0, GH, kb * NR, std::min(NR, K - kb * NR), wb + kb * GH * NR);
 }
 
 // ------------------------------------------------------------------------------------------- arguments
 template <typename T>
-struct FwdArgs {
-    int cell, T_, B, I, H;
-    const int64_t* bs;
-    const T *xp, *h0, *c0, *wf, *b_ih, *b_hh;
-    T *y, *h_n, *c_n, *ws;
-};
-
+using FwdArgs = rnnfast::cpu::ForwardCall<T>;
 template <typename T>
-struct BwdArgs {
-    int cell, T_, B, H;
-    const int64_t* bs;
-    const T *wb, *h0, *c0, *y, *ws, *dy, *dh_n, *dc_n;
-    T *dxg, *dhg, *dh0, *dc0, *db_ih, *db_hh;
-};
+using BwdArgs = rnnfast::cpu::BackwardCall<T>;
 
 // off[t] = bs[0] + ... + bs[t-1], for t = 0..T.
 inline std::vector<ptrdiff_t> offsets_of(const int64_t* bs, int T_) {

@@ -92,8 +92,8 @@ class Packed {
     Packed(py::array w, int gates) : gates_(gates) {
         dtype_ = dtype_of(w, "weight");
         if (gates < 0) throw py::value_error("gates: expected >= 0");
-        if (w.ndim() != 2 || w.shape(0) < 1 || w.shape(1) < 1 || (gates > 0 && w.shape(0) != gates * w.shape(1)))
-            throw py::value_error("weight: expected shape " + std::string(gates ? "(G*H, H) with G=" + std::to_string(gates)
+        if (w.ndim() != 2 || w.shape(0) < 1 || w.shape(1) < 1 || (gates > 0 && w.shape(0) % gates != 0))
+            throw py::value_error("weight: expected shape " + std::string(gates ? "(G*H, K) with G=" + std::to_string(gates)
                                                                                  : "(N, K)") + ", got " + shape_str(w));
         if (!(w.flags() & py::array::c_style)) throw py::value_error("weight: expected a C-contiguous array");
         rows_ = w.shape(0);
@@ -118,15 +118,17 @@ class Packed {
     template <typename T>
     const T* backward_panels() {
         std::call_once(bwd_once_, [this] {
-            bwd_ = alloc(sizeof(T) * table<T>().packed_size(gates_, hidden()));
-            table<T>().pack_backward(reinterpret_cast<const T*>(source_.data()), gates_, hidden(),
+            bwd_ = alloc(sizeof(T) * table<T>().packed_size_backward(gates_, hidden(), state()));
+            table<T>().pack_backward(reinterpret_cast<const T*>(source_.data()), gates_, hidden(), state(),
                                      reinterpret_cast<T*>(bwd_.get()));
         });
         return reinterpret_cast<const T*>(bwd_.get());
     }
 
     int gates() const { return gates_; }
-    int hidden() const { return static_cast<int>(cols_); }
+    // Recurrent weights (G*H, K): H units per gate, K the state size (H, or the LSTM's proj_size).
+    int hidden() const { return static_cast<int>(gates_ > 0 ? rows_ / gates_ : cols_); }
+    int state() const { return static_cast<int>(cols_); }
     py::ssize_t rows() const { return rows_; }
     py::ssize_t cols() const { return cols_; }
     DType dtype() const { return dtype_; }
@@ -143,8 +145,8 @@ class Packed {
     void build() {
         const T* w = reinterpret_cast<const T*>(source_.data());
         if (gates_ > 0) {
-            fwd_ = alloc(sizeof(T) * table<T>().packed_size(gates_, hidden()));
-            table<T>().pack_forward(w, gates_, hidden(), reinterpret_cast<T*>(fwd_.get()));
+            fwd_ = alloc(sizeof(T) * table<T>().packed_size_forward(gates_, hidden(), state()));
+            table<T>().pack_forward(w, gates_, hidden(), state(), reinterpret_cast<T*>(fwd_.get()));
         } else {
             const py::ssize_t nr = table<T>().panel_width;
             fwd_ = alloc(sizeof(T) * ((rows_ + nr - 1) / nr * nr) * cols_);
@@ -181,12 +183,28 @@ py::ssize_t check_batch_sizes(const py::array& bs) {
     return n;
 }
 
+// The LSTM projection W_hr (P, H), packed as a one-gate recurrent weight; P = 0 without one.
+int check_projection(int cell, const Packed& w, Packed* wr) {
+    const int H = w.hidden(), K = w.state();
+    if (!wr) {
+        if (K != H) throw py::value_error("weight_hh: expected a square (G*H, H) weight without a projection");
+        return 0;
+    }
+    if (cell != 2) throw py::value_error("weight_hr: only an LSTM has a projection");
+    if (wr->gates() != 1 || wr->hidden() != K || wr->state() != H || wr->dtype() != w.dtype())
+        throw py::value_error("weight_hr: expected shape (P, H) = (" + std::to_string(K) + ", " + std::to_string(H) +
+                              ") and the dtype of weight_hh");
+    if (K >= H) throw py::value_error("weight_hr: proj_size must be smaller than hidden_size");
+    return K;
+}
+
 template <typename T>
 void forward_t(int cell, const py::array& bs, const py::array& xp, const py::object& h0, const py::object& c0,
                Packed& w, const py::object& b_ih, const py::object& b_hh, const py::object& y, const py::object& h_n,
-               const py::object& c_n, const py::object& ws, int threads) {
+               const py::object& c_n, const py::object& ws, int threads, Packed* wr) {
     const int G = gates_of(cell), H = w.hidden();
     if (w.gates() != G) throw py::value_error("weight_hh: packed for a different cell");
+    const int P = check_projection(cell, w, wr), S = P ? P : H;
     const py::ssize_t N = check_batch_sizes(bs), T_ = bs.shape(0);
     if (h0.is_none() || !py::isinstance<py::array>(h0) || h0.cast<py::array>().ndim() != 2)
         throw py::value_error("h0: expected a 2-D array (B, H)");
@@ -198,15 +216,17 @@ void forward_t(int cell, const py::array& bs, const py::array& xp, const py::obj
     c.cell = cell; c.T_ = static_cast<int>(T_); c.B = static_cast<int>(B); c.I = 0; c.H = H;
     c.bs = static_cast<const int64_t*>(bs.data());
     c.xp = in_ptr<T>(xp, "xp", {N, G * H});
-    c.h0 = in_ptr<T>(h0, "h0", {B, H});
+    c.h0 = in_ptr<T>(h0, "h0", {B, S});
     c.c0 = in_ptr<T>(c0, "c0", {B, H}, cell != 2);
     c.wf = w.forward_panels<T>();
     c.b_ih = in_ptr<T>(b_ih, "b_ih", {G * H}, true);
     c.b_hh = in_ptr<T>(b_hh, "b_hh", {G * H}, true);
-    c.y = out_ptr<T>(y, "y", {N, H});
-    c.h_n = out_ptr<T>(h_n, "h_n", {B, H});
+    c.y = out_ptr<T>(y, "y", {N, S});
+    c.h_n = out_ptr<T>(h_n, "h_n", {B, S});
     c.c_n = out_ptr<T>(c_n, "c_n", {B, H}, cell != 2);
-    c.ws = out_ptr<T>(ws, "ws", {N, slots_of(cell) * H}, true);
+    c.ws = out_ptr<T>(ws, "ws", {N, (slots_of(cell) + (P ? 1 : 0)) * H}, true);
+    c.P = P;
+    c.wr = P ? wr->forward_panels<T>() : nullptr;
     py::gil_scoped_release nogil;
     table<T>().forward(c, threads);
 }
@@ -215,9 +235,11 @@ template <typename T>
 void backward_t(int cell, const py::array& bs, Packed& w, const py::object& h0, const py::object& c0,
                 const py::array& y, const py::object& ws, const py::object& dy, const py::object& dh_n,
                 const py::object& dc_n, const py::object& dxg, const py::object& dhg, const py::object& dh0,
-                const py::object& dc0, const py::object& db_ih, const py::object& db_hh, int threads) {
+                const py::object& dc0, const py::object& db_ih, const py::object& db_hh, int threads, Packed* wr,
+                const py::object& dh_all) {
     const int G = gates_of(cell), H = w.hidden();
     if (w.gates() != G) throw py::value_error("weight_hh: packed for a different cell");
+    const int P = check_projection(cell, w, wr), S = P ? P : H;
     const py::ssize_t N = check_batch_sizes(bs), T_ = bs.shape(0);
     if (h0.is_none() || !py::isinstance<py::array>(h0) || h0.cast<py::array>().ndim() != 2)
         throw py::value_error("h0: expected a 2-D array (B, H)");
@@ -227,20 +249,25 @@ void backward_t(int cell, const py::array& bs, Packed& w, const py::object& h0, 
     rnnfast::cpu::BackwardCall<T> c{};
     c.cell = cell; c.T_ = static_cast<int>(T_); c.B = static_cast<int>(B); c.H = H;
     c.bs = static_cast<const int64_t*>(bs.data());
-    c.y = in_ptr<T>(y, "y", {N, H});
-    c.h0 = in_ptr<T>(h0, "h0", {B, H});
+    c.y = in_ptr<T>(y, "y", {N, S});
+    c.h0 = in_ptr<T>(h0, "h0", {B, S});
     c.c0 = in_ptr<T>(c0, "c0", {B, H}, cell != 2);
-    c.ws = in_ptr<T>(ws, "ws", {N, slots_of(cell) * H}, cell < 2);
-    c.dy = in_ptr<T>(dy, "dy", {N, H}, true);
-    c.dh_n = in_ptr<T>(dh_n, "dh_n", {B, H}, true);
+    c.ws = in_ptr<T>(ws, "ws", {N, (slots_of(cell) + (P ? 1 : 0)) * H}, cell < 2);
+    c.dy = in_ptr<T>(dy, "dy", {N, S}, true);
+    c.dh_n = in_ptr<T>(dh_n, "dh_n", {B, S}, true);
     c.dc_n = in_ptr<T>(dc_n, "dc_n", {B, H}, true);
     c.dxg = out_ptr<T>(dxg, "dxg", {N, G * H});
     c.dhg = out_ptr<T>(dhg, "dhg", {N, G * H}, cell != 3);
-    c.dh0 = out_ptr<T>(dh0, "dh0", {B, H});
+    c.dh0 = out_ptr<T>(dh0, "dh0", {B, S});
     c.dc0 = out_ptr<T>(dc0, "dc0", {B, H}, true);
     c.db_ih = out_ptr<T>(db_ih, "db_ih", {G * H}, true);
     c.db_hh = out_ptr<T>(db_hh, "db_hh", {G * H}, true);
     c.wb = w.backward_panels<T>();
+    c.P = P;
+    if (P) {
+        c.wr = wr->backward_panels<T>();
+        c.dh_all = out_ptr<T>(dh_all, "dh_all", {N, P});
+    }
     py::gil_scoped_release nogil;
     table<T>().backward(c, threads);
 }
@@ -304,7 +331,8 @@ PYBIND11_MODULE(_C, m) {
         .def("matches", &Packed::matches, py::arg("weight"), py::arg("threads") = 1,
              "True when weight still equals (same dtype, shape and bytes) the weights that were packed.")
         .def_property_readonly("gates", &Packed::gates)
-        .def_property_readonly("hidden_size", &Packed::hidden);
+        .def_property_readonly("hidden_size", &Packed::hidden)
+        .def_property_readonly("state_size", &Packed::state);
 
     m.def("gemm_packed",
           [](const py::array& a, Packed& w, const py::array& c, bool accumulate, int threads) {
@@ -319,18 +347,18 @@ PYBIND11_MODULE(_C, m) {
     m.def("forward",
           [](const std::string& cell, const py::array& batch_sizes, const py::array& xp, const py::object& h0,
              const py::object& c0, Packed& w, const py::object& b_ih, const py::object& b_hh, const py::object& y,
-             const py::object& h_n, const py::object& c_n, const py::object& ws, int threads) {
+             const py::object& h_n, const py::object& c_n, const py::object& ws, int threads, Packed* weight_hr) {
               const int id = cell_id(cell);
               check_threads(threads);
               if (dtype_of(xp, "xp") != w.dtype()) throw py::type_error("xp: dtype differs from the weights'");
               if (w.dtype() == DType::f32)
-                  forward_t<float>(id, batch_sizes, xp, h0, c0, w, b_ih, b_hh, y, h_n, c_n, ws, threads);
+                  forward_t<float>(id, batch_sizes, xp, h0, c0, w, b_ih, b_hh, y, h_n, c_n, ws, threads, weight_hr);
               else
-                  forward_t<double>(id, batch_sizes, xp, h0, c0, w, b_ih, b_hh, y, h_n, c_n, ws, threads);
+                  forward_t<double>(id, batch_sizes, xp, h0, c0, w, b_ih, b_hh, y, h_n, c_n, ws, threads, weight_hr);
           },
           py::arg("cell"), py::arg("batch_sizes"), py::arg("xp"), py::arg("h0"), py::arg("c0"), py::arg("weight_hh"),
           py::arg("b_ih"), py::arg("b_hh"), py::arg("y"), py::arg("h_n"), py::arg("c_n"), py::arg("ws"),
-          py::arg("threads"),
+          py::arg("threads"), py::arg("weight_hr") = nullptr,
           "Runs all steps of the recurrence over packed tokens; writes y, h_n, c_n and (training) the workspace ws.");
 
     m.def("backward",
@@ -338,20 +366,21 @@ PYBIND11_MODULE(_C, m) {
              const py::object& c0, const py::array& y, const py::object& ws, const py::object& dy,
              const py::object& dh_n, const py::object& dc_n, const py::object& dxg, const py::object& dhg,
              const py::object& dh0, const py::object& dc0, const py::object& db_ih, const py::object& db_hh,
-             int threads) {
+             int threads, Packed* weight_hr, const py::object& dh_all) {
               const int id = cell_id(cell);
               check_threads(threads);
               if (dtype_of(y, "y") != w.dtype()) throw py::type_error("y: dtype differs from the weights'");
               if (w.dtype() == DType::f32)
                   backward_t<float>(id, batch_sizes, w, h0, c0, y, ws, dy, dh_n, dc_n, dxg, dhg, dh0, dc0, db_ih,
-                                    db_hh, threads);
+                                    db_hh, threads, weight_hr, dh_all);
               else
                   backward_t<double>(id, batch_sizes, w, h0, c0, y, ws, dy, dh_n, dc_n, dxg, dhg, dh0, dc0, db_ih,
-                                     db_hh, threads);
+                                     db_hh, threads, weight_hr, dh_all);
           },
           py::arg("cell"), py::arg("batch_sizes"), py::arg("weight_hh"), py::arg("h0"), py::arg("c0"), py::arg("y"),
           py::arg("ws"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("dxg"), py::arg("dhg"),
           py::arg("dh0"), py::arg("dc0"), py::arg("db_ih"), py::arg("db_hh"), py::arg("threads"),
+          py::arg("weight_hr") = nullptr, py::arg("dh_all") = py::none(),
           "BPTT through a training forward: writes dxg (and dhg for GRU), dh0, dc0; adds into db_ih, db_hh.");
 
     m.def("gemm",
