@@ -7,5 +7,5 @@ from .cells import GRUCell, LSTMCell, RNNCell
 from .layers import GRU, LSTM, RNN
 from .module import Module, Parameter
 
-__all__ = ["RNN", "LSTM", "GRU", "Module", "Parameter", "set_num_threads", "get_num_threads", "matmul", "isa",
-           "__version__"]
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "Module", "Parameter", "set_num_threads",
+           "get_num_threads", "matmul", "isa", "__version__"]
