@@ -5,7 +5,8 @@ __version__ = "0.1.0"
 from .backend import get_num_threads, isa, matmul, set_num_threads
 from .cells import GRUCell, LSTMCell, RNNCell
 from .layers import GRU, LSTM, RNN
+from .io import load, save  # also makes rnnfast.io available
 from .module import Module, Parameter
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "Module", "Parameter", "set_num_threads",
-           "get_num_threads", "matmul", "isa", "__version__"]
+           "get_num_threads", "matmul", "isa", "save", "load", "__version__"]

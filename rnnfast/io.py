@@ -1,0 +1,490 @@
+"""Weights in and out of rnnfast: Keras conversion and a file format of our own.
+
+Keras
+-----
+``from_keras(weights, kind)`` builds an ``rnnfast.RNN`` / ``LSTM`` / ``GRU`` from what a Keras layer's
+``get_weights()`` returns, and ``to_keras(module)`` gives back that list for ``set_weights()``::
+
+    m = rnnfast.io.from_keras(keras_gru.get_weights(), "gru", reset_after=keras_gru.reset_after,
+                              batch_first=True)      # Keras feeds (batch, time, features)
+    keras_gru.set_weights(rnnfast.io.to_keras(m))
+
+Keras stores ``[kernel (I, G*H), recurrent_kernel (H, G*H), bias]`` (the bias left out with
+``use_bias=False``); torch.nn, and so rnnfast, stores ``weight_ih (G*H, I)``, ``weight_hh (G*H, H)`` and
+two biases ``bias_ih``, ``bias_hh`` of ``(G*H,)``. Per kind:
+
+==========  ==========================  ===========================  ====================================
+kind        Keras layer                 gate order Keras -> rnnfast  bias
+==========  ==========================  ===========================  ====================================
+"rnn"       SimpleRNN (tanh or relu)    (one gate)                   (H,): bias_ih = bias, bias_hh = 0
+"lstm"      LSTM                        i,f,c,o -> i,f,g,o (same)    (4H,): bias_ih = bias, bias_hh = 0
+"gru"       GRU(reset_after=True)       z,r,h -> r,z,n               (2, 3H): row 0 input, row 1 recurrent
+"gru"       GRU(reset_after=False)      z,r,h -> r,z,n               (3H,): bias_ih = bias, bias_hh = 0
+==========  ==========================  ===========================  ====================================
+
+Keras' ``GRU(reset_after=True)`` (the Keras 2.3+/3 default) is torch's GRU, n = tanh(W_in x + b_in +
+r*(W_hn h + b_hn)); ``reset_after=False`` is the original GRU, n = tanh(W_in x + b_in + W_hn (r*h)),
+which maps to ``rnnfast.GRU(..., linear_before_reset=False)``.
+
+Only the standard activations are supported: activation "tanh" (SimpleRNN: "tanh" or "relu") and
+recurrent_activation "sigmoid", the exact logistic function (Keras 3's default). Keras 2's old default
+``recurrent_activation="hard_sigmoid"`` (a piecewise-linear approximation) is a different function, and
+such a layer is refused with ValueError rather than converted into something that computes other
+numbers. Settings that weights do not show are the caller's to match: ``go_backwards=False``,
+``unroll`` (no effect on the numbers), ``stateful`` (carry the state yourself), ``dropout`` and
+``recurrent_dropout`` (training-time only in Keras; not carried over), and the Keras input
+layout, which is batch-first: pass ``batch_first=True`` to feed Keras-shaped (batch, time, features)
+arrays. ``to_keras`` folds LSTM/RNN (and original-GRU) ``bias_ih + bias_hh`` into Keras' single bias,
+which is exact in exact arithmetic; it refuses (ValueError) what a single Keras layer cannot express:
+several layers, two directions, an LSTM projection.
+
+Files
+-----
+``save(module, path)`` writes an ``.npz`` archive (exactly at ``path``; no suffix is added) holding the
+module's ``state_dict()`` arrays under their names and one more entry, ``METADATA_KEY``, a JSON string::
+
+    {"format": "rnnfast", "format_version": 1, "class": "GRU",
+     "args": {"input_size": ..., "hidden_size": ..., "num_layers": ..., "bias": ..., "batch_first": ...,
+              "dropout": ..., "bidirectional": ..., "dtype": "float32",
+              "proj_size": ... (LSTM), "nonlinearity": ... (RNN), "linear_before_reset": ... (GRU)},
+     "rnnfast_version": "0.1.0"}
+
+The file is written atomically: into a temporary file in the same directory, flushed and fsynced, then
+renamed over ``path``; on any failure the temporary file is removed and a previous file at ``path`` is left
+as it was. ``load(path)`` rebuilds the module with those constructor arguments and loads the arrays
+(it returns the module in training mode, like a new one). A file that is not such an archive (truncated,
+another format, another format version, missing or mis-shaped arrays) raises ValueError saying what is
+wrong; nothing in it is ever unpickled.
+"""
+from __future__ import annotations
+
+import json
+import numbers
+import os
+import secrets
+import stat
+
+import numpy as np
+
+from .layers import GRU, LSTM, RNN
+
+__all__ = ["from_keras", "to_keras", "save", "load", "METADATA_KEY", "FORMAT_NAME", "FORMAT_VERSION"]
+
+METADATA_KEY = "__rnnfast_metadata__"
+FORMAT_NAME = "rnnfast"
+FORMAT_VERSION = 1
+
+_KINDS = {"rnn": 1, "lstm": 4, "gru": 3}
+_CLASSES = {"RNN": RNN, "LSTM": LSTM, "GRU": GRU}
+
+
+# =========================================================================================== helpers
+
+
+def _gru_swap(a, H):
+    """Swap the first two gate blocks of the last axis: Keras z,r,h <-> torch r,z,n (its own inverse).
+    Always a new array."""
+    return np.concatenate([a[..., H:2 * H], a[..., :H], a[..., 2 * H:3 * H]], axis=-1)
+
+
+def _check_dtype(dtype):
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def _check_bool(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return bool(value)
+
+
+def _activation_name(value, name):
+    """A Keras activation given as a name or as the function itself (e.g. keras.activations.tanh)."""
+    if isinstance(value, str):
+        return value
+    if callable(value) and isinstance(getattr(value, "__name__", None), str):
+        return value.__name__
+    raise TypeError(f"{name} must be an activation name (str), got {type(value).__name__}")
+
+
+def _real_array(value, name):
+    """A NumPy view/array of a real-valued array-like (NumPy array, torch tensor, nested lists)."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    try:
+        a = np.asarray(value)
+    except Exception as e:  # noqa: BLE001 - anything NumPy cannot turn into an array
+        raise TypeError(f"{name}: expected an array, got {type(value).__name__} ({e})") from None
+    if a.dtype == np.bool_ or a.dtype.kind not in "fiu":
+        raise TypeError(f"{name}: expected a real (float or integer) array, got dtype {a.dtype}")
+    return a
+
+
+def _kind_of(module):
+    """'rnn', 'lstm' or 'gru' for an rnnfast layer; TypeError for anything else."""
+    # LSTM and GRU first: a subclass of one of them is that kind.
+    for cls, kind in ((LSTM, "lstm"), (GRU, "gru"), (RNN, "rnn")):
+        if isinstance(module, cls):
+            return kind
+    raise TypeError(f"module: expected an rnnfast RNN, LSTM or GRU, got {type(module).__name__}")
+
+
+# =========================================================================================== Keras
+
+
+def from_keras(weights, kind, *, reset_after=True, dtype=np.float32, batch_first=False, activation="tanh",
+               recurrent_activation="sigmoid"):
+    """A new ``rnnfast.RNN``/``LSTM``/``GRU`` holding a Keras layer's weights.
+
+    weights: what ``layer.get_weights()`` returns, ``[kernel, recurrent_kernel, bias]``, or
+        ``[kernel, recurrent_kernel]`` for a layer with ``use_bias=False`` (the result then has bias=False).
+    kind: "rnn" (SimpleRNN), "lstm" or "gru".
+    reset_after: the Keras GRU's ``reset_after`` (True: torch's GRU; False: the original form, which
+        needs ``rnnfast.GRU(linear_before_reset=False)``). Only meaningful for kind="gru".
+    dtype: float32 or float64, the new layer's dtype (the weights are converted to it).
+    batch_first: the new layer's ``batch_first``; Keras' own layout is batch-first.
+    activation / recurrent_activation: the Keras layer's; only "tanh" / "sigmoid" are supported
+        (SimpleRNN: activation "tanh" or "relu"; it has no recurrent_activation). Keras 2's
+        ``hard_sigmoid`` is refused with ValueError.
+
+    Nothing in ``weights`` is modified or aliased by the new layer.
+    """
+    if not isinstance(kind, str):
+        raise TypeError(f"kind must be a str ('rnn', 'lstm' or 'gru'), got {type(kind).__name__}")
+    kind_l = kind.lower()
+    if kind_l not in _KINDS:
+        raise ValueError(f"kind must be 'rnn', 'lstm' or 'gru', got {kind!r}")
+    kind = kind_l
+    reset_after = _check_bool(reset_after, "reset_after")
+    batch_first = _check_bool(batch_first, "batch_first")
+    dtype = _check_dtype(dtype)
+    if kind != "gru" and not reset_after:
+        raise ValueError(f"reset_after=False applies to kind='gru' only, got kind={kind!r}")
+
+    act = _activation_name(activation, "activation")
+    rec_act = _activation_name(recurrent_activation, "recurrent_activation")
+    allowed = ("tanh", "relu") if kind == "rnn" else ("tanh",)
+    if act not in allowed:
+        raise ValueError(f"activation must be {' or '.join(map(repr, allowed))} for kind={kind!r}, got {act!r} "
+                         "(rnnfast implements only the standard activations)")
+    if kind == "rnn":
+        if rec_act != "sigmoid":
+            raise ValueError(f"recurrent_activation: a SimpleRNN has none; leave it at 'sigmoid', got {rec_act!r}")
+    elif rec_act != "sigmoid":
+        hint = (" (Keras 2's old default hard_sigmoid is a piecewise-linear approximation that rnnfast does "
+                "not implement; build the Keras layer with recurrent_activation='sigmoid')"
+                if rec_act == "hard_sigmoid" else "")
+        raise ValueError(f"recurrent_activation must be 'sigmoid' (the exact logistic function), got {rec_act!r}"
+                         + hint)
+
+    if isinstance(weights, (str, bytes, np.ndarray)) or not isinstance(weights, (list, tuple)):
+        raise TypeError("weights: expected the list layer.get_weights() returns, [kernel, recurrent_kernel, bias] "
+                        f"or [kernel, recurrent_kernel], got {type(weights).__name__}")
+    if len(weights) not in (2, 3):
+        raise ValueError("weights: expected 3 arrays [kernel, recurrent_kernel, bias] (or 2 for use_bias=False), "
+                         f"got {len(weights)}")
+    kernel = _real_array(weights[0], "weights[0] (kernel)")
+    recurrent = _real_array(weights[1], "weights[1] (recurrent_kernel)")
+    use_bias = len(weights) == 3
+    bias = _real_array(weights[2], "weights[2] (bias)") if use_bias else None
+
+    G = _KINDS[kind]
+    if recurrent.ndim != 2 or recurrent.shape[0] < 1 or recurrent.shape[1] != G * recurrent.shape[0]:
+        raise ValueError(f"weights[1] (recurrent_kernel): expected shape (H, {G}*H) for kind={kind!r}, "
+                         f"got {recurrent.shape}")
+    H = recurrent.shape[0]
+    if kernel.ndim != 2 or kernel.shape[0] < 1 or kernel.shape[1] != G * H:
+        raise ValueError(f"weights[0] (kernel): expected shape (input_size, {G * H}) for kind={kind!r} with "
+                         f"H={H} (from recurrent_kernel), got {kernel.shape}")
+    I = kernel.shape[0]
+    if use_bias:
+        want = (2, G * H) if kind == "gru" and reset_after else (G * H,)
+        if bias.shape != want:
+            hint = ""
+            if kind == "gru" and bias.shape == (G * H,) and reset_after:
+                hint = " (a (3H,) bias is a reset_after=False GRU's: pass reset_after=False)"
+            elif kind == "gru" and bias.shape == (2, G * H) and not reset_after:
+                hint = " (a (2, 3H) bias is a reset_after=True GRU's: pass reset_after=True)"
+            raise ValueError(f"weights[2] (bias): expected shape {want} for kind={kind!r}"
+                             + (f", reset_after={reset_after}" if kind == "gru" else "")
+                             + f", got {bias.shape}{hint}")
+
+    # Keras computes x @ kernel (columns = gates), torch W_ih @ x (rows = gates): transpose, and for the
+    # GRU put the gate blocks in torch's order. Every array below is a new one (astype copies).
+    if kind == "gru":
+        w_ih, w_hh = _gru_swap(kernel, H).T, _gru_swap(recurrent, H).T
+    else:
+        w_ih, w_hh = kernel.T, recurrent.T
+    state = {"weight_ih_l0": np.array(w_ih, dtype=dtype, order="C", copy=True),
+             "weight_hh_l0": np.array(w_hh, dtype=dtype, order="C", copy=True)}
+    if use_bias:
+        if kind == "gru" and reset_after:
+            b_ih, b_hh = _gru_swap(bias[0], H), _gru_swap(bias[1], H)
+        else:
+            b_ih = _gru_swap(bias, H) if kind == "gru" else bias
+            b_hh = np.zeros(G * H)
+        state["bias_ih_l0"] = np.array(b_ih, dtype=dtype, copy=True)
+        state["bias_hh_l0"] = np.array(b_hh, dtype=dtype, copy=True)
+
+    common = dict(bias=use_bias, batch_first=batch_first, dtype=dtype, seed=0)
+    if kind == "rnn":
+        module = RNN(I, H, nonlinearity=act, **common)
+    elif kind == "lstm":
+        module = LSTM(I, H, **common)
+    elif reset_after:
+        module = GRU(I, H, **common)
+    else:
+        module = GRU(I, H, linear_before_reset=False, **common)
+    module.load_state_dict(state)
+    return module
+
+
+def to_keras(module):
+    """The weights of an rnnfast layer as Keras' ``get_weights()`` list (for ``set_weights()``).
+
+    RNN -> SimpleRNN (activation = module.nonlinearity), LSTM -> LSTM, GRU -> GRU(reset_after=True), or
+    GRU(reset_after=False) for a ``linear_before_reset=False`` GRU. Returns ``[kernel, recurrent_kernel, bias]``
+    (``[kernel, recurrent_kernel]`` for bias=False, i.e. Keras ``use_bias=False``), new arrays in the module's
+    dtype. Where Keras has a single bias, it is ``bias_ih + bias_hh``. Raises TypeError for a non-rnnfast module
+    and ValueError for a layer one Keras layer cannot express (num_layers > 1, bidirectional, proj_size > 0).
+    """
+    kind = _kind_of(module)
+    problems = []
+    if getattr(module, "num_layers", 1) != 1:
+        problems.append(f"num_layers={module.num_layers} (a Keras layer has one)")
+    if getattr(module, "bidirectional", False):
+        problems.append("bidirectional=True (a Keras RNN layer has one direction; use keras.layers.Bidirectional "
+                        "with two converted layers)")
+    if getattr(module, "proj_size", 0):
+        problems.append(f"proj_size={module.proj_size} (Keras' LSTM has no projection)")
+    if problems:
+        raise ValueError(f"module: {type(module).__name__} cannot be expressed as one Keras layer: "
+                         + "; ".join(problems))
+    sd = module.state_dict()  # copies
+    H = module.hidden_size
+    w_ih, w_hh = sd["weight_ih_l0"], sd["weight_hh_l0"]
+    if kind == "gru":
+        kernel, recurrent = _gru_swap(w_ih.T, H), _gru_swap(w_hh.T, H)
+    else:
+        kernel, recurrent = w_ih.T, w_hh.T
+    out = [np.array(kernel, order="C", copy=True), np.array(recurrent, order="C", copy=True)]
+    if module.bias:
+        b_ih, b_hh = sd["bias_ih_l0"], sd["bias_hh_l0"]
+        if kind == "gru" and getattr(module, "linear_before_reset", True):
+            out.append(np.stack([_gru_swap(b_ih, H), _gru_swap(b_hh, H)]))
+        elif kind == "gru":
+            # Original form: b_hn is added outside the reset product, so it folds into b_in like b_hr, b_hz.
+            out.append(_gru_swap(b_ih + b_hh, H))
+        else:
+            out.append(b_ih + b_hh)
+    return out
+
+
+# =========================================================================================== files
+
+
+def _check_path(path, name="path"):
+    if isinstance(path, (str, bytes, os.PathLike)):
+        p = os.fspath(path)
+        p = os.fsdecode(p) if isinstance(p, bytes) else p
+        if p:
+            return p
+        raise ValueError(f"{name} must not be empty")
+    raise TypeError(f"{name}: expected a str or os.PathLike file name, got {type(path).__name__}")
+
+
+def _describe(module):
+    """(class name, constructor arguments) of an rnnfast layer, as the JSON metadata records them."""
+    kind = _kind_of(module)
+    args = {"input_size": int(module.input_size), "hidden_size": int(module.hidden_size),
+            "num_layers": int(module.num_layers), "bias": bool(module.bias), "batch_first": bool(module.batch_first),
+            "dropout": float(module.dropout), "bidirectional": bool(module.bidirectional),
+            "dtype": np.dtype(module.dtype).name}
+    if kind == "lstm":
+        args["proj_size"] = int(module.proj_size)
+    elif kind == "rnn":
+        args["nonlinearity"] = str(module.nonlinearity)
+    elif hasattr(module, "linear_before_reset"):
+        args["linear_before_reset"] = bool(module.linear_before_reset)
+    return kind.upper(), args
+
+
+def _fsync_dir(directory):
+    """Make the rename durable (POSIX); best effort, e.g. not possible on Windows."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save(module, path):
+    """Write an rnnfast RNN/LSTM/GRU (constructor arguments and weights) to ``path`` as an .npz archive,
+    atomically: a previous file at ``path`` is replaced only by a complete new one. See the module doc."""
+    cls_name, args = _describe(module)
+    path = _check_path(path)
+    if os.path.isdir(path):
+        raise ValueError(f"path: {path!r} is a directory")
+    arrays = module.state_dict()  # copies, in parameter order
+    if METADATA_KEY in arrays:  # pragma: no cover - parameter names never look like this
+        raise ValueError(f"module: a parameter is named {METADATA_KEY!r}, which the file format reserves")
+    from . import __version__
+
+    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "class": cls_name, "args": args,
+            "rnnfast_version": __version__}
+    arrays[METADATA_KEY] = np.array(json.dumps(meta, sort_keys=True))
+
+    directory = os.path.dirname(os.path.abspath(path))
+    base = os.path.basename(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = os.path.join(directory, f".{base}.{secrets.token_hex(8)}.tmp")
+        try:
+            fd = os.open(tmp, flags, 0o666)  # mode as a new file gets it under the umask
+            break
+        except FileExistsError:  # pragma: no cover - 64 random bits collided
+            continue
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        try:  # a file that is replaced keeps its permissions
+            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
+        except OSError:
+            pass
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
+def _bad(path, msg):
+    return ValueError(f"load: {path!r}: {msg}")
+
+
+def _read_archive(f, path):
+    """The metadata string and the arrays of an .npz file, all read into memory; ValueError otherwise."""
+    try:
+        npz = np.load(f, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - whatever np.load makes of a damaged or foreign file
+        raise _bad(path, f"not an .npz archive, or a damaged one ({type(e).__name__}: {e})") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise _bad(path, "not an .npz archive (a single .npy array); not a file written by rnnfast.save")
+    with npz:
+        try:
+            names = list(npz.files)
+        except Exception as e:  # noqa: BLE001
+            raise _bad(path, f"damaged .npz archive ({type(e).__name__}: {e})") from None
+        if METADATA_KEY not in names:
+            raise _bad(path, f"no rnnfast metadata (entry {METADATA_KEY!r}); not a file written by rnnfast.save "
+                             f"(it holds {names})")
+        arrays = {}
+        for name in names:
+            try:
+                arrays[name] = npz[name]
+            except Exception as e:  # noqa: BLE001 - truncated/corrupt member, pickled object array, ...
+                raise _bad(path, f"cannot read entry {name!r} ({type(e).__name__}: {e}); the file is damaged "
+                                 "or not an rnnfast file") from None
+    meta_arr = arrays.pop(METADATA_KEY)
+    if meta_arr.ndim != 0 or meta_arr.dtype.kind != "U":
+        raise _bad(path, f"metadata entry {METADATA_KEY!r} is not a string")
+    return str(meta_arr[()]), arrays
+
+
+def _parse_metadata(text, path):
+    """(class, constructor kwargs) from the metadata JSON; ValueError naming any problem."""
+    try:
+        meta = json.loads(text)
+    except ValueError as e:
+        raise _bad(path, f"metadata is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise _bad(path, "metadata is not a JSON object")
+    if meta.get("format") != FORMAT_NAME:
+        raise _bad(path, f"format is {meta.get('format')!r}, expected {FORMAT_NAME!r}")
+    version = meta.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version != FORMAT_VERSION:
+        raise _bad(path, f"format version {version!r} is not supported (this rnnfast reads version {FORMAT_VERSION})")
+    cls_name = meta.get("class")
+    if cls_name not in _CLASSES:
+        raise _bad(path, f"class {cls_name!r} is not one of {sorted(_CLASSES)}")
+    args = meta.get("args")
+    if not isinstance(args, dict):
+        raise _bad(path, "metadata has no constructor arguments ('args')")
+
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    spec = {"input_size": is_int, "hidden_size": is_int, "num_layers": is_int,
+            "bias": lambda v: isinstance(v, bool), "batch_first": lambda v: isinstance(v, bool),
+            "dropout": lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool),
+            "bidirectional": lambda v: isinstance(v, bool),
+            "dtype": lambda v: v in ("float32", "float64")}
+    optional = {}
+    if cls_name == "LSTM":
+        spec["proj_size"] = is_int
+    elif cls_name == "RNN":
+        spec["nonlinearity"] = lambda v: v in ("tanh", "relu")
+    else:
+        optional["linear_before_reset"] = lambda v: isinstance(v, bool)
+    missing = [k for k in spec if k not in args]
+    unexpected = [k for k in args if k not in spec and k not in optional]
+    if missing or unexpected:
+        raise _bad(path, f"constructor arguments of {cls_name}: "
+                         + "; ".join(s for s in (f"missing {missing}" if missing else "",
+                                                 f"unexpected {unexpected}" if unexpected else "") if s))
+    checks = {**spec, **optional}
+    for k, v in args.items():
+        if not checks[k](v):
+            raise _bad(path, f"constructor argument {k}={v!r} of {cls_name} is not valid")
+    kwargs = dict(args)
+    kwargs["dtype"] = np.dtype(args["dtype"])
+    return _CLASSES[cls_name], kwargs
+
+
+def load(path):
+    """Read a module written by ``save``: a new RNN/LSTM/GRU with the saved constructor arguments and
+    weights (in training mode). ValueError, naming the problem, for a file that is not a complete rnnfast
+    file of this format version; OSError (e.g. FileNotFoundError) when the file cannot be opened."""
+    path = _check_path(path)
+    with open(path, "rb") as f:
+        text, arrays = _read_archive(f, path)
+    cls, kwargs = _parse_metadata(text, path)
+    try:
+        module = cls(**kwargs, seed=0)
+    except (TypeError, ValueError, NotImplementedError) as e:
+        raise _bad(path, f"this rnnfast cannot build {cls.__name__}({kwargs}): {e}") from None
+    params = dict(module.named_parameters())
+    problems = []
+    missing = [k for k in params if k not in arrays]
+    unexpected = [k for k in arrays if k not in params]
+    if missing:
+        problems.append(f"missing arrays {missing}")
+    if unexpected:
+        problems.append(f"unexpected arrays {unexpected}")
+    for k, p in params.items():
+        a = arrays.get(k)
+        if a is None:
+            continue
+        if a.shape != p.data.shape:
+            problems.append(f"array {k!r} has shape {a.shape}, expected {p.data.shape}")
+        elif a.dtype != p.data.dtype:
+            problems.append(f"array {k!r} has dtype {a.dtype}, expected {p.data.dtype}")
+    if problems:
+        raise _bad(path, f"does not match the {cls.__name__} it describes: " + "; ".join(problems))
+    module.load_state_dict(arrays)
+    return module
