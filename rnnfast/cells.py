@@ -28,7 +28,7 @@ import numpy as np
 
 from . import functional
 from .layers import _check_dtype, _check_size
-from .module import Module, Parameter
+from .module import Module, Parameter, check_array
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell"]
 
@@ -93,11 +93,7 @@ class _CellBase(Module):
 
     # -------------------------------------------------------------------------------- checks
     def _check_array(self, value, name):
-        if not isinstance(value, np.ndarray):
-            raise TypeError(f"{name}: expected a numpy.ndarray, got {type(value).__name__}")
-        if value.dtype != self.dtype:
-            raise TypeError(f"{name}: expected dtype {self.dtype} (the cell's dtype), got {value.dtype}")
-        return value
+        return check_array(value, name, self.dtype, "cell")
 
     def _check_input(self, x):
         """x_t as a (1, B, I) view, B, and whether the call is batched."""

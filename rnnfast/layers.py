@@ -14,7 +14,7 @@ import numbers
 import numpy as np
 
 from . import functional
-from .module import Module, Parameter
+from .module import Module, Parameter, check_array
 
 __all__ = ["RNN", "LSTM", "GRU"]
 
@@ -125,11 +125,7 @@ class _RNNBase(Module):
 
     # -------------------------------------------------------------------------------- checks
     def _check_array(self, value, name):
-        if not isinstance(value, np.ndarray):
-            raise TypeError(f"{name}: expected a numpy.ndarray, got {type(value).__name__}")
-        if value.dtype != self.dtype:
-            raise TypeError(f"{name}: expected dtype {self.dtype} (the layer's dtype), got {value.dtype}")
-        return value
+        return check_array(value, name, self.dtype, "layer")
 
     def _check_input(self, x):
         """x as a T-major (T, B, I) array (a view where possible), and whether the call is batched."""

@@ -40,6 +40,15 @@ def _to_numpy(value, name: str) -> np.ndarray:
     raise TypeError(f"state_dict[{name!r}]: expected a numpy array or a torch tensor, got {type(value).__name__}")
 
 
+def check_array(value, name: str, dtype, owner: str = "layer") -> np.ndarray:
+    """value must be a NumPy array of the module's dtype: TypeError naming the argument otherwise."""
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(value).__name__}")
+    if value.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype} (the {owner}'s dtype), got {value.dtype}")
+    return value
+
+
 class Module:
     """Base class: subclasses register parameters in ``self._params`` (an ordered name -> Parameter map)."""
 

@@ -10,6 +10,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "../cpu/kernels.h"
@@ -198,6 +199,18 @@ int check_projection(int cell, const Packed& w, Packed* wr) {
     return K;
 }
 
+// The token count N, the step count T and the batch size B (the rows of h0, and batch_sizes[0]).
+std::tuple<py::ssize_t, py::ssize_t, py::ssize_t> check_steps(const py::array& bs, const py::object& h0) {
+    const py::ssize_t N = check_batch_sizes(bs), T_ = bs.shape(0);
+    if (h0.is_none() || !py::isinstance<py::array>(h0) || h0.cast<py::array>().ndim() != 2)
+        throw py::value_error("h0: expected a 2-D array (B, H)");
+    const py::ssize_t B = h0.cast<py::array>().shape(0);
+    if (B < 1) throw py::value_error("h0: batch size must be at least 1");
+    if (T_ > 0 && static_cast<const int64_t*>(bs.data())[0] != B)
+        throw py::value_error("batch_sizes: the first size must equal the batch size of h0");
+    return {N, T_, B};
+}
+
 template <typename T>
 void forward_t(int cell, const py::array& bs, const py::array& xp, const py::object& h0, const py::object& c0,
                Packed& w, const py::object& b_ih, const py::object& b_hh, const py::object& y, const py::object& h_n,
@@ -205,13 +218,7 @@ void forward_t(int cell, const py::array& bs, const py::array& xp, const py::obj
     const int G = gates_of(cell), H = w.hidden();
     if (w.gates() != G) throw py::value_error("weight_hh: packed for a different cell");
     const int P = check_projection(cell, w, wr), S = P ? P : H;
-    const py::ssize_t N = check_batch_sizes(bs), T_ = bs.shape(0);
-    if (h0.is_none() || !py::isinstance<py::array>(h0) || h0.cast<py::array>().ndim() != 2)
-        throw py::value_error("h0: expected a 2-D array (B, H)");
-    const py::ssize_t B = h0.cast<py::array>().shape(0);
-    if (T_ > 0 && static_cast<const int64_t*>(bs.data())[0] != B)
-        throw py::value_error("batch_sizes: the first size must equal the batch size of h0");
-    if (B < 1) throw py::value_error("h0: batch size must be at least 1");
+    const auto [N, T_, B] = check_steps(bs, h0);
     rnnfast::cpu::ForwardCall<T> c{};
     c.cell = cell; c.T_ = static_cast<int>(T_); c.B = static_cast<int>(B); c.I = 0; c.H = H;
     c.bs = static_cast<const int64_t*>(bs.data());
@@ -240,12 +247,7 @@ void backward_t(int cell, const py::array& bs, Packed& w, const py::object& h0, 
     const int G = gates_of(cell), H = w.hidden();
     if (w.gates() != G) throw py::value_error("weight_hh: packed for a different cell");
     const int P = check_projection(cell, w, wr), S = P ? P : H;
-    const py::ssize_t N = check_batch_sizes(bs), T_ = bs.shape(0);
-    if (h0.is_none() || !py::isinstance<py::array>(h0) || h0.cast<py::array>().ndim() != 2)
-        throw py::value_error("h0: expected a 2-D array (B, H)");
-    const py::ssize_t B = h0.cast<py::array>().shape(0);
-    if (T_ > 0 && static_cast<const int64_t*>(bs.data())[0] != B)
-        throw py::value_error("batch_sizes: the first size must equal the batch size of h0");
+    const auto [N, T_, B] = check_steps(bs, h0);
     rnnfast::cpu::BackwardCall<T> c{};
     c.cell = cell; c.T_ = static_cast<int>(T_); c.B = static_cast<int>(B); c.H = H;
     c.bs = static_cast<const int64_t*>(bs.data());
