@@ -30,11 +30,21 @@ class Barrier {
   public:
     explicit Barrier(int capacity) : n_(capacity), slots_(static_cast<size_t>(capacity > 0 ? capacity : 1)) {}
     void set_count(int n) { n_ = n; }  // at most the capacity
-    void wait(int tid) {
-        if (n_ <= 1) return;
+    void wait(int tid) { wait_for(tid, arrive(tid)); }
+
+    // A split crossing: arrive() publishes this thread's progress and returns at once, so that it can work
+    // on what needs no one else's data; wait_for() then waits for the others. Between the two a thread must
+    // not touch what the others produce in this phase.
+    uint64_t arrive(int tid) {
+        if (n_ <= 1) return 0;
         Slot& mine = slots_[static_cast<size_t>(tid)];
         const uint64_t epoch = ++mine.reached_local;
         mine.reached.store(epoch, std::memory_order_release);
+        return epoch;
+    }
+
+    void wait_for(int tid, uint64_t epoch) {
+        if (n_ <= 1) return;
         for (int j = 0; j < n_; ++j) {
             if (j == tid) continue;
             const std::atomic<uint64_t>& other = slots_[static_cast<size_t>(j)].reached;
