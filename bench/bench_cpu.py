@@ -643,6 +643,14 @@ def main(args=None):
         print(f"# rnnfast.reference unavailable: {ref_err}")
     for n in thread_notes:
         print(f"# {n}")
+    if rnnfast is not None:
+        try:
+            from rnnfast import _C
+            rt = min(_C.core_round_trip_ns(100000) for _ in range(3))
+            print(f"# core-to-core round trip: {rt:.0f} ns (a step's barrier costs at least this; on a VM it moves "
+                  "with the host's vCPU placement, and the batch-1 cases with it)")
+        except (ImportError, AttributeError):
+            pass
     print(f"# timing: best of 3 block medians, each of {args.repeats} runs (31 for runs under 5 ms) after {args.warmup} warm-up(s); reference: median of up to "
           f"{args.ref_repeats} run(s), no warm-up; train = forward + backward, grads zeroed outside the timed region")
 

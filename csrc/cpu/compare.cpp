@@ -1,10 +1,11 @@
-// compare.cpp: the staleness check of packed weights, split across threads.
+// compare.cpp: the staleness check of packed weights, split across threads; and the crossing-cost probe.
 //
 // Every layer call compares the live weights with the copy they were packed from (so that an in-place
 // update is never served stale). For a 1 MB W_hh that is about 20 us on one core, which is a tenth of a
 // batch-1 forward of 100 steps; two cores halve it.
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstring>
 
 #include "kernels.h"
@@ -26,6 +27,35 @@ bool equal_bytes(const void* a, const void* b, size_t n, int threads) {
                      equal.store(false, std::memory_order_relaxed);
              });
     return equal.load();
+}
+
+}  // namespace rnnfast::cpu
+
+namespace rnnfast::cpu {
+
+double core_round_trip_ns(int iterations) {
+    // Two threads of the kernels' team bounce a counter: what one barrier crossing costs at least. On a VM
+    // it changes with where the host places the vCPUs, and the batch-1 recurrences follow it.
+    std::atomic<int> ping{0}, pong{0};
+    double ns = 0;
+    run_team(2, [&](int tid, int team, Barrier& barrier) {
+        if (team < 2) return;
+        barrier.wait(tid);
+        if (tid == 0) {
+            const auto t0 = std::chrono::steady_clock::now();
+            for (int i = 1; i <= iterations; ++i) {
+                ping.store(i, std::memory_order_release);
+                while (pong.load(std::memory_order_acquire) != i) cpu_relax();
+            }
+            ns = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count() / iterations;
+        } else {
+            for (int i = 1; i <= iterations; ++i) {
+                while (ping.load(std::memory_order_acquire) != i) cpu_relax();
+                pong.store(i, std::memory_order_release);
+            }
+        }
+    });
+    return ns;
 }
 
 }  // namespace rnnfast::cpu

@@ -75,7 +75,10 @@ struct Isa {
 const Isa& select();
 
 // memcmp(a, b, n) == 0, on up to `threads` threads for large n.
-bool equal_bytes(const void* a, const void* b, size_t n, int threads);  // the widest instruction set this processor supports (RNNFAST_ISA env overrides)
+bool equal_bytes(const void* a, const void* b, size_t n, int threads);
+
+// Round trip of a cache line between two of the kernels' threads, in ns (0 when only one thread runs).
+double core_round_trip_ns(int iterations);  // the widest instruction set this processor supports (RNNFAST_ISA env overrides)
 
 namespace avx512 { const Isa& isa(); }
 namespace avx2 { const Isa& isa(); }

@@ -323,6 +323,12 @@ PYBIND11_MODULE(_C, m) {
     m.doc() = "rnnfast CPU kernels (fused recurrences, packed weights, GEMM). Internal: use rnnfast.functional.";
     m.def("isa", [] { return std::string(rnnfast::cpu::select().name); },
           "The instruction-set build the kernels run on (avx512, avx2 or generic).");
+    m.def("core_round_trip_ns", [](int iterations) {
+        if (iterations < 1) throw py::value_error("iterations: expected a positive integer");
+        py::gil_scoped_release nogil;
+        return rnnfast::cpu::core_round_trip_ns(iterations);
+    }, py::arg("iterations") = 100000,
+          "Round trip of a cache line between two kernel threads (ns): the floor of one step's barrier.");
     m.def("panel_width", [](const py::dtype& dt) {
         return dt.is(py::dtype::of<float>()) ? table<float>().panel_width : table<double>().panel_width;
     });
