@@ -2,11 +2,11 @@
 behind a torch.nn-like NumPy API. See README.md."""
 __version__ = "0.1.0"
 
-from .backend import get_num_threads, isa, matmul, set_num_threads
+from .backend import current_backend, get_num_threads, isa, matmul, set_num_threads, use_backend
 from .cells import GRUCell, LSTMCell, RNNCell
 from .layers import GRU, LSTM, RNN
 from .io import load, save  # also makes rnnfast.io available
 from .module import Module, Parameter
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "Module", "Parameter", "set_num_threads",
-           "get_num_threads", "matmul", "isa", "save", "load", "__version__"]
+           "get_num_threads", "matmul", "isa", "save", "load", "use_backend", "current_backend", "__version__"]

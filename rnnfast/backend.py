@@ -5,13 +5,15 @@ AVX-512/AVX2 GEMM: on the machines we measure it is faster than NumPy's OpenBLAS
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 
 import numpy as np
 
 from . import _C
 
-__all__ = ["set_num_threads", "get_num_threads", "matmul", "isa"]
+__all__ = ["set_num_threads", "get_num_threads", "matmul", "isa", "use_backend", "current_backend"]
 
 
 def _default_threads() -> int:
@@ -79,3 +81,73 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, accumula
         raise ValueError("matmul: out overlaps an input")
     _C.gemm(a, b, out, accumulate, _threads_arg())
     return out
+
+
+# ----------------------------------------------------------------------------------------------- backends
+# Which kernels a layer call runs on: "cpu" (the fused CPU kernels), "cuda" (rnnfast._cuda on CuPy arrays,
+# chosen automatically when the input is a CuPy array) or "cuda_emu" (the CUDA kernel sources compiled for
+# the host, on NumPy arrays: for testing the CUDA kernels without a GPU).
+_BACKENDS = ("cpu", "cuda", "cuda_emu")
+_local = threading.local()
+
+# Launch options of the CUDA kernels: path 0 = automatic (persistent when W_hh's slice fits on chip and the
+# grid can be co-resident), 1 = force persistent, 2 = force per-step; units_per_block 0 = one block per SM;
+# threads per block.
+cuda_options = {"path": 0, "units_per_block": 0, "threads": 128}
+
+
+def current_backend() -> str:
+    return getattr(_local, "name", "cpu")
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """with rnnfast.use_backend("cuda_emu"): layers in this thread run on the given backend."""
+    if name not in _BACKENDS:
+        raise ValueError(f"use_backend: name must be one of {_BACKENDS}, got {name!r}")
+    if name == "cuda_emu":
+        _cuda_module(emulated=True)  # fail here, not inside a layer, when it is missing
+    previous = current_backend()
+    _local.name = name
+    try:
+        yield
+    finally:
+        _local.name = previous
+
+
+def _cuda_module(emulated: bool):
+    try:
+        if emulated:
+            from . import _cuda_emu as mod
+        else:
+            from . import _cuda as mod
+    except ImportError as e:
+        what = "rnnfast._cuda_emu" if emulated else "rnnfast._cuda (built only where nvcc was found at install time)"
+        raise RuntimeError(f"{what} is not available: {e}") from None
+    return mod
+
+
+def is_cupy_array(a) -> bool:
+    return type(a).__module__.split(".")[0] == "cupy"
+
+
+def device_kernels(*arrays):
+    """(kernel module, array namespace) for the CUDA paths, or None for the CPU kernels.
+
+    CuPy arrays select rnnfast._cuda whatever the backend; NumPy arrays select the emulation under
+    use_backend("cuda_emu"). Mixing NumPy and CuPy arrays is an error.
+    """
+    present = [a for a in arrays if a is not None]
+    cupy_flags = {is_cupy_array(a) for a in present}
+    if cupy_flags == {True, False}:
+        raise TypeError("NumPy and CuPy arrays are mixed: the input, the states and the layer's parameters "
+                        "must all live on the same side (move the layer with .to('cuda') or .to('cpu'))")
+    if cupy_flags == {True}:
+        import cupy
+        return _cuda_module(emulated=False), cupy
+    name = current_backend()
+    if name == "cuda_emu":
+        return _cuda_module(emulated=True), np
+    if name == "cuda":
+        raise TypeError("the cuda backend runs CuPy arrays: pass cupy arrays (and move the layer with .to('cuda'))")
+    return None

@@ -26,7 +26,7 @@ import math
 
 import numpy as np
 
-from . import functional
+from . import backend, functional
 from .layers import _check_dtype, _check_size
 from .module import Module, Parameter, check_array
 
@@ -111,16 +111,17 @@ class _CellBase(Module):
     def _want(self, B, batched):
         return (B, self.hidden_size) if batched else (self.hidden_size,)
 
-    def _check_state(self, value, name, B, batched):
-        """A state argument, (B, H) or (H,) unbatched, as our own C-contiguous (B, H) copy; None = zeros."""
+    def _check_state(self, value, name, B, batched, like):
+        """A state argument, (B, H) or (H,) unbatched, as our own C-contiguous (B, H) copy; None = zeros on the
+        side (NumPy or CuPy) of `like`, the input."""
         if value is None:
-            return np.zeros((B, self.hidden_size), dtype=self.dtype)
+            return functional._xp(like).zeros((B, self.hidden_size), dtype=self.dtype)
         value = self._check_array(value, name)
         want = self._want(B, batched)
         if value.shape != want:
             raise ValueError(f"{name}: expected shape {want} ({'batched' if batched else 'unbatched'} x_t of shape "
                              f"{(B, self.input_size) if batched else (self.input_size,)}), got {value.shape}")
-        return np.array(value.reshape(B, self.hidden_size), dtype=self.dtype, order="C", copy=True)
+        return value.reshape(B, self.hidden_size).copy(order="C")
 
     def _check_grad(self, value, name, step):
         """A gradient with respect to a state of the recorded step, as a C-contiguous (B, H) array; None stays
@@ -132,7 +133,8 @@ class _CellBase(Module):
         if value.shape != want:
             raise ValueError(f"{name}: expected shape {want} (the shape of the state the most recent recorded step "
                              f"returned), got {value.shape}")
-        return np.ascontiguousarray(value.reshape(step.B, self.hidden_size))
+        value = value.reshape(step.B, self.hidden_size)
+        return value if value.flags.c_contiguous else value.copy(order="C")
 
     @staticmethod
     def _split_pair(pair, name, first, second):
@@ -148,20 +150,20 @@ class _CellBase(Module):
         """One step; returns (h', c') in the caller's layout (c' None except for the LSTM)."""
         lstm = self._cell == "lstm"
         x, B, batched = self._check_input(x_t)
-        h0 = self._check_state(h, "h" if lstm else "hx", B, batched)
-        c0 = self._check_state(c, "c", B, batched) if lstm else None
+        h0 = self._check_state(h, "h" if lstm else "hx", B, batched, x)
+        c0 = self._check_state(c, "c", B, batched, x) if lstm else None
         training = self.training
         # The record must hold the input of this step, not the caller's array (which the caller may reuse).
-        x = np.array(x, order="C", copy=True) if training else np.ascontiguousarray(x)
+        x = x.copy(order="C") if training or not x.flags.c_contiguous else x
         p = self._params
-        w_ih = p["weight_ih"].data
-        self._packed_ih = functional.packed_weights(w_ih, 0, self._packed_ih)
-        self._packed_hh = functional.packed_weights(p["weight_hh"].data, functional.GATES[self._cell],
-                                                    self._packed_hh)
+        w_ih, w_hh = p["weight_ih"].data, p["weight_hh"].data
         b_ih = p["bias_ih"].data if self.bias else None
         b_hh = p["bias_hh"].data if self.bias else None
+        if backend.device_kernels(x, h0, c0, w_ih, w_hh, b_ih, b_hh) is None:  # the CPU kernels run packed W
+            self._packed_ih = functional.packed_weights(w_ih, 0, self._packed_ih)
+            self._packed_hh = functional.packed_weights(w_hh, functional.GATES[self._cell], self._packed_hh)
         _, h_n, c_n, saved = functional.layer_forward(self._cell, x, h0, c0, w_ih, b_ih, b_hh, self._packed_ih,
-                                                      self._packed_hh, training)
+                                                      self._packed_hh, training, w_hh=w_hh)
         if training:
             self._record.append(_Step(saved, B, batched))
             h_n, c_n = _private(h_n, saved), _private(c_n, saved)

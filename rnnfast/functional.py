@@ -33,6 +33,14 @@ def _empty(shape, dtype) -> np.ndarray:
     return np.full(shape, np.nan, dtype=dtype) if poison_outputs else np.empty(shape, dtype=dtype)
 
 
+def _xp(a):
+    """The array namespace of a (NumPy, or CuPy for device arrays)."""
+    if backend.is_cupy_array(a):
+        import cupy
+        return cupy
+    return np
+
+
 def packed_weights(w: np.ndarray, gates: int, cached: "_C.PackedWeights | None") -> "_C.PackedWeights":
     """A weight packed for the kernels (gates=G: a W_hh; gates=0: a W_ih for x @ W_ih^T). Reuses `cached`
     only while it still holds exactly these bytes, so an in-place update is never served stale."""
@@ -106,7 +114,7 @@ class Plan:
         F = tokens.shape[1]
         if self.dense:
             return tokens.reshape(self.T, self.B, F)
-        out = np.zeros((self.T, self.B, F), dtype=tokens.dtype)
+        out = _xp(tokens).zeros((self.T, self.B, F), dtype=tokens.dtype)
         out[self.src_t, self.src_b] = tokens
         return out
 
@@ -141,17 +149,24 @@ class Saved:
     y: np.ndarray
     ws: np.ndarray | None
     packed_hr: "_C.PackedWeights | None" = None  # the LSTM projection, if any
+    device: tuple | None = None  # (CUDA kernel module, array namespace) when the CUDA kernels ran it
+    w_hh: np.ndarray | None = None  # the CUDA kernels read W_hh as it is: our own copy
 
 
 def layer_forward(cell, x, h0, c0, w_ih, b_ih, b_hh, packed_ih, packed, training, batch_sizes=None,
-                  prev_index=None, packed_hr=None):
+                  prev_index=None, packed_hr=None, w_hh=None):
     """One layer, one direction; packed_ih, packed (and packed_hr, an LSTM's projection W_hr packed with
     gates=1) come from packed_weights().
 
     x is (T, B, I) (every sequence T long) or, with batch_sizes, packed tokens (N, I); y comes back in the
     same form. h0 (B, S) and c0 (B, H) are in the kernels' row order, S = proj_size or H.
-    Returns (y, h_n, c_n, saved); saved is None unless training.
+    Returns (y, h_n, c_n, saved); saved is None unless training. On the CUDA backends (CuPy arrays, or
+    use_backend("cuda_emu")) the packed weights are unused and w_hh is read as it is.
     """
+    device = backend.device_kernels(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    if device is not None:
+        return _device_layer_forward(device, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, training, batch_sizes,
+                                     prev_index)
     shape3 = x.ndim == 3
     if shape3:
         T, B, I = x.shape
@@ -184,6 +199,8 @@ def layer_backward(saved: Saved, dy, dh_n, dc_n, grads):
     forward's y; `grads` maps w_ih, w_hh, b_ih, b_hh to the arrays the parameter gradients are added into
     (biases may be None). Returns (dx, dh0, dc0), dx in the form of the forward's x."""
     s = saved
+    if s.device is not None:
+        return _device_layer_backward(s, dy, dh_n, dc_n, grads)
     N, I = s.x.shape
     H, S = s.packed.hidden_size, s.y.shape[1]
     B = s.h0.shape[0]
@@ -221,6 +238,96 @@ def layer_backward(saved: Saved, dy, dh_n, dc_n, grads):
     return dx, dh0, dc0
 
 
+def _device_layer_forward(device, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, training, batch_sizes, prev_index):
+    """layer_forward on the CUDA kernels (csrc/cuda): the same data flow, GEMMs through the array library."""
+    mod, xpm = device
+    if cell not in ("rnn_tanh", "rnn_relu", "lstm", "gru"):
+        raise NotImplementedError(f"the CUDA kernels do not run {cell!r} yet (GRU linear_before_reset=False and "
+                                  "LSTM proj_size are CPU-only for now)")
+    if x.dtype != np.float32:
+        raise TypeError(f"x: the CUDA kernels run float32, got {x.dtype}")
+    if w_hh is None:
+        raise ValueError("w_hh: the CUDA kernels need W_hh")
+    shape3 = x.ndim == 3
+    if shape3:
+        T, B, I = x.shape
+        batch_sizes = np.full(T, B, dtype=np.int64)
+        x = x.reshape(T * B, I)
+    N, I = x.shape
+    B, H = h0.shape
+    T = len(batch_sizes)
+    G = GATES[cell]
+    xp = xpm.ascontiguousarray(xpm.matmul(x, w_ih.T))
+    y = xpm.empty((N, H), dtype=x.dtype)
+    h_n = xpm.empty((B, H), dtype=x.dtype)
+    c = xpm.empty((B, H), dtype=x.dtype) if cell == "lstm" else None
+    ws = xpm.empty((N, SLOTS[cell] * H), dtype=x.dtype) if training and SLOTS[cell] else None
+    steps = _step_table(batch_sizes)
+    o = backend.cuda_options
+    mod.forward(cell, T, B, H, steps, _addr(xp), _addr(h0), _addr(c0), _addr(w_hh), _addr(b_ih), _addr(b_hh),
+                _addr(y), _addr(h_n), _addr(c), _addr(ws), _stream(xpm), o["path"], o["units_per_block"], o["threads"])
+    saved = (Saved(cell, (T, B) if shape3 else None, batch_sizes, prev_index, x, h0, c0, w_ih.copy(), None, y, ws,
+                   None, device, w_hh.copy()) if training else None)
+    if shape3:
+        y = y.reshape(T, B, H)
+    return y, h_n, c, saved
+
+
+def _device_layer_backward(s: Saved, dy, dh_n, dc_n, grads):
+    mod, xpm = s.device
+    N, I = s.x.shape
+    B, H = s.h0.shape
+    G = GATES[s.cell]
+    T = len(s.batch_sizes)
+    if dy is not None and dy.ndim == 3:
+        dy = dy.reshape(N, H)
+    dy = None if dy is None else xpm.ascontiguousarray(dy)
+    dxg = xpm.empty((N, G * H), dtype=s.x.dtype)
+    dhg = xpm.empty((N, G * H), dtype=s.x.dtype) if s.cell == "gru" else None
+    dh = xpm.array(dh_n, dtype=s.x.dtype, copy=True) if dh_n is not None else xpm.zeros((B, H), dtype=s.x.dtype)
+    dc = None
+    if s.cell == "lstm":
+        dc = xpm.array(dc_n, dtype=s.x.dtype, copy=True) if dc_n is not None else xpm.zeros((B, H), dtype=s.x.dtype)
+    o = backend.cuda_options
+    mod.backward(s.cell, T, B, H, _step_table(s.batch_sizes), _addr(s.w_hh), _addr(s.h0), _addr(s.c0), _addr(s.y),
+                 _addr(s.ws), _addr(dy), _addr(dh), _addr(dc), _addr(dxg), _addr(dhg), _stream(xpm), o["path"],
+                 o["units_per_block"], o["threads"])
+    dhg = dhg if dhg is not None else dxg
+    # Bias gradients are column sums here (a deterministic reduction; the kernels leave them out).
+    if grads["b_ih"] is not None:
+        grads["b_ih"] += dxg.sum(axis=0)
+        grads["b_hh"] += dhg.sum(axis=0)
+    grads["w_ih"] += dxg.T @ s.x
+    grads["w_hh"] += dhg[:B].T @ s.h0
+    if N > B:
+        h_prev = s.y[: N - B] if s.prev_index is None else s.y[s.prev_index]
+        grads["w_hh"] += dhg[B:].T @ h_prev
+    dx = dxg @ s.w_ih
+    if s.shape3 is not None:
+        dx = dx.reshape(s.shape3[0], s.shape3[1], I)
+    return dx, dh, dc
+
+
+def _step_table(batch_sizes):
+    """bs then off, as the CUDA launchers take them (host int64)."""
+    bs = np.asarray(batch_sizes, dtype=np.int64)
+    off = np.concatenate(([0], np.cumsum(bs)[:-1])).astype(np.int64)
+    return np.ascontiguousarray(np.concatenate((bs, off)))
+
+
+def _addr(a) -> int:
+    """The address of a C-contiguous array's data (NumPy or CuPy), 0 for None."""
+    if a is None:
+        return 0
+    if not a.flags.c_contiguous:
+        raise ValueError("internal: the CUDA kernels take C-contiguous arrays")
+    return int(a.data.ptr) if backend.is_cupy_array(a) else int(a.ctypes.data)
+
+
+def _stream(xpm) -> int:
+    return int(xpm.cuda.get_current_stream().ptr) if xpm is not np else 0
+
+
 # ----------------------------------------------------------------------------------------------- stacks
 @dataclass
 class LayerWeights:
@@ -231,8 +338,8 @@ class LayerWeights:
     b_ih: np.ndarray | None
     b_hh: np.ndarray | None
     grads: dict
-    packed_ih: "_C.PackedWeights"
-    packed_hh: "_C.PackedWeights"
+    packed_ih: "_C.PackedWeights | None"  # None on the CUDA backends, which read the weights as they are
+    packed_hh: "_C.PackedWeights | None"
     packed_hr: "_C.PackedWeights | None" = None
 
 
@@ -254,27 +361,29 @@ def stack_forward(cell, x_tm, h0, c0, weights, plan: Plan, directions, training,
     """
     L = len(weights)
     B = plan.B
-    H, S = weights[0][0].packed_hh.hidden_size, weights[0][0].packed_hh.state_size
+    H, S = weights[0][0].w_hh.shape[0] // GATES[cell], weights[0][0].w_hh.shape[1]
     dtype = x_tm.dtype
+    xpm = _xp(x_tm)
     lstm = cell == "lstm"
-    h_n = np.empty((L * directions, B, S), dtype=dtype)
-    c_n = np.empty((L * directions, B, H), dtype=dtype) if lstm else None
+    h_n = xpm.empty((L * directions, B, S), dtype=dtype)
+    c_n = xpm.empty((L * directions, B, H), dtype=dtype) if lstm else None
     saved = StackSaved(plan, directions) if training else None
     tokens = plan.gather(x_tm)
     prev_index = plan.prev_index
     for layer in range(L):
         dropped = training and dropout > 0 and layer < L - 1
         # One direction without dropout: the layer's output is the kernel's y itself (no copy).
-        out = None if directions == 1 and not dropped else np.empty((plan.N, directions * S), dtype=dtype)
+        out = None if directions == 1 and not dropped else xpm.empty((plan.N, directions * S), dtype=dtype)
         saved_dirs = []
         for d in range(directions):
             k = layer * directions + d
             lw = weights[layer][d]
             inp = tokens if d == 0 else np.ascontiguousarray(tokens[plan.reverse_index])
-            h0_k = plan.sort_rows(h0[k]) if h0 is not None else np.zeros((B, S), dtype=dtype)
-            c0_k = (plan.sort_rows(c0[k]) if c0 is not None else np.zeros((B, H), dtype=dtype)) if lstm else None
+            h0_k = plan.sort_rows(h0[k]) if h0 is not None else xpm.zeros((B, S), dtype=dtype)
+            c0_k = (plan.sort_rows(c0[k]) if c0 is not None else xpm.zeros((B, H), dtype=dtype)) if lstm else None
             y, hn, cn, sv = layer_forward(cell, inp, h0_k, c0_k, lw.w_ih, lw.b_ih, lw.b_hh, lw.packed_ih,
-                                          lw.packed_hh, training, plan.batch_sizes, prev_index, lw.packed_hr)
+                                          lw.packed_hh, training, plan.batch_sizes, prev_index, lw.packed_hr,
+                                          lw.w_hh)
             if out is None:
                 out = y
             elif d == 0:
@@ -287,7 +396,7 @@ def stack_forward(cell, x_tm, h0, c0, weights, plan: Plan, directions, training,
             saved_dirs.append(sv)
         mask = None
         if dropped:
-            mask = (rng.random(out.shape) >= dropout).astype(dtype) / dtype.type(1.0 - dropout)
+            mask = xpm.asarray((rng.random(out.shape) >= dropout).astype(dtype) / dtype.type(1.0 - dropout))
             out *= mask
         if training:
             saved.layers.append(saved_dirs)
@@ -303,11 +412,13 @@ def stack_backward(saved: StackSaved, weights, dy_tm, dh_n, dc_n):
     plan, D = saved.plan, saved.directions
     L = len(saved.layers)
     B = plan.B
-    H, S = weights[0][0].packed_hh.hidden_size, weights[0][0].packed_hh.state_size
-    lstm = saved.layers[0][0].cell == "lstm"
+    cell = saved.layers[0][0].cell
+    H, S = weights[0][0].w_hh.shape[0] // GATES[cell], weights[0][0].w_hh.shape[1]
+    lstm = cell == "lstm"
     dtype = saved.layers[0][0].x.dtype
-    dh0 = np.empty((L * D, B, S), dtype=dtype)
-    dc0 = np.empty((L * D, B, H), dtype=dtype) if lstm else None
+    xpm = _xp(saved.layers[0][0].x)
+    dh0 = xpm.empty((L * D, B, S), dtype=dtype)
+    dc0 = xpm.empty((L * D, B, H), dtype=dtype) if lstm else None
     dtok = plan.gather(dy_tm) if dy_tm is not None else None
     for layer in reversed(range(L)):
         dx = None

@@ -13,7 +13,7 @@ import numbers
 
 import numpy as np
 
-from . import functional
+from . import backend, functional
 from .module import Module, Parameter, check_array
 
 __all__ = ["RNN", "LSTM", "GRU"]
@@ -95,8 +95,9 @@ class _RNNBase(Module):
         """Features of h (and of each direction's output): proj_size when there is one, else hidden_size."""
         return self.proj_size or self.hidden_size
 
-    def _layer_weights(self):
-        """[layer][direction] -> functional.LayerWeights over the live parameters (packing refreshed)."""
+    def _layer_weights(self, pack=True):
+        """[layer][direction] -> functional.LayerWeights over the live parameters (packing refreshed, for the
+        CPU kernels; the CUDA kernels read the weights as they are)."""
         G = functional.GATES[self._cell]
         out = []
         for layer in range(self.num_layers):
@@ -105,11 +106,12 @@ class _RNNBase(Module):
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
                 p = {n: self._params.get(n + sfx)
                      for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")}
-                ih = functional.packed_weights(p["weight_ih"].data, 0, self._packed.get("ih" + sfx))
-                hh = functional.packed_weights(p["weight_hh"].data, G, self._packed.get("hh" + sfx))
-                self._packed["ih" + sfx], self._packed["hh" + sfx] = ih, hh
-                hr = None
-                if p["weight_hr"] is not None:
+                ih = hh = hr = None
+                if pack:
+                    ih = functional.packed_weights(p["weight_ih"].data, 0, self._packed.get("ih" + sfx))
+                    hh = functional.packed_weights(p["weight_hh"].data, G, self._packed.get("hh" + sfx))
+                    self._packed["ih" + sfx], self._packed["hh" + sfx] = ih, hh
+                if pack and p["weight_hr"] is not None:
                     hr = functional.packed_weights(p["weight_hr"].data, 1, self._packed.get("hr" + sfx))
                     self._packed["hr" + sfx] = hr
                 bias = self.bias
@@ -118,7 +120,7 @@ class _RNNBase(Module):
                     p["bias_ih"].data if bias else None, p["bias_hh"].data if bias else None,
                     {"w_ih": p["weight_ih"].grad, "w_hh": p["weight_hh"].grad,
                      "b_ih": p["bias_ih"].grad if bias else None, "b_hh": p["bias_hh"].grad if bias else None,
-                     "w_hr": p["weight_hr"].grad if hr is not None else None},
+                     "w_hr": p["weight_hr"].grad if p["weight_hr"] is not None else None},
                     ih, hh, hr))
             out.append(dirs)
         return out
@@ -171,7 +173,7 @@ class _RNNBase(Module):
         want = self._state_shape(B, batched, size)
         if value.shape != want:
             raise ValueError(f"{name}: expected shape {want}, got {value.shape}")
-        return np.array(value.reshape(want[0], B, size), dtype=self.dtype, order="C", copy=True)
+        return value.reshape(want[0], B, size).copy(order="C")
 
     def _check_grad_out(self, value, name, shape):
         """A gradient argument of the given user-facing shape, or None."""
@@ -190,23 +192,27 @@ class _RNNBase(Module):
         h0 = self._check_state(h0, "h0", B, batched, self._state_size)
         c0 = self._check_state(c0, "c0", B, batched, self.hidden_size) if self._cell == "lstm" else None
         plan = functional.Plan(T, B, lengths)
+        device = backend.device_kernels(x_tm, h0, c0, *(p.data for p in self._params.values()))
         if self.training and plan.dense:
-            x_tm = np.array(x_tm, order="C", copy=True)  # backward must see the input of this forward
-        weights = self._layer_weights()
+            x_tm = x_tm.copy(order="C")  # backward must see the input of this forward
+        if device is not None and self.proj_size:
+            raise NotImplementedError("the CUDA kernels do not run LSTM proj_size yet (CPU only for now)")
+        weights = self._layer_weights(pack=device is None)
         y, h_n, c_n, saved = functional.stack_forward(self._cell, x_tm, h0, c0, weights, plan, self._directions,
                                                       self.training, self.dropout, self._rng)
         if self.training:
             self._saved, self._layout = (saved, weights), (T, B, batched)
             # y is also the saved activation backward reads (last layer, forward direction, no lengths):
             # hand it out read-only instead of copying it.
-            y.flags.writeable = False
+            if isinstance(y, np.ndarray):
+                y.flags.writeable = False
         return self._to_user(y, batched), self._state_out(h_n, batched), self._state_out(c_n, batched)
 
     def _to_user(self, a, batched):
         """(T, B, F) -> the caller's layout."""
         if not batched:
             return a[:, 0, :]
-        return np.ascontiguousarray(a.transpose(1, 0, 2)) if self.batch_first else a
+        return a.transpose(1, 0, 2).copy(order="C") if self.batch_first else a
 
     def _from_user(self, a, batched):
         """The caller's layout -> (T, B, F), C-contiguous."""
@@ -214,7 +220,7 @@ class _RNNBase(Module):
             a = a[:, None, :]
         elif self.batch_first:
             a = a.transpose(1, 0, 2)
-        return np.ascontiguousarray(a)
+        return a.copy(order="C") if not a.flags.c_contiguous else a
 
     def _state_out(self, s, batched):
         if s is None:

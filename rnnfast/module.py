@@ -41,9 +41,9 @@ def _to_numpy(value, name: str) -> np.ndarray:
 
 
 def check_array(value, name: str, dtype, owner: str = "layer") -> np.ndarray:
-    """value must be a NumPy array of the module's dtype: TypeError naming the argument otherwise."""
-    if not isinstance(value, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(value).__name__}")
+    """value must be a NumPy (or CuPy) array of the module's dtype: TypeError naming the argument otherwise."""
+    if not isinstance(value, np.ndarray) and type(value).__module__.split(".")[0] != "cupy":
+        raise TypeError(f"{name}: expected a numpy.ndarray (or a cupy.ndarray), got {type(value).__name__}")
     if value.dtype != dtype:
         raise TypeError(f"{name}: expected dtype {dtype} (the {owner}'s dtype), got {value.dtype}")
     return value
@@ -74,6 +74,26 @@ class Module:
 
     def eval(self):
         return self.train(False)
+
+    def to(self, device: str):
+        """Moves every parameter (and its gradient) to "cuda" (CuPy arrays: the layer then runs on the CUDA
+        kernels) or back to "cpu" (NumPy). Returns self. Needs CuPy for "cuda"."""
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        try:
+            import cupy
+        except ImportError:
+            if device == "cuda":
+                raise RuntimeError("to('cuda') needs CuPy (pip install 'rnnfast[cuda]') and a CUDA GPU") from None
+            return self  # without CuPy every parameter is already a NumPy array
+        convert = cupy.asarray if device == "cuda" else cupy.asnumpy
+        for p in self._params.values():
+            p.data, p.grad = convert(p.data), convert(p.grad)
+        for cache in ("_packed", "_packed_ih", "_packed_hh"):
+            if cache in self.__dict__:
+                self.__dict__[cache] = {} if isinstance(self.__dict__[cache], dict) else None
+        self.__dict__["_saved"] = None
+        return self
 
     def zero_grad(self):
         for p in self._params.values():

@@ -1,0 +1,46 @@
+// launch.h: the host entry points of the CUDA recurrences and their parameters (recurrence.cuh documents
+// the tensors). Plain C++: the bindings include it without CUDA.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace rnnfast_cuda {
+
+enum Cell { kRnnTanh = 0, kRnnRelu = 1, kLstm = 2, kGru = 3 };
+
+struct FwdParams {
+    int cell, G, T, B, H, U;  // U: units per block
+    int t_begin, t_end;       // the steps this launch runs
+    int persistent;           // 1: W slice in shared memory and a grid barrier per step
+    const int64_t *bs, *off;
+    const float *xp, *h0, *c0, *w, *b_ih, *b_hh;
+    float *y, *h_n, *c, *ws;
+};
+
+struct BwdParams {
+    int cell, G, T, B, H, U;
+    int t_begin, t_end;  // the steps this launch runs, in reverse
+    int phases;          // bit 0: the pointwise phase, bit 1: the W_hh product (per-step launches split them)
+    int persistent;
+    const int64_t *bs, *off;
+    const float *w, *h0, *c0, *y, *ws, *dy;
+    float *dh, *dc, *dxg, *dhg;
+};
+
+
+enum Path { kAuto = 0, kPersistent = 1, kPerStep = 2 };
+
+struct Request {
+    int path = kAuto;          // kAuto picks persistent when the W_hh slice fits on chip and the grid co-resides
+    int units_per_block = 0;   // 0: spread the units over the SMs
+    int threads = 128;         // threads per block (a multiple of 32)
+    const int64_t* steps;      // host [2*T]: bs then off
+};
+
+// Each returns "" on success or a message naming what failed; *used_path gets the path taken.
+// stream: a cudaStream_t (CuPy's current stream), or null.
+std::string forward(const Request& q, const FwdParams& p, void* stream, int* used_path);
+std::string backward(const Request& q, const BwdParams& p, void* stream, int* used_path);
+
+}  // namespace rnnfast_cuda

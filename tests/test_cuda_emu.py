@@ -1,0 +1,192 @@
+"""The CUDA kernels (csrc/cuda) run on the host through compat.cuh's emulation, against the NumPy reference
+and the (torch-verified) CPU layers: both the persistent path (W_hh on chip, a grid barrier per step) and
+the per-step path, always with several thread blocks so that the grid-wide barrier is exercised.
+The same tests run on a real GPU when CuPy sees one (test_gpu_*; skipped otherwise)."""
+import numpy as np
+import pytest
+
+import rnnfast
+import rnnfast.reference as ref
+from conftest import assert_close
+from rnnfast import backend
+
+CELLS = [("rnn_tanh", rnnfast.RNN, {}), ("rnn_relu", rnnfast.RNN, {"nonlinearity": "relu"}),
+         ("lstm", rnnfast.LSTM, {}), ("gru", rnnfast.GRU, {})]
+# (path, units_per_block): H=9 over the emulation's 4 pretend SMs is 3 blocks of 3 units; 2 gives 5 blocks.
+PATHS = [(1, 0), (1, 2), (2, 0), (2, 4)]
+TOL = 2e-5
+
+
+@pytest.fixture
+def cuda_options():
+    saved = dict(backend.cuda_options)
+    yield backend.cuda_options
+    backend.cuda_options.update(saved)
+
+
+def run(m, cell, x, h0, c0, dy, dhn, dcn, lengths=None):
+    if cell == "lstm":
+        y, (hn, cn) = m(x, (h0, c0), lengths=lengths)
+        dx, (dh0, dc0) = m.backward(dy, (dhn, dcn))
+        return dict(y=y, hn=hn, cn=cn, dx=dx, dh0=dh0, dc0=dc0)
+    y, hn = m(x, h0, lengths=lengths)
+    dx, dh0 = m.backward(dy, dhn)
+    return dict(y=y, hn=hn, dx=dx, dh0=dh0)
+
+
+@pytest.mark.parametrize("cell,cls,kw", CELLS, ids=[c[0] for c in CELLS])
+@pytest.mark.parametrize("path,units", PATHS)
+def test_emulated_kernels_match_reference(cell, cls, kw, path, units, cuda_options):
+    cuda_options.update(path=path, units_per_block=units, threads=32)
+    rng = np.random.default_rng(path * 10 + units)
+    T, B, I, H = 5, 3, 2, 9
+    m = cls(I, H, seed=1, **kw)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    h0, c0 = (rng.standard_normal((1, B, H)).astype(np.float32) for _ in range(2))
+    dy = rng.standard_normal((T, B, H)).astype(np.float32)
+    dhn, dcn = (rng.standard_normal((1, B, H)).astype(np.float32) for _ in range(2))
+    with rnnfast.use_backend("cuda_emu"):
+        got = run(m, cell, x, h0, c0, dy, dhn, dcn)
+    p = {k: v.astype(np.float64) for k, v in m.state_dict().items()}
+    lstm = cell == "lstm"
+    y_r, h_r, c_r, cache = ref.forward(cell, x.astype(np.float64), h0[0].astype(np.float64),
+                                       c0[0].astype(np.float64) if lstm else None, p["weight_ih_l0"],
+                                       p["weight_hh_l0"], p["bias_ih_l0"], p["bias_hh_l0"])
+    g = ref.backward(cell, cache, dy.astype(np.float64), dhn[0].astype(np.float64),
+                     dcn[0].astype(np.float64) if lstm else None)
+    assert_close(got["y"], y_r, TOL, "y")
+    assert_close(got["hn"][0], h_r, TOL, "h_n")
+    assert_close(got["dx"], g["dx"], TOL, "dx")
+    assert_close(got["dh0"][0], g["dh0"], TOL, "dh0")
+    if lstm:
+        assert_close(got["cn"][0], c_r, TOL, "c_n")
+        assert_close(got["dc0"][0], g["dc0"], TOL, "dc0")
+    P = dict(m.named_parameters())
+    for name, key in [("weight_ih_l0", "dw_ih"), ("weight_hh_l0", "dw_hh"), ("bias_ih_l0", "db_ih"),
+                      ("bias_hh_l0", "db_hh")]:
+        assert_close(P[name].grad, g[key], TOL, name + ".grad")
+
+
+@pytest.mark.parametrize("cell,cls,kw", CELLS, ids=[c[0] for c in CELLS])
+@pytest.mark.parametrize("path", [1, 2])
+def test_emulated_stacks_with_lengths_match_cpu_layers(cell, cls, kw, path, cuda_options):
+    """Two layers, bidirectional, unsorted lengths (incl. 1 and T): the emulated CUDA kernels against the
+    CPU kernels in float64 (which the torch tests check) with the same weights."""
+    cuda_options.update(path=path, units_per_block=2, threads=32)
+    rng = np.random.default_rng(path)
+    T, B, I, H = 5, 4, 3, 6
+    m32 = cls(I, H, num_layers=2, bidirectional=True, seed=2, **kw)
+    m64 = cls(I, H, num_layers=2, bidirectional=True, dtype=np.float64, **kw)
+    m64.load_state_dict(m32.state_dict())
+    lengths = np.array([3, 5, 1, 4])
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    h0, c0 = (rng.standard_normal((4, B, H)).astype(np.float32) for _ in range(2))
+    dy = rng.standard_normal((T, B, 2 * H)).astype(np.float32)
+    dhn, dcn = (rng.standard_normal((4, B, H)).astype(np.float32) for _ in range(2))
+    with rnnfast.use_backend("cuda_emu"):
+        got = run(m32, cell, x, h0, c0, dy, dhn, dcn, lengths)
+    want = run(m64, cell, *(a.astype(np.float64) for a in (x, h0, c0, dy, dhn, dcn)), lengths)
+    for k in want:
+        assert_close(got[k], want[k], TOL, k)
+    g64 = dict(m64.named_parameters())
+    for name, p in m32.named_parameters():
+        assert_close(p.grad, g64[name].grad, TOL, name + ".grad")
+
+
+def test_emulated_cells_match_cpu_cells(cuda_options):
+    cuda_options.update(path=1, units_per_block=2, threads=32)
+    rng = np.random.default_rng(5)
+    cell = rnnfast.LSTMCell(3, 5, seed=0)
+    xs = rng.standard_normal((4, 2, 3)).astype(np.float32)
+
+    def loop():
+        state, hs = None, []
+        for t in range(4):
+            state = cell(xs[t], state)
+            hs.append(state[0].copy())
+        dstate, dxs = (np.ones((2, 5), np.float32), None), []
+        for t in reversed(range(4)):
+            dx, dstate = cell.backward(dstate)
+            dxs.append(dx)
+        return np.stack(hs), np.stack(dxs), {n: p.grad.copy() for n, p in cell.named_parameters()}
+
+    h_cpu, dx_cpu, g_cpu = loop()
+    cell.zero_grad()
+    with rnnfast.use_backend("cuda_emu"):
+        h_emu, dx_emu, g_emu = loop()
+    assert_close(h_emu, h_cpu, TOL, "h")
+    assert_close(dx_emu, dx_cpu, TOL, "dx")
+    for k in g_cpu:
+        assert_close(g_emu[k], g_cpu[k], TOL, k)
+
+
+def test_automatic_path_takes_persistent_when_w_fits_and_per_step_when_not(cuda_options):
+    from rnnfast import _cuda_emu
+    rng = np.random.default_rng(0)
+    steps = np.array([2, 2, 0, 2], dtype=np.int64)  # T=2, B=2: batch sizes then offsets
+
+    def path_for(H):
+        G = 4
+        arrays = dict(xp=np.zeros((4, G * H), np.float32), h0=np.zeros((2, H), np.float32),
+                      c0=np.zeros((2, H), np.float32), w=rng.standard_normal((G * H, H)).astype(np.float32),
+                      y=np.empty((4, H), np.float32), h_n=np.empty((2, H), np.float32),
+                      c=np.empty((2, H), np.float32))
+        a = {k: v.ctypes.data for k, v in arrays.items()}
+        return _cuda_emu.forward("lstm", 2, 2, H, steps, a["xp"], a["h0"], a["c0"], a["w"], 0, 0, a["y"],
+                                 a["h_n"], a["c"], 0, 0, 0, 0, 32)
+
+    assert path_for(8) == 1  # 4 blocks of 2 units: 2*4*8 floats of W per block, far below 48 KB
+    assert path_for(256) == 2  # 64 units a block: 4*64*256 floats = 256 KB > 48 KB of pretend shared memory
+
+
+def test_cuda_backends_refuse_what_they_cannot_run():
+    x = np.zeros((3, 2, 4), np.float32)
+    with rnnfast.use_backend("cuda_emu"):
+        with pytest.raises(TypeError, match="float32"):
+            rnnfast.GRU(4, 5, dtype=np.float64)(x.astype(np.float64))
+        with pytest.raises(NotImplementedError, match="CUDA"):
+            rnnfast.GRU(4, 5, linear_before_reset=False)(x)
+        with pytest.raises(NotImplementedError, match="CUDA"):
+            rnnfast.LSTM(4, 5, proj_size=2)(x)
+    with pytest.raises(ValueError, match="use_backend"):
+        with rnnfast.use_backend("tpu"):
+            pass
+    with rnnfast.use_backend("cuda"):
+        with pytest.raises(TypeError, match="CuPy"):
+            rnnfast.GRU(4, 5)(x)
+    assert rnnfast.current_backend() == "cpu"
+
+
+def _gpu():
+    cupy = pytest.importorskip("cupy", reason="CuPy is not installed: the GPU tests run where it is")
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("no CUDA device")
+    except cupy.cuda.runtime.CUDARuntimeError as e:
+        pytest.skip(f"no usable CUDA device ({e})")
+    return cupy
+
+
+@pytest.mark.parametrize("cell,cls,kw", CELLS, ids=[c[0] for c in CELLS])
+@pytest.mark.parametrize("path", [1, 2])
+def test_gpu_kernels_match_cpu_layers(cell, cls, kw, path, cuda_options):
+    cupy = _gpu()
+    cuda_options.update(path=path, units_per_block=0, threads=128)
+    rng = np.random.default_rng(1)
+    T, B, I, H = 7, 5, 16, 96
+    m = cls(I, H, num_layers=2, bidirectional=True, seed=3, **kw)
+    cpu = cls(I, H, num_layers=2, bidirectional=True, dtype=np.float64, **kw)
+    cpu.load_state_dict(m.state_dict())
+    m.to("cuda")
+    lengths = np.array([7, 2, 1, 5, 7])
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    h0, c0 = (rng.standard_normal((4, B, H)).astype(np.float32) for _ in range(2))
+    dy = rng.standard_normal((T, B, 2 * H)).astype(np.float32)
+    dhn, dcn = (rng.standard_normal((4, B, H)).astype(np.float32) for _ in range(2))
+    got = run(m, cell, *(cupy.asarray(a) for a in (x, h0, c0, dy, dhn, dcn)), lengths)
+    want = run(cpu, cell, *(a.astype(np.float64) for a in (x, h0, c0, dy, dhn, dcn)), lengths)
+    for k in want:
+        assert_close(cupy.asnumpy(got[k]), want[k], 1e-4, k)
+    g = dict(cpu.named_parameters())
+    for name, p in m.named_parameters():
+        assert_close(cupy.asnumpy(p.grad), g[name].grad, 1e-4, name + ".grad")
