@@ -144,6 +144,13 @@ def device_kernels(*arrays):
                         "must all live on the same side (move the layer with .to('cuda') or .to('cpu'))")
     if cupy_flags == {True}:
         import cupy
+        devices = {a.device.id for a in present}
+        if len(devices) > 1:
+            raise ValueError(f"arrays on different CUDA devices {sorted(devices)}: the input, the states and the "
+                             "layer's parameters must be on one device")
+        if devices and cupy.cuda.Device().id not in devices:
+            raise ValueError(f"the arrays are on CUDA device {devices.pop()} but the current device is "
+                             f"{cupy.cuda.Device().id}: use `with cupy.cuda.Device(n):`")
         return _cuda_module(emulated=False), cupy
     name = current_backend()
     if name == "cuda_emu":
