@@ -150,11 +150,11 @@ class Saved:
     ws: np.ndarray | None
     packed_hr: "_C.PackedWeights | None" = None  # the LSTM projection, if any
     device: tuple | None = None  # (CUDA kernel module, array namespace) when the CUDA kernels ran it
-    w_hh: np.ndarray | None = None  # the CUDA kernels read W_hh as it is: our own copy
+    w_hh: tuple | None = None  # the CUDA kernels read W_hh (and W_hr) as they are: our own copies
 
 
 def layer_forward(cell, x, h0, c0, w_ih, b_ih, b_hh, packed_ih, packed, training, batch_sizes=None,
-                  prev_index=None, packed_hr=None, w_hh=None):
+                  prev_index=None, packed_hr=None, w_hh=None, w_hr=None):
     """One layer, one direction; packed_ih, packed (and packed_hr, an LSTM's projection W_hr packed with
     gates=1) come from packed_weights().
 
@@ -163,9 +163,9 @@ def layer_forward(cell, x, h0, c0, w_ih, b_ih, b_hh, packed_ih, packed, training
     Returns (y, h_n, c_n, saved); saved is None unless training. On the CUDA backends (CuPy arrays, or
     use_backend("cuda_emu")) the packed weights are unused and w_hh is read as it is.
     """
-    device = backend.device_kernels(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    device = backend.device_kernels(x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh)
     if device is not None:
-        return _device_layer_forward(device, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, training, batch_sizes,
+        return _device_layer_forward(device, cell, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, training, batch_sizes,
                                      prev_index)
     shape3 = x.ndim == 3
     if shape3:
@@ -238,12 +238,10 @@ def layer_backward(saved: Saved, dy, dh_n, dc_n, grads):
     return dx, dh0, dc0
 
 
-def _device_layer_forward(device, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, training, batch_sizes, prev_index):
+def _device_layer_forward(device, cell, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, training, batch_sizes,
+                          prev_index):
     """layer_forward on the CUDA kernels (csrc/cuda): the same data flow, GEMMs through the array library."""
     mod, xpm = device
-    if cell not in ("rnn_tanh", "rnn_relu", "lstm", "gru"):
-        raise NotImplementedError(f"the CUDA kernels do not run {cell!r} yet (GRU linear_before_reset=False and "
-                                  "LSTM proj_size are CPU-only for now)")
     if x.dtype != np.float32:
         raise TypeError(f"x: the CUDA kernels run float32, got {x.dtype}")
     if w_hh is None:
@@ -254,54 +252,69 @@ def _device_layer_forward(device, cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, train
         batch_sizes = np.full(T, B, dtype=np.int64)
         x = x.reshape(T * B, I)
     N, I = x.shape
-    B, H = h0.shape
-    T = len(batch_sizes)
     G = GATES[cell]
+    B, S = h0.shape
+    H = w_hh.shape[0] // G
+    P = w_hr.shape[0] if w_hr is not None else 0
+    T = len(batch_sizes)
     xp = xpm.ascontiguousarray(xpm.matmul(x, w_ih.T))
-    y = xpm.empty((N, H), dtype=x.dtype)
-    h_n = xpm.empty((B, H), dtype=x.dtype)
+    y = xpm.empty((N, S), dtype=x.dtype)
+    h_n = xpm.empty((B, S), dtype=x.dtype)
     c = xpm.empty((B, H), dtype=x.dtype) if cell == "lstm" else None
-    ws = xpm.empty((N, SLOTS[cell] * H), dtype=x.dtype) if training and SLOTS[cell] else None
-    steps = _step_table(batch_sizes)
+    slots = SLOTS[cell] + (1 if P else 0)
+    ws = xpm.empty((N, slots * H), dtype=x.dtype) if training and slots else None
+    scratch = xpm.empty((B, 2 * H), dtype=x.dtype) if (P or cell == "gru_original") else None
     o = backend.cuda_options
-    mod.forward(cell, T, B, H, steps, _addr(xp), _addr(h0), _addr(c0), _addr(w_hh), _addr(b_ih), _addr(b_hh),
-                _addr(y), _addr(h_n), _addr(c), _addr(ws), _stream(xpm), o["path"], o["units_per_block"], o["threads"])
+    mod.forward(cell, T, B, H, _step_table(batch_sizes), _addr(xp), _addr(h0), _addr(c0), _addr(w_hh), _addr(b_ih),
+                _addr(b_hh), _addr(y), _addr(h_n), _addr(c), _addr(ws), _stream(xpm), o["path"], o["units_per_block"],
+                o["threads"], P, _addr(w_hr), _addr(scratch))
     saved = (Saved(cell, (T, B) if shape3 else None, batch_sizes, prev_index, x, h0, c0, w_ih.copy(), None, y, ws,
-                   None, device, w_hh.copy()) if training else None)
+                   None, device, (w_hh.copy(), None if w_hr is None else w_hr.copy())) if training else None)
     if shape3:
-        y = y.reshape(T, B, H)
+        y = y.reshape(T, B, S)
     return y, h_n, c, saved
 
 
 def _device_layer_backward(s: Saved, dy, dh_n, dc_n, grads):
     mod, xpm = s.device
+    w_hh, w_hr = s.w_hh
     N, I = s.x.shape
-    B, H = s.h0.shape
+    B, S = s.h0.shape
     G = GATES[s.cell]
+    H = w_hh.shape[0] // G
+    P = w_hr.shape[0] if w_hr is not None else 0
     T = len(s.batch_sizes)
     if dy is not None and dy.ndim == 3:
-        dy = dy.reshape(N, H)
+        dy = dy.reshape(N, S)
     dy = None if dy is None else xpm.ascontiguousarray(dy)
     dxg = xpm.empty((N, G * H), dtype=s.x.dtype)
     dhg = xpm.empty((N, G * H), dtype=s.x.dtype) if s.cell == "gru" else None
-    dh = xpm.array(dh_n, dtype=s.x.dtype, copy=True) if dh_n is not None else xpm.zeros((B, H), dtype=s.x.dtype)
+    dh_all = xpm.empty((N, P), dtype=s.x.dtype) if P else None
+    dh = xpm.array(dh_n, dtype=s.x.dtype, copy=True) if dh_n is not None else xpm.zeros((B, S), dtype=s.x.dtype)
     dc = None
     if s.cell == "lstm":
         dc = xpm.array(dc_n, dtype=s.x.dtype, copy=True) if dc_n is not None else xpm.zeros((B, H), dtype=s.x.dtype)
     o = backend.cuda_options
-    mod.backward(s.cell, T, B, H, _step_table(s.batch_sizes), _addr(s.w_hh), _addr(s.h0), _addr(s.c0), _addr(s.y),
+    mod.backward(s.cell, T, B, H, _step_table(s.batch_sizes), _addr(w_hh), _addr(s.h0), _addr(s.c0), _addr(s.y),
                  _addr(s.ws), _addr(dy), _addr(dh), _addr(dc), _addr(dxg), _addr(dhg), _stream(xpm), o["path"],
-                 o["units_per_block"], o["threads"])
+                 o["units_per_block"], o["threads"], P, _addr(w_hr), _addr(dh_all))
     dhg = dhg if dhg is not None else dxg
     # Bias gradients are column sums here (a deterministic reduction; the kernels leave them out).
     if grads["b_ih"] is not None:
         grads["b_ih"] += dxg.sum(axis=0)
         grads["b_hh"] += dhg.sum(axis=0)
     grads["w_ih"] += dxg.T @ s.x
-    grads["w_hh"] += dhg[:B].T @ s.h0
+    # As on the CPU: the recurrent products read h_prev, but the original GRU's candidate reads r*h_prev
+    # (workspace slot 3), and an LSTM projection's W_hr reads m_t (slot 5).
+    rows = slice(0, 2 * H) if s.cell == "gru_original" else slice(None)
+    grads["w_hh"][rows] += dhg[:B, rows].T @ s.h0
     if N > B:
         h_prev = s.y[: N - B] if s.prev_index is None else s.y[s.prev_index]
-        grads["w_hh"] += dhg[B:].T @ h_prev
+        grads["w_hh"][rows] += dhg[B:, rows].T @ h_prev
+    if s.cell == "gru_original":
+        grads["w_hh"][2 * H:] += dhg[:, 2 * H:].T @ s.ws[:, 3 * H:]
+    if P:
+        grads["w_hr"] += dh_all.T @ s.ws[:, 5 * H:]
     dx = dxg @ s.w_ih
     if s.shape3 is not None:
         dx = dx.reshape(s.shape3[0], s.shape3[1], I)
@@ -341,6 +354,7 @@ class LayerWeights:
     packed_ih: "_C.PackedWeights | None"  # None on the CUDA backends, which read the weights as they are
     packed_hh: "_C.PackedWeights | None"
     packed_hr: "_C.PackedWeights | None" = None
+    w_hr: np.ndarray | None = None  # the LSTM projection, if any
 
 
 @dataclass
@@ -383,7 +397,7 @@ def stack_forward(cell, x_tm, h0, c0, weights, plan: Plan, directions, training,
             c0_k = (plan.sort_rows(c0[k]) if c0 is not None else xpm.zeros((B, H), dtype=dtype)) if lstm else None
             y, hn, cn, sv = layer_forward(cell, inp, h0_k, c0_k, lw.w_ih, lw.b_ih, lw.b_hh, lw.packed_ih,
                                           lw.packed_hh, training, plan.batch_sizes, prev_index, lw.packed_hr,
-                                          lw.w_hh)
+                                          lw.w_hh, lw.w_hr)
             if out is None:
                 out = y
             elif d == 0:

@@ -121,7 +121,7 @@ class _RNNBase(Module):
                     {"w_ih": p["weight_ih"].grad, "w_hh": p["weight_hh"].grad,
                      "b_ih": p["bias_ih"].grad if bias else None, "b_hh": p["bias_hh"].grad if bias else None,
                      "w_hr": p["weight_hr"].grad if p["weight_hr"] is not None else None},
-                    ih, hh, hr))
+                    ih, hh, hr, p["weight_hr"].data if p["weight_hr"] is not None else None))
             out.append(dirs)
         return out
 
@@ -195,8 +195,6 @@ class _RNNBase(Module):
         device = backend.device_kernels(x_tm, h0, c0, *(p.data for p in self._params.values()))
         if self.training and plan.dense:
             x_tm = x_tm.copy(order="C")  # backward must see the input of this forward
-        if device is not None and self.proj_size:
-            raise NotImplementedError("the CUDA kernels do not run LSTM proj_size yet (CPU only for now)")
         weights = self._layer_weights(pack=device is None)
         y, h_n, c_n, saved = functional.stack_forward(self._cell, x_tm, h0, c0, weights, plan, self._directions,
                                                       self.training, self.dropout, self._rng)

@@ -12,6 +12,8 @@ from rnnfast import backend
 
 CELLS = [("rnn_tanh", rnnfast.RNN, {}), ("rnn_relu", rnnfast.RNN, {"nonlinearity": "relu"}),
          ("lstm", rnnfast.LSTM, {}), ("gru", rnnfast.GRU, {})]
+# The two-phase cells, checked through the stacks (against the CPU kernels).
+TWO_PHASE = [("gru_original", rnnfast.GRU, {"linear_before_reset": False}), ("lstm_proj", rnnfast.LSTM, {"proj_size": 4})]
 # (path, units_per_block): H=9 over the emulation's 4 pretend SMs is 3 blocks of 3 units; 2 gives 5 blocks.
 PATHS = [(1, 0), (1, 2), (2, 0), (2, 4)]
 TOL = 2e-5
@@ -67,7 +69,7 @@ def test_emulated_kernels_match_reference(cell, cls, kw, path, units, cuda_optio
         assert_close(P[name].grad, g[key], TOL, name + ".grad")
 
 
-@pytest.mark.parametrize("cell,cls,kw", CELLS, ids=[c[0] for c in CELLS])
+@pytest.mark.parametrize("cell,cls,kw", CELLS + TWO_PHASE, ids=[c[0] for c in CELLS + TWO_PHASE])
 @pytest.mark.parametrize("path", [1, 2])
 def test_emulated_stacks_with_lengths_match_cpu_layers(cell, cls, kw, path, cuda_options):
     """Two layers, bidirectional, unsorted lengths (incl. 1 and T): the emulated CUDA kernels against the
@@ -75,14 +77,16 @@ def test_emulated_stacks_with_lengths_match_cpu_layers(cell, cls, kw, path, cuda
     cuda_options.update(path=path, units_per_block=2, threads=32)
     rng = np.random.default_rng(path)
     T, B, I, H = 5, 4, 3, 6
+    S = kw.get("proj_size", H)
+    cell = "lstm" if cell == "lstm_proj" else cell
     m32 = cls(I, H, num_layers=2, bidirectional=True, seed=2, **kw)
     m64 = cls(I, H, num_layers=2, bidirectional=True, dtype=np.float64, **kw)
     m64.load_state_dict(m32.state_dict())
     lengths = np.array([3, 5, 1, 4])
     x = rng.standard_normal((T, B, I)).astype(np.float32)
-    h0, c0 = (rng.standard_normal((4, B, H)).astype(np.float32) for _ in range(2))
-    dy = rng.standard_normal((T, B, 2 * H)).astype(np.float32)
-    dhn, dcn = (rng.standard_normal((4, B, H)).astype(np.float32) for _ in range(2))
+    h0, dhn = (rng.standard_normal((4, B, S)).astype(np.float32) for _ in range(2))
+    c0, dcn = (rng.standard_normal((4, B, H)).astype(np.float32) for _ in range(2))
+    dy = rng.standard_normal((T, B, 2 * S)).astype(np.float32)
     with rnnfast.use_backend("cuda_emu"):
         got = run(m32, cell, x, h0, c0, dy, dhn, dcn, lengths)
     want = run(m64, cell, *(a.astype(np.float64) for a in (x, h0, c0, dy, dhn, dcn)), lengths)
@@ -144,10 +148,6 @@ def test_cuda_backends_refuse_what_they_cannot_run():
     with rnnfast.use_backend("cuda_emu"):
         with pytest.raises(TypeError, match="float32"):
             rnnfast.GRU(4, 5, dtype=np.float64)(x.astype(np.float64))
-        with pytest.raises(NotImplementedError, match="CUDA"):
-            rnnfast.GRU(4, 5, linear_before_reset=False)(x)
-        with pytest.raises(NotImplementedError, match="CUDA"):
-            rnnfast.LSTM(4, 5, proj_size=2)(x)
     with pytest.raises(ValueError, match="use_backend"):
         with rnnfast.use_backend("tpu"):
             pass
@@ -167,22 +167,24 @@ def _gpu():
     return cupy
 
 
-@pytest.mark.parametrize("cell,cls,kw", CELLS, ids=[c[0] for c in CELLS])
+@pytest.mark.parametrize("cell,cls,kw", CELLS + TWO_PHASE, ids=[c[0] for c in CELLS + TWO_PHASE])
 @pytest.mark.parametrize("path", [1, 2])
 def test_gpu_kernels_match_cpu_layers(cell, cls, kw, path, cuda_options):
     cupy = _gpu()
     cuda_options.update(path=path, units_per_block=0, threads=128)
     rng = np.random.default_rng(1)
     T, B, I, H = 7, 5, 16, 96
+    S = kw.get("proj_size", H)
+    cell = "lstm" if cell == "lstm_proj" else cell
     m = cls(I, H, num_layers=2, bidirectional=True, seed=3, **kw)
     cpu = cls(I, H, num_layers=2, bidirectional=True, dtype=np.float64, **kw)
     cpu.load_state_dict(m.state_dict())
     m.to("cuda")
     lengths = np.array([7, 2, 1, 5, 7])
     x = rng.standard_normal((T, B, I)).astype(np.float32)
-    h0, c0 = (rng.standard_normal((4, B, H)).astype(np.float32) for _ in range(2))
-    dy = rng.standard_normal((T, B, 2 * H)).astype(np.float32)
-    dhn, dcn = (rng.standard_normal((4, B, H)).astype(np.float32) for _ in range(2))
+    h0, dhn = (rng.standard_normal((4, B, S)).astype(np.float32) for _ in range(2))
+    c0, dcn = (rng.standard_normal((4, B, H)).astype(np.float32) for _ in range(2))
+    dy = rng.standard_normal((T, B, 2 * S)).astype(np.float32)
     got = run(m, cell, *(cupy.asarray(a) for a in (x, h0, c0, dy, dhn, dcn)), lengths)
     want = run(cpu, cell, *(a.astype(np.float64) for a in (x, h0, c0, dy, dhn, dcn)), lengths)
     for k in want:

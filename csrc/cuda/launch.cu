@@ -4,6 +4,7 @@
 #include <string>
 
 #include "recurrence.cuh"
+#include "recurrence_two_phase.cuh"
 
 namespace rnnfast_cuda {
 
@@ -85,6 +86,40 @@ int pick_units(const Device& d, int H, int requested) {
     return u > 0 ? u : 1;
 }
 
+bool two_phase(int cell, int P) { return cell == kGruOriginal || P > 0; }
+
+// GRU original and LSTM projection: two (forward) or three (backward) phases a step, W from global memory.
+template <typename Params, typename K>
+std::string launch_two_phase(const Request& q, Params p, K kernel, int nphases, bool forward_order,
+                             cudaStream_t stream, const Device& d, int* used_path) {
+    const int blocks = (p.H + p.U - 1) / p.U;
+    int path = q.path;
+    if (path == kAuto) {
+        int resident = 0;
+        const std::string err = coresident(kernel, q.threads, 0, d, resident);
+        if (!err.empty()) return err;
+        path = d.cooperative && blocks <= resident ? kPersistent : kPerStep;
+    }
+    if (used_path) *used_path = path;
+    const int all = (1 << nphases) - 1;
+    if (path == kPersistent) {
+        p.persistent = 1;
+        p.t_begin = 0;
+        p.t_end = p.T;
+        RF_CHECK(rf::launch(kernel, blocks, q.threads, 0, stream, true, p, all));
+        return {};
+    }
+    p.persistent = 0;
+    for (int s = 0; s < p.T; ++s) {
+        const int t = forward_order ? s : p.T - 1 - s;
+        p.t_begin = t;
+        p.t_end = t + 1;
+        for (int phase = 0; phase < nphases; ++phase)
+            RF_CHECK(rf::launch(kernel, blocks, q.threads, 0, stream, false, p, 1 << phase));
+    }
+    return {};
+}
+
 }  // namespace
 
 std::string forward(const Request& q, const FwdParams& in, void* stream_ptr, int* used_path) {
@@ -95,6 +130,14 @@ std::string forward(const Request& q, const FwdParams& in, void* stream_ptr, int
     FwdParams p = in;
     p.U = pick_units(d, p.H, q.units_per_block);
     const int blocks = (p.H + p.U - 1) / p.U;
+    if (two_phase(p.cell, p.P)) {
+        StepTable table;
+        err = table.upload(q.steps, 2 * static_cast<size_t>(p.T), stream);
+        if (!err.empty()) return err;
+        p.bs = table.dev;
+        p.off = table.dev + p.T;
+        return launch_two_phase(q, p, forward_two_phase_kernel, 2, true, stream, d, used_path);
+    }
     const size_t shared_persistent = sizeof(float) * forward_shared_floats(p.G, p.H, p.U, p.B, true);
     int path = q.path;
     if (path == kAuto) {
@@ -138,6 +181,14 @@ std::string backward(const Request& q, const BwdParams& in, void* stream_ptr, in
     BwdParams p = in;
     p.U = pick_units(d, p.H, q.units_per_block);
     const int blocks = (p.H + p.U - 1) / p.U;
+    if (two_phase(p.cell, p.P)) {
+        StepTable table;
+        err = table.upload(q.steps, 2 * static_cast<size_t>(p.T), stream);
+        if (!err.empty()) return err;
+        p.bs = table.dev;
+        p.off = table.dev + p.T;
+        return launch_two_phase(q, p, backward_two_phase_kernel, 3, false, stream, d, used_path);
+    }
     const size_t shared_persistent = sizeof(float) * backward_shared_floats(p.G, p.H, p.U, true);
     int path = q.path;
     if (path == kAuto) {

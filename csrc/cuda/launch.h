@@ -7,7 +7,7 @@
 
 namespace rnnfast_cuda {
 
-enum Cell { kRnnTanh = 0, kRnnRelu = 1, kLstm = 2, kGru = 3 };
+enum Cell { kRnnTanh = 0, kRnnRelu = 1, kLstm = 2, kGru = 3, kGruOriginal = 4 };
 
 struct FwdParams {
     int cell, G, T, B, H, U;  // U: units per block
@@ -16,6 +16,11 @@ struct FwdParams {
     const int64_t *bs, *off;
     const float *xp, *h0, *c0, *w, *b_ih, *b_hh;
     float *y, *h_n, *c, *ws;
+    // The two-phase cells (recurrence_two_phase.cuh): the LSTM projection W_hr [P, H] (P = 0: none), and a
+    // scratch [B, 2*H] for what the second phase of a step reads (GRU original: r*h and z; LSTM: m).
+    int P;
+    const float* w_hr;
+    float* scratch;
 };
 
 struct BwdParams {
@@ -26,6 +31,9 @@ struct BwdParams {
     const int64_t *bs, *off;
     const float *w, *h0, *c0, *y, *ws, *dy;
     float *dh, *dc, *dxg, *dhg;
+    int P;                // LSTM projection: dh, h0, y, dy have P features; dh_all [N, P] gets every dh_t
+    const float* w_hr;
+    float* dh_all;
 };
 
 

@@ -28,9 +28,10 @@ int cell_id(const std::string& cell) {
     if (cell == "rnn_relu") return rnnfast_cuda::kRnnRelu;
     if (cell == "lstm") return rnnfast_cuda::kLstm;
     if (cell == "gru") return rnnfast_cuda::kGru;
-    throw py::value_error("cell: the CUDA kernels run 'rnn_tanh', 'rnn_relu', 'lstm' and 'gru', not '" + cell + "'");
+    if (cell == "gru_original") return rnnfast_cuda::kGruOriginal;
+    throw py::value_error("cell: expected 'rnn_tanh', 'rnn_relu', 'lstm', 'gru' or 'gru_original', got '" + cell + "'");
 }
-int gates_of(int cell) { return cell == rnnfast_cuda::kLstm ? 4 : cell == rnnfast_cuda::kGru ? 3 : 1; }
+int gates_of(int cell) { return cell == rnnfast_cuda::kLstm ? 4 : cell >= rnnfast_cuda::kGru ? 3 : 1; }
 
 template <typename T>
 T* ptr(std::uintptr_t address) { return reinterpret_cast<T*>(address); }
@@ -72,8 +73,10 @@ PYBIND11_MODULE(RNNFAST_CUDA_MODULE, m) {
           [](const std::string& cell, int T, int B, int H, const py::array_t<int64_t, py::array::c_style>& steps,
              std::uintptr_t xp, std::uintptr_t h0, std::uintptr_t c0, std::uintptr_t w, std::uintptr_t b_ih,
              std::uintptr_t b_hh, std::uintptr_t y, std::uintptr_t h_n, std::uintptr_t c, std::uintptr_t ws,
-             std::uintptr_t stream, int path, int units_per_block, int threads) {
+             std::uintptr_t stream, int path, int units_per_block, int threads, int P, std::uintptr_t w_hr,
+             std::uintptr_t scratch) {
               rnnfast_cuda::FwdParams p{};
+              p.P = P; p.w_hr = ptr<const float>(w_hr); p.scratch = ptr<float>(scratch);
               p.cell = cell_id(cell);
               p.G = gates_of(p.cell);
               p.T = T; p.B = B; p.H = H;
@@ -93,15 +96,17 @@ PYBIND11_MODULE(RNNFAST_CUDA_MODULE, m) {
           py::arg("cell"), py::arg("T"), py::arg("B"), py::arg("H"), py::arg("steps"), py::arg("xp"), py::arg("h0"),
           py::arg("c0"), py::arg("w"), py::arg("b_ih"), py::arg("b_hh"), py::arg("y"), py::arg("h_n"), py::arg("c"),
           py::arg("ws"), py::arg("stream") = 0, py::arg("path") = 0, py::arg("units_per_block") = 0,
-          py::arg("threads") = 128,
+          py::arg("threads") = 128, py::arg("P") = 0, py::arg("w_hr") = 0, py::arg("scratch") = 0,
           "All steps of the recurrence; returns the path taken (1 persistent, 2 per-step).");
 
     m.def("backward",
           [](const std::string& cell, int T, int B, int H, const py::array_t<int64_t, py::array::c_style>& steps,
              std::uintptr_t w, std::uintptr_t h0, std::uintptr_t c0, std::uintptr_t y, std::uintptr_t ws,
              std::uintptr_t dy, std::uintptr_t dh, std::uintptr_t dc, std::uintptr_t dxg, std::uintptr_t dhg,
-             std::uintptr_t stream, int path, int units_per_block, int threads) {
+             std::uintptr_t stream, int path, int units_per_block, int threads, int P, std::uintptr_t w_hr,
+             std::uintptr_t dh_all) {
               rnnfast_cuda::BwdParams p{};
+              p.P = P; p.w_hr = ptr<const float>(w_hr); p.dh_all = ptr<float>(dh_all);
               p.cell = cell_id(cell);
               p.G = gates_of(p.cell);
               p.T = T; p.B = B; p.H = H;
@@ -121,6 +126,6 @@ PYBIND11_MODULE(RNNFAST_CUDA_MODULE, m) {
           py::arg("cell"), py::arg("T"), py::arg("B"), py::arg("H"), py::arg("steps"), py::arg("w"), py::arg("h0"),
           py::arg("c0"), py::arg("y"), py::arg("ws"), py::arg("dy"), py::arg("dh"), py::arg("dc"), py::arg("dxg"),
           py::arg("dhg"), py::arg("stream") = 0, py::arg("path") = 0, py::arg("units_per_block") = 0,
-          py::arg("threads") = 128,
+          py::arg("threads") = 128, py::arg("P") = 0, py::arg("w_hr") = 0, py::arg("dh_all") = 0,
           "BPTT: dh (in: dh_n, out: dh0), dc likewise; writes dxg (and dhg for GRU). Returns the path taken.");
 }
