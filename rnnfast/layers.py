@@ -151,6 +151,8 @@ class _RNNBase(Module):
             return None
         if hasattr(lengths, "detach") and hasattr(lengths, "cpu"):  # a torch tensor
             lengths = lengths.detach().cpu().numpy()
+        elif backend.is_cupy_array(lengths):  # the step table is host data: one small copy
+            lengths = lengths.get()
         arr = np.asarray(lengths)
         if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
             raise TypeError(f"lengths: expected integers, got dtype {arr.dtype}")
