@@ -88,143 +88,76 @@ int pick_units(const Device& d, int H, int requested) {
 
 bool two_phase(int cell, int P) { return cell == kGruOriginal || P > 0; }
 
-// GRU original and LSTM projection: two (forward) or three (backward) phases a step, W from global memory.
-template <typename Params, typename K>
-std::string launch_two_phase(const Request& q, Params p, K kernel, int nphases, bool forward_order,
-                             cudaStream_t stream, const Device& d, int* used_path) {
+// Runs all steps of one kernel: the persistent path (one cooperative launch, `nphases` phases a step with a
+// grid barrier between them) or the per-step path (a launch per phase per step). shared(U, persistent) is
+// the dynamic shared memory a block needs.
+template <typename Params, typename K, typename Shared>
+std::string launch_steps(const Request& q, Params p, K kernel, int nphases, bool forward_order, Shared shared,
+                         cudaStream_t stream, int* used_path) {
+    Device d;
+    std::string err = query(d);
+    if (!err.empty()) return err;
+    p.U = pick_units(d, p.H, q.units_per_block);
     const int blocks = (p.H + p.U - 1) / p.U;
+    const size_t shared_persistent = shared(p.U, true);
     int path = q.path;
     if (path == kAuto) {
         int resident = 0;
-        const std::string err = coresident(kernel, q.threads, 0, d, resident);
+        err = coresident(kernel, q.threads, shared_persistent, d, resident);
         if (!err.empty()) return err;
-        path = d.cooperative && blocks <= resident ? kPersistent : kPerStep;
+        path = d.cooperative && shared_persistent <= static_cast<size_t>(d.max_shared) && blocks <= resident
+                   ? kPersistent : kPerStep;
     }
+    if (path == kPersistent && shared_persistent > static_cast<size_t>(d.max_shared))
+        return "persistent path: W_hh's slice needs " + std::to_string(shared_persistent) +
+               " bytes of shared memory per block, the device has " + std::to_string(d.max_shared);
     if (used_path) *used_path = path;
-    const int all = (1 << nphases) - 1;
+    StepTable table;
+    err = table.upload(q.steps, 2 * static_cast<size_t>(p.T), stream);
+    if (!err.empty()) return err;
+    p.bs = table.dev;
+    p.off = table.dev + p.T;
     if (path == kPersistent) {
         p.persistent = 1;
         p.t_begin = 0;
         p.t_end = p.T;
-        RF_CHECK(rf::launch(kernel, blocks, q.threads, 0, stream, true, p, all));
+        RF_CHECK(rf::launch(kernel, blocks, q.threads, shared_persistent, stream, true, p, (1 << nphases) - 1));
         return {};
     }
     p.persistent = 0;
+    const size_t shared_step = shared(p.U, false);
     for (int s = 0; s < p.T; ++s) {
         const int t = forward_order ? s : p.T - 1 - s;
         p.t_begin = t;
         p.t_end = t + 1;
         for (int phase = 0; phase < nphases; ++phase)
-            RF_CHECK(rf::launch(kernel, blocks, q.threads, 0, stream, false, p, 1 << phase));
+            RF_CHECK(rf::launch(kernel, blocks, q.threads, shared_step, stream, false, p, 1 << phase));
     }
     return {};
 }
 
 }  // namespace
 
-std::string forward(const Request& q, const FwdParams& in, void* stream_ptr, int* used_path) {
-    const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
-    Device d;
-    std::string err = query(d);
-    if (!err.empty()) return err;
-    FwdParams p = in;
-    p.U = pick_units(d, p.H, q.units_per_block);
-    const int blocks = (p.H + p.U - 1) / p.U;
-    if (two_phase(p.cell, p.P)) {
-        StepTable table;
-        err = table.upload(q.steps, 2 * static_cast<size_t>(p.T), stream);
-        if (!err.empty()) return err;
-        p.bs = table.dev;
-        p.off = table.dev + p.T;
-        return launch_two_phase(q, p, forward_two_phase_kernel, 2, true, stream, d, used_path);
-    }
-    const size_t shared_persistent = sizeof(float) * forward_shared_floats(p.G, p.H, p.U, p.B, true);
-    int path = q.path;
-    if (path == kAuto) {
-        int resident = 0;
-        err = coresident(forward_kernel, q.threads, shared_persistent, d, resident);
-        if (!err.empty()) return err;
-        path = d.cooperative && shared_persistent <= static_cast<size_t>(d.max_shared) && blocks <= resident
-                   ? kPersistent : kPerStep;
-    }
-    if (used_path) *used_path = path;
-    StepTable table;
-    err = table.upload(q.steps, 2 * static_cast<size_t>(p.T), stream);
-    if (!err.empty()) return err;
-    p.bs = table.dev;
-    p.off = table.dev + p.T;
-    if (path == kPersistent) {
-        if (shared_persistent > static_cast<size_t>(d.max_shared))
-            return "persistent path: W_hh slice needs " + std::to_string(shared_persistent) +
-                   " bytes of shared memory per block, the device has " + std::to_string(d.max_shared);
-        p.persistent = 1;
-        p.t_begin = 0;
-        p.t_end = p.T;
-        RF_CHECK(rf::launch(forward_kernel, blocks, q.threads, shared_persistent, stream, true, p));
-    } else {
-        p.persistent = 0;
-        const size_t shared = sizeof(float) * forward_shared_floats(p.G, p.H, p.U, p.B, false);
-        for (int t = 0; t < p.T; ++t) {
-            p.t_begin = t;
-            p.t_end = t + 1;
-            RF_CHECK(rf::launch(forward_kernel, blocks, q.threads, shared, stream, false, p));
-        }
-    }
-    return {};
+std::string forward(const Request& q, const FwdParams& p, void* stream, int* used_path) {
+    const cudaStream_t s = static_cast<cudaStream_t>(stream);
+    if (two_phase(p.cell, p.P))
+        return launch_steps(q, p, forward_two_phase_kernel, 2, true, [](int, bool) { return size_t(0); }, s,
+                            used_path);
+    auto shared = [&](int U, bool persistent) {
+        return sizeof(float) * forward_shared_floats(p.G, p.H, U, p.B, persistent);
+    };
+    return launch_steps(q, p, forward_kernel, 1, true, shared, s, used_path);
 }
 
-std::string backward(const Request& q, const BwdParams& in, void* stream_ptr, int* used_path) {
-    const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
-    Device d;
-    std::string err = query(d);
-    if (!err.empty()) return err;
-    BwdParams p = in;
-    p.U = pick_units(d, p.H, q.units_per_block);
-    const int blocks = (p.H + p.U - 1) / p.U;
-    if (two_phase(p.cell, p.P)) {
-        StepTable table;
-        err = table.upload(q.steps, 2 * static_cast<size_t>(p.T), stream);
-        if (!err.empty()) return err;
-        p.bs = table.dev;
-        p.off = table.dev + p.T;
-        return launch_two_phase(q, p, backward_two_phase_kernel, 3, false, stream, d, used_path);
-    }
-    const size_t shared_persistent = sizeof(float) * backward_shared_floats(p.G, p.H, p.U, true);
-    int path = q.path;
-    if (path == kAuto) {
-        int resident = 0;
-        err = coresident(backward_kernel, q.threads, shared_persistent, d, resident);
-        if (!err.empty()) return err;
-        path = d.cooperative && shared_persistent <= static_cast<size_t>(d.max_shared) && blocks <= resident
-                   ? kPersistent : kPerStep;
-    }
-    if (used_path) *used_path = path;
-    StepTable table;
-    err = table.upload(q.steps, 2 * static_cast<size_t>(p.T), stream);
-    if (!err.empty()) return err;
-    p.bs = table.dev;
-    p.off = table.dev + p.T;
-    if (path == kPersistent) {
-        if (shared_persistent > static_cast<size_t>(d.max_shared))
-            return "persistent path: W_hh slice needs " + std::to_string(shared_persistent) +
-                   " bytes of shared memory per block, the device has " + std::to_string(d.max_shared);
-        p.persistent = 1;
-        p.phases = 3;
-        p.t_begin = 0;
-        p.t_end = p.T;
-        RF_CHECK(rf::launch(backward_kernel, blocks, q.threads, shared_persistent, stream, true, p));
-    } else {
-        p.persistent = 0;
-        for (int t = p.T - 1; t >= 0; --t) {
-            p.t_begin = t;
-            p.t_end = t + 1;
-            for (int phase = 1; phase <= 2; ++phase) {
-                p.phases = phase;
-                RF_CHECK(rf::launch(backward_kernel, blocks, q.threads, 0, stream, false, p));
-            }
-        }
-    }
-    return {};
+std::string backward(const Request& q, const BwdParams& p, void* stream, int* used_path) {
+    const cudaStream_t s = static_cast<cudaStream_t>(stream);
+    if (two_phase(p.cell, p.P))
+        return launch_steps(q, p, backward_two_phase_kernel, 3, false, [](int, bool) { return size_t(0); }, s,
+                            used_path);
+    auto shared = [&](int U, bool persistent) {
+        return sizeof(float) * backward_shared_floats(p.G, p.H, U, persistent);
+    };
+    return launch_steps(q, p, backward_kernel, 2, false, shared, s, used_path);
 }
 
 }  // namespace rnnfast_cuda

@@ -26,7 +26,6 @@ struct FwdParams {
 struct BwdParams {
     int cell, G, T, B, H, U;
     int t_begin, t_end;  // the steps this launch runs, in reverse
-    int phases;          // bit 0: the pointwise phase, bit 1: the W_hh product (per-step launches split them)
     int persistent;
     const int64_t *bs, *off;
     const float *w, *h0, *c0, *y, *ws, *dy;

@@ -14,7 +14,7 @@
 // every step in one cooperative launch: the block's slice of W_hh (forward: its G*U rows, backward: its U
 // columns) is loaded into shared memory once, and the grid meets at one grid-wide barrier per step. The
 // per-step kernels are the same code with W_hh read from global memory and a launch boundary in place of
-// the grid barrier (one launch per step forward, two backward).
+// the grid barrier.
 #pragma once
 
 #include <cstdint>
@@ -41,7 +41,8 @@ inline int forward_shared_floats(int G, int H, int U, int B, bool persistent) {
 }
 inline int backward_shared_floats(int G, int H, int U, bool persistent) { return persistent ? G * H * U : 0; }
 
-RF_GLOBAL void forward_kernel(FwdParams p) {
+// phases: unused (one phase a step); there for the common launcher.
+RF_GLOBAL void forward_kernel(FwdParams p, int /*phases*/) {
     const int U = p.U, H = p.H, G = p.G, R = G * U;
     const int u_begin = static_cast<int>(blockIdx.x) * U;
     const int nu = u_begin < H ? (H - u_begin < U ? H - u_begin : U) : 0;
@@ -111,7 +112,8 @@ RF_GLOBAL void forward_kernel(FwdParams p) {
         }
 }
 
-RF_GLOBAL void backward_kernel(BwdParams p) {
+// phases: bit 0 = the pointwise phase, bit 1 = the W_hh product (the per-step path launches them apart).
+RF_GLOBAL void backward_kernel(BwdParams p, int phases) {
     const int U = p.U, H = p.H, G = p.G;
     const long GH = static_cast<long>(G) * H;
     const int u_begin = static_cast<int>(blockIdx.x) * U;
@@ -128,7 +130,7 @@ RF_GLOBAL void backward_kernel(BwdParams p) {
     const float* dg_all = p.cell == kGru ? p.dhg : p.dxg;
     for (int t = p.t_end - 1; t >= p.t_begin; --t) {
         const int Bt = static_cast<int>(p.bs[t]);
-        if (p.phases & 1) {
+        if (phases & 1) {
             for (int i = threadIdx.x; i < Bt * nu; i += blockDim.x) {
                 const int b = i / nu, u = u_begin + i % nu;
                 const long row = p.off[t] + b, prev = t == 0 ? -1 : p.off[t - 1] + b;
@@ -160,7 +162,7 @@ RF_GLOBAL void backward_kernel(BwdParams p) {
             }
             if (p.persistent) rf::grid_sync();
         }
-        if (p.phases & 2) {
+        if (phases & 2) {
             // dh_{t-1}[:, own units] += dg_t W_hh[:, own units]
             const float* dg = dg_all + p.off[t] * GH;
             for (int i = threadIdx.x; i < Bt * nu; i += blockDim.x) {
