@@ -58,8 +58,10 @@ struct Table {
     ptrdiff_t (*packed_size_backward)(int G, int H, int K);
     void (*pack_forward)(const T* w, int G, int H, int K, T* out);
     void (*pack_backward)(const T* w, int G, int H, int K, T* out);
-    void (*forward)(const ForwardCall<T>&, int threads);
-    void (*backward)(const BackwardCall<T>&, int threads);
+    // n independent recurrences (a layer's two directions): n == 1 uses up to `threads` threads, n > 1 runs
+    // the calls at once, one thread each.
+    void (*forward)(const ForwardCall<T>* calls, int n, int threads);
+    void (*backward)(const BackwardCall<T>* calls, int n, int threads);
     void (*gemm)(const GemmCall<T>&, int threads);
     // Packs B(k, n) = w[n*K + k] (B = w^T for a row-major w of shape (N, K)) into panels; size N_pad*K.
     void (*pack_matrix_t)(const T* w, ptrdiff_t N, ptrdiff_t K, T* out);

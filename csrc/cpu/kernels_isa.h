@@ -68,10 +68,34 @@ void gemm_packed_entry(const rnnfast::cpu::PackedGemmCall<T>& g, int threads) {
     });
 }
 
+// n == 1: the call with up to `threads` threads; n > 1: the calls at once, one thread each (a thread takes
+// the calls tid, tid + team, ...), since a direction's own split would cost a barrier per step.
+template <typename Call, typename F>
+void run_calls(const Call* calls, int n, int threads, F one) {
+    if (n == 1) {
+        one(calls[0], threads);
+        return;
+    }
+    const int team_size = std::max(1, std::min(n, threads < 0 ? -threads : threads));
+    run_team(team_size, [&](int tid, int team, Barrier&) {
+        for (int i = tid; i < n; i += team) one(calls[i], 1);
+    });
+}
+
+template <typename T>
+void forward_many(const rnnfast::cpu::ForwardCall<T>* calls, int n, int threads) {
+    run_calls(calls, n, threads, [](const rnnfast::cpu::ForwardCall<T>& c, int t) { forward_entry<T>(c, t); });
+}
+
+template <typename T>
+void backward_many(const rnnfast::cpu::BackwardCall<T>* calls, int n, int threads) {
+    run_calls(calls, n, threads, [](const rnnfast::cpu::BackwardCall<T>& c, int t) { backward_entry<T>(c, t); });
+}
+
 template <typename T>
 rnnfast::cpu::Table<T> make_table() {
     return {Tile<T>::NR, &packed_size_forward<T>, &packed_size_backward<T>, &pack_forward<T>, &pack_backward<T>,
-            &forward_entry<T>, &backward_entry<T>, &gemm_entry<T>, &pack_matrix_t_entry<T>, &gemm_packed_entry<T>};
+            &forward_many<T>, &backward_many<T>, &gemm_entry<T>, &pack_matrix_t_entry<T>, &gemm_packed_entry<T>};
 }
 
 }  // namespace

@@ -184,6 +184,13 @@ py::ssize_t check_batch_sizes(const py::array& bs) {
     return n;
 }
 
+template <typename T>
+void check_weight_dtype(const Packed& w, const Packed* wr) {
+    const DType want = std::is_same<T, float>::value ? DType::f32 : DType::f64;
+    if (w.dtype() != want || (wr && wr->dtype() != want))
+        throw py::type_error("weight_hh: its dtype differs from the activations'");
+}
+
 // The LSTM projection W_hr (P, H), packed as a one-gate recurrent weight; P = 0 without one.
 int check_projection(int cell, const Packed& w, Packed* wr) {
     const int H = w.hidden(), K = w.state();
@@ -212,9 +219,11 @@ std::tuple<py::ssize_t, py::ssize_t, py::ssize_t> check_steps(const py::array& b
 }
 
 template <typename T>
-void forward_t(int cell, const py::array& bs, const py::array& xp, const py::object& h0, const py::object& c0,
-               Packed& w, const py::object& b_ih, const py::object& b_hh, const py::object& y, const py::object& h_n,
-               const py::object& c_n, const py::object& ws, int threads, Packed* wr) {
+rnnfast::cpu::ForwardCall<T> forward_call(int cell, const py::array& bs, const py::array& xp, const py::object& h0,
+                                          const py::object& c0, Packed& w, const py::object& b_ih,
+                                          const py::object& b_hh, const py::object& y, const py::object& h_n,
+                                          const py::object& c_n, const py::object& ws, Packed* wr) {
+    check_weight_dtype<T>(w, wr);
     const int G = gates_of(cell), H = w.hidden();
     if (w.gates() != G) throw py::value_error("weight_hh: packed for a different cell");
     const int P = check_projection(cell, w, wr), S = P ? P : H;
@@ -234,16 +243,17 @@ void forward_t(int cell, const py::array& bs, const py::array& xp, const py::obj
     c.ws = out_ptr<T>(ws, "ws", {N, (slots_of(cell) + (P ? 1 : 0)) * H}, true);
     c.P = P;
     c.wr = P ? wr->forward_panels<T>() : nullptr;
-    py::gil_scoped_release nogil;
-    table<T>().forward(c, threads);
+    return c;
 }
 
 template <typename T>
-void backward_t(int cell, const py::array& bs, Packed& w, const py::object& h0, const py::object& c0,
-                const py::array& y, const py::object& ws, const py::object& dy, const py::object& dh_n,
-                const py::object& dc_n, const py::object& dxg, const py::object& dhg, const py::object& dh0,
-                const py::object& dc0, const py::object& db_ih, const py::object& db_hh, int threads, Packed* wr,
-                const py::object& dh_all) {
+rnnfast::cpu::BackwardCall<T> backward_call(int cell, const py::array& bs, Packed& w, const py::object& h0,
+                                            const py::object& c0, const py::array& y, const py::object& ws,
+                                            const py::object& dy, const py::object& dh_n, const py::object& dc_n,
+                                            const py::object& dxg, const py::object& dhg, const py::object& dh0,
+                                            const py::object& dc0, const py::object& db_ih, const py::object& db_hh,
+                                            Packed* wr, const py::object& dh_all) {
+    check_weight_dtype<T>(w, wr);
     const int G = gates_of(cell), H = w.hidden();
     if (w.gates() != G) throw py::value_error("weight_hh: packed for a different cell");
     const int P = check_projection(cell, w, wr), S = P ? P : H;
@@ -270,8 +280,65 @@ void backward_t(int cell, const py::array& bs, Packed& w, const py::object& h0, 
         c.wr = wr->backward_panels<T>();
         c.dh_all = out_ptr<T>(dh_all, "dh_all", {N, P});
     }
+    return c;
+}
+
+// Runs independent recurrences (the two directions of a layer) at once, each on its own thread.
+template <typename T, typename Call>
+void run_calls(const std::vector<Call>& calls, int threads, bool forward) {
     py::gil_scoped_release nogil;
-    table<T>().backward(c, threads);
+    if (forward) table<T>().forward(reinterpret_cast<const rnnfast::cpu::ForwardCall<T>*>(calls.data()),
+                                    static_cast<int>(calls.size()), threads);
+    else table<T>().backward(reinterpret_cast<const rnnfast::cpu::BackwardCall<T>*>(calls.data()),
+                             static_cast<int>(calls.size()), threads);
+}
+
+// One forward call from a tuple (cell, batch_sizes, xp, h0, c0, weight_hh, b_ih, b_hh, y, h_n, c_n, ws, weight_hr).
+template <typename T>
+rnnfast::cpu::ForwardCall<T> forward_call_from(const py::tuple& t) {
+    if (t.size() != 13) throw py::value_error("calls: each forward call is a tuple of 13 arguments");
+    Packed* wr = t[12].is_none() ? nullptr : &t[12].cast<Packed&>();
+    return forward_call<T>(cell_id(t[0].cast<std::string>()), t[1].cast<py::array>(), t[2].cast<py::array>(), t[3],
+                           t[4], t[5].cast<Packed&>(), t[6], t[7], t[8], t[9], t[10], t[11], wr);
+}
+
+// One backward call from a tuple (cell, batch_sizes, weight_hh, h0, c0, y, ws, dy, dh_n, dc_n, dxg, dhg, dh0,
+// dc0, db_ih, db_hh, weight_hr, dh_all).
+template <typename T>
+rnnfast::cpu::BackwardCall<T> backward_call_from(const py::tuple& t) {
+    if (t.size() != 18) throw py::value_error("calls: each backward call is a tuple of 18 arguments");
+    Packed* wr = t[16].is_none() ? nullptr : &t[16].cast<Packed&>();
+    return backward_call<T>(cell_id(t[0].cast<std::string>()), t[1].cast<py::array>(), t[2].cast<Packed&>(), t[3],
+                            t[4], t[5].cast<py::array>(), t[6], t[7], t[8], t[9], t[10], t[11], t[12], t[13], t[14],
+                            t[15], wr, t[17]);
+}
+
+template <typename T>
+void run_forward(const py::list& calls, int threads) {
+    std::vector<rnnfast::cpu::ForwardCall<T>> cs;
+    for (const py::handle& h : calls) cs.push_back(forward_call_from<T>(h.cast<py::tuple>()));
+    run_calls<T>(cs, threads, true);
+}
+
+template <typename T>
+void run_backward(const py::list& calls, int threads) {
+    std::vector<rnnfast::cpu::BackwardCall<T>> cs;
+    for (const py::handle& h : calls) cs.push_back(backward_call_from<T>(h.cast<py::tuple>()));
+    run_calls<T>(cs, threads, false);
+}
+
+// The dtype of a list of calls: every call's array at `index` must share it.
+DType calls_dtype(const py::list& calls, size_t index, const char* name) {
+    if (calls.size() < 1) throw py::value_error("calls: expected at least one call");
+    DType d = DType::f32;
+    for (size_t i = 0; i < calls.size(); ++i) {
+        py::tuple t = calls[i].cast<py::tuple>();
+        if (t.size() <= index) throw py::value_error("calls: a call has too few arguments");
+        const DType di = dtype_of(t[index].cast<py::array>(), name);
+        if (i && di != d) throw py::type_error("calls: every call must have the same dtype");
+        d = di;
+    }
+    return d;
 }
 
 template <typename T>
@@ -353,43 +420,26 @@ PYBIND11_MODULE(_C, m) {
           "c = a @ weight^T (or +=) with weight packed by PackedWeights(weight, 0).");
 
     m.def("forward",
-          [](const std::string& cell, const py::array& batch_sizes, const py::array& xp, const py::object& h0,
-             const py::object& c0, Packed& w, const py::object& b_ih, const py::object& b_hh, const py::object& y,
-             const py::object& h_n, const py::object& c_n, const py::object& ws, int threads, Packed* weight_hr) {
-              const int id = cell_id(cell);
+          [](const py::list& calls, int threads) {
               check_threads(threads);
-              if (dtype_of(xp, "xp") != w.dtype()) throw py::type_error("xp: dtype differs from the weights'");
-              if (w.dtype() == DType::f32)
-                  forward_t<float>(id, batch_sizes, xp, h0, c0, w, b_ih, b_hh, y, h_n, c_n, ws, threads, weight_hr);
-              else
-                  forward_t<double>(id, batch_sizes, xp, h0, c0, w, b_ih, b_hh, y, h_n, c_n, ws, threads, weight_hr);
+              if (calls_dtype(calls, 2, "xp") == DType::f32) run_forward<float>(calls, threads);
+              else run_forward<double>(calls, threads);
           },
-          py::arg("cell"), py::arg("batch_sizes"), py::arg("xp"), py::arg("h0"), py::arg("c0"), py::arg("weight_hh"),
-          py::arg("b_ih"), py::arg("b_hh"), py::arg("y"), py::arg("h_n"), py::arg("c_n"), py::arg("ws"),
-          py::arg("threads"), py::arg("weight_hr") = nullptr,
-          "Runs all steps of the recurrence over packed tokens; writes y, h_n, c_n and (training) the workspace ws.");
+          py::arg("calls"), py::arg("threads"),
+          "Runs recurrences over packed tokens, each a tuple (cell, batch_sizes, xp, h0, c0, weight_hh, b_ih, b_hh, "
+          "y, h_n, c_n, ws, weight_hr): writes y, h_n, c_n and (training) the workspace ws. Several calls (the "
+          "directions of a layer) run at once, one thread each; one call uses up to `threads` threads.");
 
     m.def("backward",
-          [](const std::string& cell, const py::array& batch_sizes, Packed& w, const py::object& h0,
-             const py::object& c0, const py::array& y, const py::object& ws, const py::object& dy,
-             const py::object& dh_n, const py::object& dc_n, const py::object& dxg, const py::object& dhg,
-             const py::object& dh0, const py::object& dc0, const py::object& db_ih, const py::object& db_hh,
-             int threads, Packed* weight_hr, const py::object& dh_all) {
-              const int id = cell_id(cell);
+          [](const py::list& calls, int threads) {
               check_threads(threads);
-              if (dtype_of(y, "y") != w.dtype()) throw py::type_error("y: dtype differs from the weights'");
-              if (w.dtype() == DType::f32)
-                  backward_t<float>(id, batch_sizes, w, h0, c0, y, ws, dy, dh_n, dc_n, dxg, dhg, dh0, dc0, db_ih,
-                                    db_hh, threads, weight_hr, dh_all);
-              else
-                  backward_t<double>(id, batch_sizes, w, h0, c0, y, ws, dy, dh_n, dc_n, dxg, dhg, dh0, dc0, db_ih,
-                                     db_hh, threads, weight_hr, dh_all);
+              if (calls_dtype(calls, 5, "y") == DType::f32) run_backward<float>(calls, threads);
+              else run_backward<double>(calls, threads);
           },
-          py::arg("cell"), py::arg("batch_sizes"), py::arg("weight_hh"), py::arg("h0"), py::arg("c0"), py::arg("y"),
-          py::arg("ws"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("dxg"), py::arg("dhg"),
-          py::arg("dh0"), py::arg("dc0"), py::arg("db_ih"), py::arg("db_hh"), py::arg("threads"),
-          py::arg("weight_hr") = nullptr, py::arg("dh_all") = py::none(),
-          "BPTT through a training forward: writes dxg (and dhg for GRU), dh0, dc0; adds into db_ih, db_hh.");
+          py::arg("calls"), py::arg("threads"),
+          "BPTT through training forwards, each a tuple (cell, batch_sizes, weight_hh, h0, c0, y, ws, dy, dh_n, "
+          "dc_n, dxg, dhg, dh0, dc0, db_ih, db_hh, weight_hr, dh_all): writes dxg (and dhg for GRU), dh0, dc0 and "
+          "dh_all; adds into db_ih, db_hh.");
 
     m.def("gemm",
           [](const py::array& a, const py::array& b, const py::array& c, bool accumulate, int threads) {
