@@ -191,15 +191,20 @@ def layer_forward(cell, x, h0, c0, w_ih, b_ih, b_hh, packed_ih, packed, training
     return finish()
 
 
+def _as_tokens(x, batch_sizes):
+    """x (T, B, I), every sequence T long, as tokens (T*B, I) with their batch sizes and (T, B); tokens
+    (N, I) with batch_sizes pass through, with None."""
+    if x.ndim != 3:
+        return x, batch_sizes, None
+    T, B, I = x.shape
+    return x.reshape(T * B, I), np.full(T, B, dtype=np.int64), (T, B)
+
+
 def _forward_setup(cell, x, h0, c0, w_ih, b_ih, b_hh, packed_ih, packed, training, batch_sizes, prev_index,
                    packed_hr, slot=0):
     """The input GEMM and the outputs of a CPU forward: returns (the kernel call, finish() -> layer_forward's
     result). Split so that the two directions of a layer can run in one kernel call."""
-    shape3 = x.ndim == 3
-    if shape3:
-        T, B, I = x.shape
-        batch_sizes = np.full(T, B, dtype=np.int64)
-        x = x.reshape(T * B, I)
+    x, batch_sizes, shape3 = _as_tokens(x, batch_sizes)
     N, I = x.shape
     B = h0.shape[0]
     H, S = packed.hidden_size, packed.state_size
@@ -216,9 +221,9 @@ def _forward_setup(cell, x, h0, c0, w_ih, b_ih, b_hh, packed_ih, packed, trainin
     call = (cell, batch_sizes, xp, h0, c0, packed, b_ih, b_hh, y, h_n, c_n, ws, packed_hr)
 
     def finish():
-        saved = (Saved(cell, (T, B) if shape3 else None, batch_sizes, prev_index, x, h0, c0, w_ih.copy(), packed, y,
+        saved = (Saved(cell, shape3, batch_sizes, prev_index, x, h0, c0, w_ih.copy(), packed, y,
                        ws, packed_hr) if training else None)
-        return (y.reshape(T, B, S) if shape3 else y), h_n, c_n, saved
+        return (y.reshape(*shape3, S) if shape3 else y), h_n, c_n, saved
 
     return call, finish
 
@@ -270,7 +275,7 @@ def _backward_setup(saved: Saved, dy, dh_n, dc_n, grads, slot=0):
             if dh_all is not None:  # h_t = W_hr m_t
                 backend.matmul(dh_all.T, s.ws[:, 5 * H:], out=grads["w_hr"], accumulate=True)
             backend.matmul(dxg, s.w_ih, out=dx)
-        return (dx.reshape(s.shape3[0], s.shape3[1], I) if s.shape3 is not None else dx), dh0, dc0
+        return (dx.reshape(*s.shape3, I) if s.shape3 is not None else dx), dh0, dc0
 
     return call, finish
 
@@ -283,11 +288,7 @@ def _device_layer_forward(device, cell, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh,
         raise TypeError(f"x: the CUDA kernels run float32, got {x.dtype}")
     if w_hh is None:
         raise ValueError("w_hh: the CUDA kernels need W_hh")
-    shape3 = x.ndim == 3
-    if shape3:
-        T, B, I = x.shape
-        batch_sizes = np.full(T, B, dtype=np.int64)
-        x = x.reshape(T * B, I)
+    x, batch_sizes, shape3 = _as_tokens(x, batch_sizes)
     N, I = x.shape
     G = GATES[cell]
     B, S = h0.shape
@@ -305,10 +306,10 @@ def _device_layer_forward(device, cell, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh,
     mod.forward(cell, T, B, H, _step_table(batch_sizes), _addr(xp), _addr(h0), _addr(c0), _addr(w_hh), _addr(b_ih),
                 _addr(b_hh), _addr(y), _addr(h_n), _addr(c), _addr(ws), _stream(xpm), o["path"], o["units_per_block"],
                 o["threads"], P, _addr(w_hr), _addr(scratch))
-    saved = (Saved(cell, (T, B) if shape3 else None, batch_sizes, prev_index, x, h0, c0, w_ih.copy(), None, y, ws,
+    saved = (Saved(cell, shape3, batch_sizes, prev_index, x, h0, c0, w_ih.copy(), None, y, ws,
                    None, device, (w_hh.copy(), None if w_hr is None else w_hr.copy())) if training else None)
     if shape3:
-        y = y.reshape(T, B, S)
+        y = y.reshape(*shape3, S)
     return y, h_n, c, saved
 
 
@@ -354,7 +355,7 @@ def _device_layer_backward(s: Saved, dy, dh_n, dc_n, grads):
         grads["w_hr"] += dh_all.T @ s.ws[:, 5 * H:]
     dx = dxg @ s.w_ih
     if s.shape3 is not None:
-        dx = dx.reshape(s.shape3[0], s.shape3[1], I)
+        dx = dx.reshape(*s.shape3, I)
     return dx, dh, dc
 
 

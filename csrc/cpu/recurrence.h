@@ -104,6 +104,19 @@ inline std::vector<ptrdiff_t> offsets_of(const int64_t* bs, int T_) {
     return off;
 }
 
+// h_n[:, q0:q1] = each row's state after its own last step (S features): the output of that step, or h0
+// for T = 0. Row b's last step is the last t with bs[t] > b; rows go longest first, so it only moves back.
+template <typename T>
+void copy_final_states(const rnnfast::cpu::ForwardCall<T>& a, const std::vector<ptrdiff_t>& off, int S, int q0,
+                       int q1) {
+    int t_last = a.T_ - 1;
+    for (int b = 0; b < a.B; ++b) {
+        while (t_last >= 0 && a.bs[t_last] <= b) --t_last;
+        const T* last = t_last >= 0 ? a.y + (off[t_last] + b) * S : a.h0 + static_cast<ptrdiff_t>(b) * S;
+        for (int q = q0; q < q1; ++q) a.h_n[b * S + q] = last[q];
+    }
+}
+
 // Threads worth using for a step of this size: a barrier crossing costs about as much as ~8k multiply-adds
 // (measured: LSTM H=64 B=1 gains from 2 threads, RNN H=64 B=1 loses).
 // A negative request asks for exactly that many threads (tests use it to exercise the split on small shapes).
@@ -215,16 +228,10 @@ void recurrence_forward(const FwdArgs<T>& a, int requested_threads) {
             epoch = barrier.arrive(tid);
         }
         barrier.wait_for(tid, epoch);
-        // Row b's last step is the last t with bs[t] > b (rows go longest first, so it only moves back).
-        int t_last = a.T_ - 1;
-        for (int b = 0; b < B; ++b) {
-            while (t_last >= 0 && a.bs[t_last] <= b) --t_last;
-            const T* last = t_last >= 0 ? a.y + (off[t_last] + b) * H : a.h0 + static_cast<ptrdiff_t>(b) * H;
-            for (int u = u0; u < u1; ++u) {
-                a.h_n[b * H + u] = last[u];
-                if (a.cell == kLstm) a.c_n[b * H + u] = cst[b * nup + u - u0];
-            }
-        }
+        copy_final_states(a, off, H, u0, u1);
+        if (a.cell == kLstm)
+            for (int b = 0; b < B; ++b)
+                for (int u = u0; u < u1; ++u) a.c_n[b * H + u] = cst[b * nup + u - u0];
     });
 }
 

@@ -98,12 +98,7 @@ void gru_original_forward(const FwdArgs<T>& a, int requested_threads) {
             }
             barrier.wait(tid);
         }
-        int t_last = a.T_ - 1;
-        for (int b = 0; b < B; ++b) {
-            while (t_last >= 0 && a.bs[t_last] <= b) --t_last;
-            const T* last = t_last >= 0 ? a.y + (off[t_last] + b) * H : a.h0 + static_cast<ptrdiff_t>(b) * H;
-            for (int u = u0; u < u1; ++u) a.h_n[b * H + u] = last[u];
-        }
+        copy_final_states(a, off, H, u0, u1);
     });
 }
 

@@ -87,13 +87,9 @@ void lstm_proj_forward(const FwdArgs<T>& a, int requested_threads) {
             }
             barrier.wait(tid);
         }
-        int t_last = a.T_ - 1;
-        for (int b = 0; b < B; ++b) {
-            while (t_last >= 0 && a.bs[t_last] <= b) --t_last;
-            const T* last = t_last >= 0 ? a.y + (off[t_last] + b) * P : a.h0 + static_cast<ptrdiff_t>(b) * P;
-            for (int p = pb0 * NR; p < std::min(P, pb1 * NR); ++p) a.h_n[b * P + p] = last[p];
+        copy_final_states(a, off, P, pb0 * NR, std::min(P, pb1 * NR));
+        for (int b = 0; b < B; ++b)
             for (int u = u0; u < u1; ++u) a.c_n[b * H + u] = cst[b * nup + u - u0];
-        }
     });
 }
 
