@@ -183,14 +183,24 @@ inline ptrdiff_t round_up(ptrdiff_t x, ptrdiff_t m) { return (x + m - 1) / m * m
 
 // One thread's share of C[m0:m1, n0:n1] (+)= A B with blocking for the caches.
 // A(i,k) = a[i*a_rs + k*a_ks], B(k,j) = b[k*b_ks + j*b_ns]. C row-major with ldc.
+// Packing buffers of one thread of gemm_block, allocated before the threads start (nothing may throw inside
+// a parallel region).
+template <typename T>
+struct GemmBuffers {
+    static constexpr ptrdiff_t KC = 256, NC = 512, MC = Tile<T>::MR * 16;
+    std::vector<T> b = std::vector<T>(static_cast<size_t>(KC * NC));
+    std::vector<T> a = std::vector<T>(static_cast<size_t>(KC * MC));
+};
+
 template <typename T>
 void gemm_block(ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t n0, ptrdiff_t n1, ptrdiff_t K, const T* a, ptrdiff_t a_rs,
-                ptrdiff_t a_ks, const T* b, ptrdiff_t b_ks, ptrdiff_t b_ns, T* c, ptrdiff_t ldc, bool accumulate) {
+                ptrdiff_t a_ks, const T* b, ptrdiff_t b_ks, ptrdiff_t b_ns, T* c, ptrdiff_t ldc, bool accumulate,
+                GemmBuffers<T>& buf) {
     constexpr int NR = Tile<T>::NR, MR = Tile<T>::MR;
-    constexpr ptrdiff_t KC = 256, NC = 512, MC = MR * 16;
+    constexpr ptrdiff_t KC = GemmBuffers<T>::KC, NC = GemmBuffers<T>::NC, MC = GemmBuffers<T>::MC;
     if (m1 <= m0 || n1 <= n0) return;
-    std::vector<T> bbuf(static_cast<size_t>(KC * round_up(std::min(NC, n1 - n0), NR)));
-    std::vector<T> abuf(static_cast<size_t>(KC * MC));
+    std::vector<T>& bbuf = buf.b;
+    std::vector<T>& abuf = buf.a;
     if (K == 0) {
         if (!accumulate)
             for (ptrdiff_t i = m0; i < m1; ++i) std::fill(c + i * ldc + n0, c + i * ldc + n1, T(0));
