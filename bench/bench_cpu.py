@@ -1,9 +1,10 @@
 """CPU microbenchmark: rnnfast vs the NumPy reference vs torch.nn, same weights, same inputs.
 
-Run from the repository root:
+Run from the repository root, against the installed package (`python -m bench.bench_cpu` would import the
+source folder, which has no compiled kernels):
 
     python bench/bench_cpu.py                 # default case set, both modes
-    python -m bench.bench_cpu --quick --cases "T=1000"
+    python bench/bench_cpu.py --quick --cases "T=1000"
     python bench/bench_cpu.py --threads 1 --no-reference --json /tmp/bench.json
 
 Modes:
