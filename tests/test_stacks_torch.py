@@ -254,3 +254,79 @@ def test_proj_size_must_be_smaller_than_hidden_size():
     for bad in (8, 9):
         with pytest.raises(ValueError, match="proj_size"):
             rnnfast.LSTM(3, 8, proj_size=bad)
+
+
+def random_config(rng):
+    cell = CELLS[rng.integers(len(CELLS))]
+    L, D = int(rng.integers(1, 4)), int(rng.integers(1, 3))
+    T, B = int(rng.choice([1, 2, 5])), int(rng.choice([1, 2, 4]))
+    I, H = int(rng.integers(1, 6)), int(rng.choice([1, 3, 17, 33]))
+    P = int(rng.integers(1, H)) if cell == "lstm" and H > 1 and rng.random() < 0.5 else 0
+    lengths = random_lengths(rng, T, B) if rng.random() < 0.6 else None
+    return dict(cell=cell, L=L, D=D, T=T, B=B, I=I, H=H, P=P, bias=bool(rng.random() < 0.7),
+                batch_first=bool(rng.random() < 0.5), lengths=lengths,
+                dtype=np.float64 if rng.random() < 0.7 else np.float32, threads=int(rng.integers(1, 3)))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_configurations_match_torch(seed):
+    """Cell, layers 1..3, directions, batch_first, proj_size, bias, unsorted lengths (with 1 and T), T=1, B=1
+    and thread counts drawn together, against torch.nn with pack_padded_sequence(enforce_sorted=False)."""
+    torch = require_torch()
+    rng = np.random.default_rng(1000 + seed)
+    c = random_config(rng)
+    kw = dict(num_layers=c["L"], bidirectional=c["D"] == 2, batch_first=c["batch_first"], bias=c["bias"])
+    if c["cell"].startswith("rnn"):
+        m = rnnfast.RNN(c["I"], c["H"], nonlinearity=c["cell"][4:], dtype=c["dtype"], seed=seed, **kw)
+        tm = torch.nn.RNN(c["I"], c["H"], nonlinearity=c["cell"][4:], **kw)
+    elif c["cell"] == "lstm":
+        m = rnnfast.LSTM(c["I"], c["H"], proj_size=c["P"], dtype=c["dtype"], seed=seed, **kw)
+        tm = torch.nn.LSTM(c["I"], c["H"], proj_size=c["P"], **kw)
+    else:
+        m = rnnfast.GRU(c["I"], c["H"], dtype=c["dtype"], seed=seed, **kw)
+        tm = torch.nn.GRU(c["I"], c["H"], **kw)
+    tm = tm.to(torch.float64 if c["dtype"] == np.float64 else torch.float32)
+    tm.load_state_dict({k: torch.from_numpy(v) for k, v in m.state_dict().items()})
+    T, B, LD = c["T"], c["B"], c["L"] * c["D"]
+    S = c["P"] or c["H"]
+    lstm = c["cell"] == "lstm"
+    x = rng.standard_normal((B, T, c["I"]) if c["batch_first"] else (T, B, c["I"])).astype(c["dtype"])
+    h0 = rng.standard_normal((LD, B, S)).astype(c["dtype"])
+    c0 = rng.standard_normal((LD, B, c["H"])).astype(c["dtype"])
+    old = rnnfast.get_num_threads()
+    rnnfast.set_num_threads(c["threads"], exact=True)
+    try:
+        y, st = m(x, (h0, c0), lengths=c["lengths"]) if lstm else m(x, h0, lengths=c["lengths"])
+        hn, cn = st if lstm else (st, None)
+        dy = rng.standard_normal(y.shape).astype(c["dtype"])
+        dhn = rng.standard_normal(hn.shape).astype(c["dtype"])
+        dcn = rng.standard_normal(c0.shape).astype(c["dtype"])
+        if lstm:
+            dx, (dh0, dc0) = m.backward(dy, (dhn, dcn))
+        else:
+            dx, dh0 = m.backward(dy, dhn)
+    finally:
+        rnnfast.set_num_threads(old)
+    xt = torch.from_numpy(x.copy()).requires_grad_()
+    h0t, c0t = torch.from_numpy(h0).requires_grad_(), torch.from_numpy(c0).requires_grad_()
+    inp = xt
+    if c["lengths"] is not None:
+        inp = torch.nn.utils.rnn.pack_padded_sequence(xt, torch.from_numpy(c["lengths"]), batch_first=c["batch_first"],
+                                                      enforce_sorted=False)
+    yt, stt = tm(inp, (h0t, c0t)) if lstm else tm(inp, h0t)
+    if c["lengths"] is not None:
+        yt, _ = torch.nn.utils.rnn.pad_packed_sequence(yt, batch_first=c["batch_first"], total_length=T)
+    hnt, cnt = stt if lstm else (stt, None)
+    loss = (yt * torch.from_numpy(dy)).sum() + (hnt * torch.from_numpy(dhn)).sum()
+    if lstm:
+        loss = loss + (cnt * torch.from_numpy(dcn)).sum()
+    loss.backward()
+    tol = 1e-10 if c["dtype"] == np.float64 else 2e-5
+    pairs = [("y", y, yt), ("h_n", hn, hnt), ("dx", dx, xt.grad), ("dh0", dh0, h0t.grad)]
+    if lstm:
+        pairs += [("c_n", cn, cnt), ("dc0", dc0, c0t.grad)]
+    for name, a, b in pairs:
+        assert_close(a, b.detach().numpy(), tol, f"{name} ({c})")
+    grads = dict(m.named_parameters())
+    for k, p in tm.named_parameters():
+        assert_close(grads[k].grad, p.grad.numpy(), tol, f"{k}.grad ({c})")
