@@ -9,7 +9,6 @@ import statistics
 import sys
 import time
 
-import numpy as np
 
 CASES = [  # (cell, T, B, I, H)
     ("lstm", 100, 1, 64, 256),

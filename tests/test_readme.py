@@ -2,7 +2,6 @@
 import os
 import re
 
-import pytest
 
 from conftest import require_torch
 
