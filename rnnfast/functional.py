@@ -75,7 +75,7 @@ class Plan:
     rows still running, longest sequences first, so that padded steps cost nothing. `batch_sizes[t]` is the
     number of rows running at step t. Token k of the forward direction is (src_t[k], src_b[k]) of the
     caller's (T, B) grid; the reverse direction runs each sequence from its own last step, and its token k
-    is the forward token `rev_index[k]`. Without lengths (every sequence T long) the tokens are the plain
+    is the forward token `reverse_index[k]`. Without lengths (every sequence T long) the tokens are the plain
     (T*B) grid in order and no gather is needed (`dense`).
     """
 
