@@ -168,7 +168,7 @@ class Saved:
     ws: np.ndarray | None
     packed_hr: "_C.PackedWeights | None" = None  # the LSTM projection, if any
     device: tuple | None = None  # (CUDA kernel module, array namespace) when the CUDA kernels ran it
-    w_hh: tuple | None = None  # the CUDA kernels read W_hh (and W_hr) as they are: our own copies
+    device_weights: tuple | None = None  # (W_hh, W_hr or None): the CUDA kernels read them as they are; copies
 
 
 def layer_forward(cell, x, h0, c0, w_ih, b_ih, b_hh, packed_ih, packed, training, batch_sizes=None,
@@ -259,25 +259,37 @@ def _backward_setup(saved: Saved, dy, dh_n, dc_n, grads, slot=0):
 
     def finish():
         dx = _empty((N, I), dtype)
+        _weight_grads(s, dxg, dhg, dh_all, grads,
+                      lambda out, a, b: backend.matmul(a, b, out=out, accumulate=True))
         if N:
-            dg = dhg if dhg is not None else dxg
-            backend.matmul(dxg.T, s.x, out=grads["w_ih"], accumulate=True)
-            # The recurrent product of a step read h_prev: h0 for the first step, then the same row's output one
-            # step earlier. The original GRU's candidate rows read r*h_prev instead, which its workspace keeps.
-            rows = slice(0, 2 * H) if s.cell == "gru_original" else slice(None)
-            dw_hh = grads["w_hh"][rows]
-            backend.matmul(dg[:B, rows].T, s.h0, out=dw_hh, accumulate=True)
-            if N > B:
-                h_prev = s.y[: N - B] if s.prev_index is None else s.y[s.prev_index]
-                backend.matmul(dg[B:, rows].T, h_prev, out=dw_hh, accumulate=True)
-            if s.cell == "gru_original":
-                backend.matmul(dg[:, 2 * H:].T, s.ws[:, 3 * H:], out=grads["w_hh"][2 * H:], accumulate=True)
-            if dh_all is not None:  # h_t = W_hr m_t
-                backend.matmul(dh_all.T, s.ws[:, 5 * H:], out=grads["w_hr"], accumulate=True)
             backend.matmul(dxg, s.w_ih, out=dx)
         return (dx.reshape(*s.shape3, I) if s.shape3 is not None else dx), dh0, dc0
 
     return call, finish
+
+
+def _weight_grads(s: Saved, dxg, dhg, dh_all, grads, addmm):
+    """The weight gradients after a backward kernel, for the CPU and the CUDA paths alike; addmm(out, a, b)
+    adds a @ b into out. dhg is None where it equals dxg, dh_all None without a projection."""
+    N, B = s.x.shape[0], s.h0.shape[0]
+    if not N:
+        return
+    H = dxg.shape[1] // GATES[s.cell]
+    dg = dhg if dhg is not None else dxg
+    addmm(grads["w_ih"], dxg.T, s.x)
+    # The recurrent product of a step read h_prev: h0 for the first step, then the same row's output one step
+    # earlier. The original GRU's candidate rows read r*h_prev instead (workspace slot 3), and an LSTM
+    # projection's W_hr reads m_t (slot 5).
+    rows = slice(0, 2 * H) if s.cell == "gru_original" else slice(None)
+    dw_hh = grads["w_hh"][rows]
+    addmm(dw_hh, dg[:B, rows].T, s.h0)
+    if N > B:
+        h_prev = s.y[: N - B] if s.prev_index is None else s.y[s.prev_index]
+        addmm(dw_hh, dg[B:, rows].T, h_prev)
+    if s.cell == "gru_original":
+        addmm(grads["w_hh"][2 * H:], dg[:, 2 * H:].T, s.ws[:, 3 * H:])
+    if dh_all is not None:  # h_t = W_hr m_t
+        addmm(grads["w_hr"], dh_all.T, s.ws[:, 5 * H:])
 
 
 def _device_layer_forward(device, cell, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, training, batch_sizes,
@@ -315,7 +327,7 @@ def _device_layer_forward(device, cell, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh,
 
 def _device_layer_backward(s: Saved, dy, dh_n, dc_n, grads):
     mod, xpm = s.device
-    w_hh, w_hr = s.w_hh
+    w_hh, w_hr = s.device_weights
     N, I = s.x.shape
     B, S = s.h0.shape
     G = GATES[s.cell]
@@ -336,23 +348,15 @@ def _device_layer_backward(s: Saved, dy, dh_n, dc_n, grads):
     mod.backward(s.cell, T, B, H, _step_table(s.batch_sizes), _addr(w_hh), _addr(s.h0), _addr(s.c0), _addr(s.y),
                  _addr(s.ws), _addr(dy), _addr(dh), _addr(dc), _addr(dxg), _addr(dhg), _stream(xpm), o["path"],
                  o["units_per_block"], o["threads"], P, _addr(w_hr), _addr(dh_all))
-    dhg = dhg if dhg is not None else dxg
     # Bias gradients are column sums here (a deterministic reduction; the kernels leave them out).
     if grads["b_ih"] is not None:
         grads["b_ih"] += dxg.sum(axis=0)
-        grads["b_hh"] += dhg.sum(axis=0)
-    grads["w_ih"] += dxg.T @ s.x
-    # As on the CPU: the recurrent products read h_prev, but the original GRU's candidate reads r*h_prev
-    # (workspace slot 3), and an LSTM projection's W_hr reads m_t (slot 5).
-    rows = slice(0, 2 * H) if s.cell == "gru_original" else slice(None)
-    grads["w_hh"][rows] += dhg[:B, rows].T @ s.h0
-    if N > B:
-        h_prev = s.y[: N - B] if s.prev_index is None else s.y[s.prev_index]
-        grads["w_hh"][rows] += dhg[B:, rows].T @ h_prev
-    if s.cell == "gru_original":
-        grads["w_hh"][2 * H:] += dhg[:, 2 * H:].T @ s.ws[:, 3 * H:]
-    if P:
-        grads["w_hr"] += dh_all.T @ s.ws[:, 5 * H:]
+        grads["b_hh"] += (dhg if dhg is not None else dxg).sum(axis=0)
+
+    def addmm(out, a, b):
+        out += a @ b
+
+    _weight_grads(s, dxg, dhg, dh_all, grads, addmm)
     dx = dxg @ s.w_ih
     if s.shape3 is not None:
         dx = dx.reshape(*s.shape3, I)
