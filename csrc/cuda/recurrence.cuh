@@ -35,6 +35,23 @@ struct DeviceMath {
 
 RF_DEVICE int slots_of(int cell) { return cell == kLstm ? 5 : cell == kGru ? 4 : 0; }
 
+// This block's share [begin, begin + n) of `total` items cut in runs of `per`; returns n (0 past the end).
+RF_DEVICE int own_range(int total, int per, int& begin) {
+    begin = static_cast<int>(blockIdx.x) * per;
+    return begin < total ? (total - begin < per ? total - begin : per) : 0;
+}
+
+// h_n[:, first:first+own] = each row's state after its own last step (S features), or h0 for T = 0.
+// Row b's last step is the last t with bs[t] > b.
+RF_DEVICE void copy_final_states(const FwdParams& p, int S, int first, int own) {
+    for (int i = threadIdx.x; i < p.B * own; i += blockDim.x) {
+        const int b = i / own, q = first + i % own;
+        int t_last = p.T - 1;
+        while (t_last >= 0 && p.bs[t_last] <= b) --t_last;
+        p.h_n[b * S + q] = t_last >= 0 ? p.y[(p.off[t_last] + b) * S + q] : p.h0[b * S + q];
+    }
+}
+
 // Shared memory of a block, in floats.
 inline int forward_shared_floats(int G, int H, int U, int B, bool persistent) {
     return (persistent ? G * U * H : 0) + B * G * U;
@@ -44,8 +61,8 @@ inline int backward_shared_floats(int G, int H, int U, bool persistent) { return
 // phases: unused (one phase a step); there for the common launcher.
 RF_GLOBAL void forward_kernel(FwdParams p, int /*phases*/) {
     const int U = p.U, H = p.H, G = p.G, R = G * U;
-    const int u_begin = static_cast<int>(blockIdx.x) * U;
-    const int nu = u_begin < H ? (H - u_begin < U ? H - u_begin : U) : 0;
+    int u_begin;
+    const int nu = own_range(H, U, u_begin);
     const long GH = static_cast<long>(G) * H;
     float* wsh = rf::dyn_shared<float>();  // [H][R]: W_hh rows of the block, transposed
     float* acc = wsh + (p.persistent ? static_cast<long>(H) * R : 0);  // [B][R]
@@ -103,21 +120,15 @@ RF_GLOBAL void forward_kernel(FwdParams p, int /*phases*/) {
         }
         if (p.persistent) rf::grid_sync(); else __syncthreads();
     }
-    if (p.t_end == p.T)
-        for (int i = threadIdx.x; i < p.B * nu; i += blockDim.x) {
-            const int b = i / nu, u = u_begin + i % nu;
-            int t_last = p.T - 1;
-            while (t_last >= 0 && p.bs[t_last] <= b) --t_last;
-            p.h_n[b * H + u] = t_last >= 0 ? p.y[(p.off[t_last] + b) * H + u] : p.h0[b * H + u];
-        }
+    if (p.t_end == p.T) copy_final_states(p, H, u_begin, nu);
 }
 
 // phases: bit 0 = the pointwise phase, bit 1 = the W_hh product (the per-step path launches them apart).
 RF_GLOBAL void backward_kernel(BwdParams p, int phases) {
     const int U = p.U, H = p.H, G = p.G;
     const long GH = static_cast<long>(G) * H;
-    const int u_begin = static_cast<int>(blockIdx.x) * U;
-    const int nu = u_begin < H ? (H - u_begin < U ? H - u_begin : U) : 0;
+    int u_begin;
+    const int nu = own_range(H, U, u_begin);
     float* wsh = rf::dyn_shared<float>();  // [G*H][U]: W_hh columns of the block
     if (p.persistent) {
         for (long i = threadIdx.x; i < GH * U; i += blockDim.x) {

@@ -13,11 +13,6 @@
 
 namespace rnnfast_cuda {
 
-RF_DEVICE int own_range(int total, int per, int& begin) {
-    begin = static_cast<int>(blockIdx.x) * per;
-    return begin < total ? (total - begin < per ? total - begin : per) : 0;
-}
-
 // phases: bit 0 = phase 1, bit 1 = phase 2 of each step.
 RF_GLOBAL void forward_two_phase_kernel(FwdParams p, int phases) {
     const int H = p.H, G = p.G, B = p.B, P = p.P;
@@ -95,15 +90,7 @@ RF_GLOBAL void forward_two_phase_kernel(FwdParams p, int phases) {
             if (p.persistent) rf::grid_sync();
         }
     }
-    if (p.t_end == p.T && (phases & 2)) {
-        const int own = P ? np_ : nu, first = P ? p_begin : u_begin;
-        for (int i = threadIdx.x; i < B * own; i += blockDim.x) {
-            const int b = i / own, q = first + i % own;
-            int t_last = p.T - 1;
-            while (t_last >= 0 && p.bs[t_last] <= b) --t_last;
-            p.h_n[b * S + q] = t_last >= 0 ? p.y[(p.off[t_last] + b) * S + q] : p.h0[b * S + q];
-        }
-    }
+    if (p.t_end == p.T && (phases & 2)) copy_final_states(p, S, P ? p_begin : u_begin, P ? np_ : nu);
 }
 
 // phases: bit 0 = phase 1, bit 1 = phase 2, bit 2 = phase 3 of each (reverse) step.
