@@ -46,6 +46,21 @@ enum CellId { kRnnTanh = 0, kRnnRelu = 1, kLstm = 2, kGru = 3, kGruOriginal = 4 
 inline int gates_of(int cell) { return cell == kLstm ? 4 : cell >= kGru ? 3 : 1; }
 inline int slots_of(int cell) { return cell == kLstm ? 5 : cell >= kGru ? 4 : 0; }
 
+// The math policy of a value type: vector math for SIMD vectors of T, scalar math for T itself.
+template <typename T, typename V>
+using MathOf = std::conditional_t<std::is_same<V, T>::value, ScalarMath<T>, VecMath<T>>;
+
+// Calls f(V{}, u) for the units [u0, u1): whole SIMD vectors first (V = Simd<T>::V), then the tail one unit
+// at a time (V = T). Unit blocks start at multiples of the vector width, so which units take the scalar tail
+// does not depend on the thread split.
+template <typename T, typename F>
+inline void for_each_unit(int u0, int u1, F&& f) {
+    constexpr int W = Simd<T>::W;
+    int u = u0;
+    for (; u + W <= u1; u += W) f(typename Simd<T>::V{}, u);
+    for (; u < u1; ++u) f(T{}, u);
+}
+
 template <typename V, typename T>
 inline V ld(const T* p) {
     if constexpr (std::is_same<V, T>::value) return *p; else return loadu<V>(p);
@@ -160,8 +175,7 @@ inline void forward_units(const FwdArgs<T>& a, ptrdiff_t row, int u, const T* ac
 
 template <typename T>
 void recurrence_forward(const FwdArgs<T>& a, int requested_threads) {
-    using S = Simd<T>;
-    constexpr int NR = Tile<T>::NR, MR = Tile<T>::MR, W = S::W;
+    constexpr int NR = Tile<T>::NR, MR = Tile<T>::MR;
     const int H = a.H, B = a.B, G = gates_of(a.cell);
     const int nub = static_cast<int>(round_up(H, NR) / NR);
     const int nt = threads_for(requested_threads, B, G, H, nub);
@@ -219,11 +233,10 @@ void recurrence_forward(const FwdArgs<T>& a, int requested_threads) {
                 T* cb = cst + b * nup;
                 const T* hp = h_prev + static_cast<ptrdiff_t>(b) * H;
                 const ptrdiff_t row = off[t] + b;
-                int u = u0;
-                for (; u + W <= u1; u += W)
-                    forward_units<T, typename S::V, VecMath<T>>(a, row, u, accb, nup, u - u0, hp, bi, bh, cb);
-                for (; u < u1; ++u)
-                    forward_units<T, T, ScalarMath<T>>(a, row, u, accb, nup, u - u0, hp, bi, bh, cb);
+                for_each_unit<T>(u0, u1, [&](auto v, int u) {
+                    using V = decltype(v);
+                    forward_units<T, V, MathOf<T, V>>(a, row, u, accb, nup, u - u0, hp, bi, bh, cb);
+                });
             }
             epoch = barrier.arrive(tid);
         }
@@ -282,8 +295,7 @@ inline void backward_units(const BwdArgs<T>& a, ptrdiff_t row, ptrdiff_t prev_ro
 
 template <typename T>
 void recurrence_backward(const BwdArgs<T>& a, int requested_threads) {
-    using S = Simd<T>;
-    constexpr int NR = Tile<T>::NR, MR = Tile<T>::MR, W = S::W;
+    constexpr int NR = Tile<T>::NR, MR = Tile<T>::MR;
     const int H = a.H, B = a.B, G = gates_of(a.cell);
     const ptrdiff_t GH = static_cast<ptrdiff_t>(G) * H;
     const int nub = static_cast<int>(round_up(H, NR) / NR);
@@ -316,11 +328,10 @@ void recurrence_backward(const BwdArgs<T>& a, int requested_threads) {
                 T* dh = dhr + b * nup;
                 T* dc = dcs + b * nup;
                 const ptrdiff_t row = off[t] + b, prev_row = t == 0 ? -1 : off[t - 1] + b;
-                int u = u0;
-                for (; u + W <= u1; u += W)
-                    backward_units<T, typename S::V, VecMath<T>>(a, row, prev_row, b, u, u - u0, dh, dc, sbi, sbh);
-                for (; u < u1; ++u)
-                    backward_units<T, T, ScalarMath<T>>(a, row, prev_row, b, u, u - u0, dh, dc, sbi, sbh);
+                for_each_unit<T>(u0, u1, [&](auto v, int u) {
+                    using V = decltype(v);
+                    backward_units<T, V, MathOf<T, V>>(a, row, prev_row, b, u, u - u0, dh, dc, sbi, sbh);
+                });
             }
             barrier.wait(tid);
             const T* dg = dhg_all + off[t] * GH;

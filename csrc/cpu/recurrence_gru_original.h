@@ -13,11 +13,7 @@ namespace {
 
 template <typename T>
 void gru_original_forward(const FwdArgs<T>& a, int requested_threads) {
-    using S = Simd<T>;
-    using VM = VecMath<T>;
-    using SM = ScalarMath<T>;
-    using VV = typename S::V;
-    constexpr int NR = Tile<T>::NR, MR = Tile<T>::MR, W = S::W;
+    constexpr int NR = Tile<T>::NR, MR = Tile<T>::MR;
     const int H = a.H, B = a.B;
     const ptrdiff_t GH = 3 * static_cast<ptrdiff_t>(H);
     const int nub = static_cast<int>(round_up(H, NR) / NR);
@@ -58,7 +54,7 @@ void gru_original_forward(const FwdArgs<T>& a, int requested_threads) {
                 T* ws = a.ws ? a.ws + row * 4 * H : nullptr;
                 auto unit = [&](auto tag, int u) {
                     using V = decltype(tag);
-                    using M = std::conditional_t<std::is_same<V, T>::value, SM, VM>;
+                    using M = MathOf<T, V>;
                     const int col = u - u0;
                     V r, z, rh;
                     gru_original_gates<M>(ld<V>(xp + u) + ld<V>(bi + u), ld<V>(xp + H + u) + ld<V>(bi + H + u),
@@ -68,9 +64,7 @@ void gru_original_forward(const FwdArgs<T>& a, int requested_threads) {
                     st(acc + b * ldc + nup + col, z);  // keep z for phase 2 in its (consumed) accumulator slot
                     if (ws) { st(ws + u, r); st(ws + H + u, z); st(ws + 3 * H + u, rh); }
                 };
-                int u = u0;
-                for (; u + W <= u1; u += W) unit(VV{}, u);
-                for (; u < u1; ++u) unit(T{}, u);
+                for_each_unit<T>(u0, u1, unit);
             }
             barrier.wait(tid);
             product(2, rh_all.data(), Bt);
@@ -83,7 +77,7 @@ void gru_original_forward(const FwdArgs<T>& a, int requested_threads) {
                 T* ws = a.ws ? a.ws + row * 4 * H : nullptr;
                 auto unit = [&](auto tag, int u) {
                     using V = decltype(tag);
-                    using M = std::conditional_t<std::is_same<V, T>::value, SM, VM>;
+                    using M = MathOf<T, V>;
                     const int col = u - u0;
                     V n;
                     const V h = gru_original_output<M>(ld<V>(xp + 2 * H + u) + ld<V>(bi + 2 * H + u),
@@ -92,9 +86,7 @@ void gru_original_forward(const FwdArgs<T>& a, int requested_threads) {
                     st(y + u, h);
                     if (ws) st(ws + 2 * H + u, n);
                 };
-                int u = u0;
-                for (; u + W <= u1; u += W) unit(VV{}, u);
-                for (; u < u1; ++u) unit(T{}, u);
+                for_each_unit<T>(u0, u1, unit);
             }
             barrier.wait(tid);
         }
@@ -104,11 +96,7 @@ void gru_original_forward(const FwdArgs<T>& a, int requested_threads) {
 
 template <typename T>
 void gru_original_backward(const BwdArgs<T>& a, int requested_threads) {
-    using S = Simd<T>;
-    using VM = VecMath<T>;
-    using SM = ScalarMath<T>;
-    using VV = typename S::V;
-    constexpr int NR = Tile<T>::NR, MR = Tile<T>::MR, W = S::W;
+    constexpr int NR = Tile<T>::NR, MR = Tile<T>::MR;
     const int H = a.H, B = a.B;
     const ptrdiff_t GH = 3 * static_cast<ptrdiff_t>(H);
     const int nub = static_cast<int>(round_up(H, NR) / NR);
@@ -148,7 +136,7 @@ void gru_original_backward(const BwdArgs<T>& a, int requested_threads) {
                 T* dx = a.dxg + row * GH;
                 auto unit = [&](auto tag, int u) {
                     using V = decltype(tag);
-                    using M = std::conditional_t<std::is_same<V, T>::value, SM, VM>;
+                    using M = MathOf<T, V>;
                     const int col = u - u0;
                     V dh_out = ld<V>(dhr + b * nup + col);
                     if (a.dy) dh_out = dh_out + ld<V>(a.dy + row * H + u);
@@ -161,9 +149,7 @@ void gru_original_backward(const BwdArgs<T>& a, int requested_threads) {
                     st(sb + 2 * H + u, ld<V>(sb + 2 * H + u) + dn);
                     st(dhr + b * nup + col, dh);
                 };
-                int u = u0;
-                for (; u + W <= u1; u += W) unit(VV{}, u);
-                for (; u < u1; ++u) unit(T{}, u);
+                for_each_unit<T>(u0, u1, unit);
             }
             barrier.wait(tid);
             const T* dg = a.dxg + off[t] * GH;
@@ -175,7 +161,7 @@ void gru_original_backward(const BwdArgs<T>& a, int requested_threads) {
                 T* dx = a.dxg + row * GH;
                 auto unit = [&](auto tag, int u) {
                     using V = decltype(tag);
-                    using M = std::conditional_t<std::is_same<V, T>::value, SM, VM>;
+                    using M = MathOf<T, V>;
                     const int col = u - u0;
                     V dr, dh = ld<V>(dhr + b * nup + col);
                     gru_original_backward_gates<M>(ld<V>(ws + u), ld<V>(hp + u), ld<V>(drh + b * nup + col), dr, dh);
@@ -183,9 +169,7 @@ void gru_original_backward(const BwdArgs<T>& a, int requested_threads) {
                     st(sb + u, ld<V>(sb + u) + dr);
                     st(dhr + b * nup + col, dh);
                 };
-                int u = u0;
-                for (; u + W <= u1; u += W) unit(VV{}, u);
-                for (; u < u1; ++u) unit(T{}, u);
+                for_each_unit<T>(u0, u1, unit);
             }
             barrier.wait(tid);
             product(dg, 0, 2 * H, dhr, Bt, true);  // + W_h[r,z]^T d[r,z]

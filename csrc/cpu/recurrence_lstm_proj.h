@@ -17,8 +17,7 @@ namespace {
 
 template <typename T>
 void lstm_proj_forward(const FwdArgs<T>& a, int requested_threads) {
-    using S = Simd<T>;
-    constexpr int NR = Tile<T>::NR, MR = Tile<T>::MR, W = S::W;
+    constexpr int NR = Tile<T>::NR, MR = Tile<T>::MR;
     const int H = a.H, P = a.P, B = a.B;
     const ptrdiff_t GH = 4 * static_cast<ptrdiff_t>(H);
     const int nub = static_cast<int>(round_up(H, NR) / NR), npb = static_cast<int>(round_up(P, NR) / NR);
@@ -59,7 +58,7 @@ void lstm_proj_forward(const FwdArgs<T>& a, int requested_threads) {
                 T* ws = a.ws ? a.ws + row * 6 * H : nullptr;
                 auto unit = [&](auto tag, int u) {
                     using V = decltype(tag);
-                    using M = std::conditional_t<std::is_same<V, T>::value, ScalarMath<T>, VecMath<T>>;
+                    using M = MathOf<T, V>;
                     const int col = u - u0;
                     auto X = [&](int g) { return ld<V>(xp + g * H + u) + ld<V>(bi + g * H + u); };
                     auto R = [&](int g) { return ld<V>(ac + g * nup + col) + ld<V>(bh + g * H + u); };
@@ -72,9 +71,7 @@ void lstm_proj_forward(const FwdArgs<T>& a, int requested_threads) {
                         st(ws + 4 * H + u, c); st(ws + 5 * H + u, m);
                     }
                 };
-                int u = u0;
-                for (; u + W <= u1; u += W) unit(typename S::V{}, u);
-                for (; u < u1; ++u) unit(T{}, u);
+                for_each_unit<T>(u0, u1, unit);
             }
             barrier.wait(tid);
             // h_t = m_t W_hr^T for the thread's slice of P, written straight into y.
@@ -95,8 +92,7 @@ void lstm_proj_forward(const FwdArgs<T>& a, int requested_threads) {
 
 template <typename T>
 void lstm_proj_backward(const BwdArgs<T>& a, int requested_threads) {
-    using S = Simd<T>;
-    constexpr int NR = Tile<T>::NR, MR = Tile<T>::MR, W = S::W;
+    constexpr int NR = Tile<T>::NR, MR = Tile<T>::MR;
     const int H = a.H, P = a.P, B = a.B;
     const ptrdiff_t GH = 4 * static_cast<ptrdiff_t>(H);
     const int nub = static_cast<int>(round_up(H, NR) / NR), npb = static_cast<int>(round_up(P, NR) / NR);
@@ -146,7 +142,7 @@ void lstm_proj_backward(const BwdArgs<T>& a, int requested_threads) {
                 T* dx = a.dxg + row * GH;
                 auto unit = [&](auto tag, int u) {
                     using V = decltype(tag);
-                    using M = std::conditional_t<std::is_same<V, T>::value, ScalarMath<T>, VecMath<T>>;
+                    using M = MathOf<T, V>;
                     const int col = u - u0;
                     const V c_prev = prev < 0 ? ld<V>(a.c0 + b * H + u) : ld<V>(a.ws + prev * 6 * H + 4 * H + u);
                     V di, df, dg, d_o, dc;
@@ -160,9 +156,7 @@ void lstm_proj_backward(const BwdArgs<T>& a, int requested_threads) {
                     }
                     st(dcs + b * nup + col, dc);
                 };
-                int u = u0;
-                for (; u + W <= u1; u += W) unit(typename S::V{}, u);
-                for (; u < u1; ++u) unit(T{}, u);
+                for_each_unit<T>(u0, u1, unit);
             }
             barrier.wait(tid);
             // dh_{t-1} = dg_t W_hh for the thread's slice of P, then the rows of step t-1 are assembled.
