@@ -74,16 +74,22 @@ struct Isa {
     Table<double> f64;
 };
 
+// The kernels of the widest instruction-set library this processor runs (RNNFAST_ISA=avx2|generic asks for
+// a narrower one). The first call checks the CPU and only then loads that library (select.cpp); it throws
+// std::runtime_error when the library cannot be loaded.
 const Isa& select();
 
 // memcmp(a, b, n) == 0, on up to `threads` threads for large n.
 bool equal_bytes(const void* a, const void* b, size_t n, int threads);
 
 // Round trip of a cache line between two of the kernels' threads, in ns (0 when only one thread runs).
-double core_round_trip_ns(int iterations);  // the widest instruction set this processor supports (RNNFAST_ISA env overrides)
+double core_round_trip_ns(int iterations);
 
-namespace avx512 { const Isa& isa(); }
-namespace avx2 { const Isa& isa(); }
-namespace generic { const Isa& isa(); }
+// Bumped whenever Isa, Table or a call struct changes: a library of another version is refused.
+constexpr int kAbiVersion = 2;
 
 }  // namespace rnnfast::cpu
+
+// The one symbol each instruction-set library (rnnfast_cpu_<isa>.so, built from isa_<isa>.cpp) exports:
+// its kernel table, or null when `abi` is not the version it was built for.
+extern "C" const rnnfast::cpu::Isa* rnnfast_cpu_kernels(int abi);

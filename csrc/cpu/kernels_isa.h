@@ -1,5 +1,7 @@
-// kernels_isa.h: the body of one instruction-set build. isa_*.cpp define RNNFAST_VBYTES and
-// RNNFAST_ISA_NS, are compiled with the matching -m flags, and include this file once.
+// kernels_isa.h: the body of one instruction-set library. Each isa_*.cpp defines RNNFAST_VBYTES and
+// RNNFAST_ISA_NAME, includes this file once, and is built alone into its own shared library with the
+// matching -m flags and hidden visibility (CMakeLists.txt): no inline or template function compiled for a
+// wide instruction set can be shared with, or chosen by the linker for, code that runs before the CPU check.
 #include <algorithm>
 
 #include "kernels.h"
@@ -101,9 +103,7 @@ rnnfast::cpu::Table<T> make_table() {
 
 }  // namespace
 
-namespace rnnfast::cpu::RNNFAST_ISA_NS {
-const Isa& isa() {
-    static const Isa table{RNNFAST_ISA_NAME, make_table<float>(), make_table<double>()};
-    return table;
+extern "C" __attribute__((visibility("default"))) const rnnfast::cpu::Isa* rnnfast_cpu_kernels(int abi) {
+    static const rnnfast::cpu::Isa table{RNNFAST_ISA_NAME, make_table<float>(), make_table<double>()};
+    return abi == rnnfast::cpu::kAbiVersion ? &table : nullptr;
 }
-}  // namespace rnnfast::cpu::RNNFAST_ISA_NS
