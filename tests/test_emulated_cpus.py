@@ -1,0 +1,91 @@
+"""The package on processors without AVX-512 (Haswell: AVX2 and FMA) and without AVX (Nehalem), under
+qemu-user: it must import, pick the widest library the emulated CPU runs, and compute every cell forward and
+backward as the NumPy reference does (both dtypes, variable lengths, both directions).
+
+Skipped where qemu-x86_64 is not installed, unless RNNFAST_REQUIRE_QEMU=1 (CI installs qemu-user and sets
+it, so that the check can never pass silently).
+"""
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+# Every cell, both dtypes, one bidirectional layer with unsorted lengths (1 and T among them): each
+# direction of each sequence is checked against the reference run on that sequence alone.
+SCRIPT = r"""
+import json, numpy as np, rnnfast, rnnfast.reference as ref
+rng = np.random.default_rng(5)
+T, B, I, H = 5, 3, 4, 19
+lengths = np.array([3, 5, 1])
+worst = {}
+for cell, make in [("rnn_tanh", lambda **k: rnnfast.RNN(I, H, **k)),
+                   ("rnn_relu", lambda **k: rnnfast.RNN(I, H, nonlinearity="relu", **k)),
+                   ("lstm", lambda **k: rnnfast.LSTM(I, H, **k)), ("gru", lambda **k: rnnfast.GRU(I, H, **k)),
+                   ("gru_original", lambda **k: rnnfast.GRU(I, H, linear_before_reset=False, **k))]:
+    for dt in (np.float64, np.float32):
+        m = make(bidirectional=True, dtype=dt, seed=2)
+        x = rng.standard_normal((T, B, I)).astype(dt)
+        dy = rng.standard_normal((T, B, 2 * H)).astype(dt)
+        y, _ = m(x, lengths=lengths)[:2]
+        dx = m.backward(dy)[0]
+        p = {k: v.astype(np.float64) for k, v in m.state_dict().items()}
+        g = {k: v.grad.astype(np.float64) for k, v in m.named_parameters()}
+        y_ref, dx_ref = np.zeros((T, B, 2 * H)), np.zeros((T, B, I))
+        g_ref = {k: np.zeros_like(v) for k, v in g.items()}
+        for b, L in enumerate(lengths):
+            for d, sfx in enumerate(("_l0", "_l0_reverse")):
+                order = slice(0, L) if d == 0 else slice(L - 1, None, -1)
+                xs = x[order, b:b + 1].astype(np.float64)
+                z = np.zeros((1, H))
+                w = [p[n + sfx] for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+                ys, _, _, cache = ref.forward(cell, xs, z, z if cell == "lstm" else None, *w)
+                r = ref.backward(cell, cache, dy[order, b:b + 1, d * H:(d + 1) * H].astype(np.float64))
+                y_ref[order, b:b + 1, d * H:(d + 1) * H] = ys
+                dx_ref[order, b:b + 1] += r["dx"]
+                for n, k in (("weight_ih", "dw_ih"), ("weight_hh", "dw_hh"), ("bias_ih", "db_ih"), ("bias_hh", "db_hh")):
+                    g_ref[n + sfx] += r[k]
+        pairs = [(y, y_ref), (dx, dx_ref)] + [(g[k], g_ref[k]) for k in g]
+        err = max(float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300)) for a, b in pairs)
+        key = f"{cell}/{np.dtype(dt).name}"
+        worst[key] = max(worst.get(key, 0.0), err)
+print(json.dumps({"isa": rnnfast.isa(), "worst": worst}))
+"""
+
+# What each emulated CPU must choose, and the OpenBLAS core type that CPU would pick by itself: a machine may
+# set OPENBLAS_CORETYPE for its own processor (this one sets Haswell), and NumPy's OpenBLAS would then run
+# AVX2 code on the emulated Nehalem and die there before rnnfast is even imported.
+CPUS = {"Haswell": ("avx2", "Haswell"), "Nehalem": ("generic", "Nehalem")}
+
+
+def _qemu():
+    exe = shutil.which("qemu-x86_64")
+    if exe is None or platform.machine() not in ("x86_64", "AMD64"):
+        if os.environ.get("RNNFAST_REQUIRE_QEMU") == "1":
+            pytest.fail("RNNFAST_REQUIRE_QEMU=1 but qemu-x86_64 is not installed (apt-get install qemu-user)")
+        pytest.skip("qemu-x86_64 is not installed (apt-get install qemu-user)")
+    return exe
+
+
+@pytest.mark.parametrize("cpu", sorted(CPUS))
+def test_package_runs_every_cell_on_an_emulated_cpu(cpu, tmp_path):
+    qemu = _qemu()
+    want_isa, coretype = CPUS[cpu]
+    env = dict(os.environ, OPENBLAS_CORETYPE=coretype, OPENBLAS_NUM_THREADS="1")
+    env.pop("RNNFAST_ISA", None)
+    # sys.executable as it is (a venv's link, whose pyvenv.cfg the interpreter finds from argv[0]).
+    python = sys.executable
+    # cwd outside the checkout: `python -c` puts cwd first on sys.path, and the source folder has no _C.
+    out = subprocess.run([qemu, "-cpu", cpu, python, "-c", SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=900, cwd=tmp_path)
+    stderr = "\n".join(line for line in out.stderr.splitlines() if "TCG doesn't support" not in line)
+    assert out.returncode == 0, f"{cpu}: exit {out.returncode} (-4 or 132: illegal instruction)\n{stderr[-3000:]}"
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["isa"] == want_isa, f"on an emulated {cpu} the package chose {result['isa']}, expected {want_isa}"
+    assert len(result["worst"]) == 10, result["worst"]
+    for key, err in result["worst"].items():
+        tol = 1e-10 if key.endswith("float64") else 2e-5
+        assert err <= tol, f"{cpu} ({result['isa']}), {key}: relative error {err:.2e} > {tol:g}"
