@@ -117,8 +117,9 @@ struct VecMath {
         const V t = -m / (c(2.0) + m);
         return x < c(0.0) ? -t : t;
     }
-    static V relu(V x) { return x > c(0.0) ? x : c(0.0); }
-    static V pos(V x) { return x > c(0.0) ? c(1.0) : c(0.0); }
+    // NaN propagates as in torch: relu(NaN) = NaN, and its gradient passes (torch masks only where h <= 0).
+    static V relu(V x) { return x < c(0.0) ? c(0.0) : x; }
+    static V relu_grad(V h) { return h <= c(0.0) ? c(0.0) : c(1.0); }
 };
 
 // The scalar policy for the tail of a row, with the same formulas as the vector one.
@@ -127,8 +128,8 @@ struct ScalarMath {
     static T c(double v) { return static_cast<T>(v); }
     static T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
     static T tanh(T x) { return std::tanh(x); }
-    static T relu(T x) { return x > T(0) ? x : T(0); }
-    static T pos(T x) { return x > T(0) ? T(1) : T(0); }
+    static T relu(T x) { return x < T(0) ? T(0) : x; }
+    static T relu_grad(T h) { return h <= T(0) ? T(0) : T(1); }
 };
 
 }  // namespace

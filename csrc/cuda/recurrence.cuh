@@ -29,8 +29,9 @@ struct DeviceMath {
     RF_DEVICE static float c(double v) { return static_cast<float>(v); }
     RF_DEVICE static float sigmoid(float x) { return 1.0f / (1.0f + rf::expf(-x)); }
     RF_DEVICE static float tanh(float x) { return rf::tanhf(x); }
-    RF_DEVICE static float relu(float x) { return x > 0.0f ? x : 0.0f; }
-    RF_DEVICE static float pos(float x) { return x > 0.0f ? 1.0f : 0.0f; }
+    // NaN propagates as in torch: relu(NaN) = NaN, and its gradient passes (torch masks only where h <= 0).
+    RF_DEVICE static float relu(float x) { return x < 0.0f ? 0.0f : x; }
+    RF_DEVICE static float relu_grad(float h) { return h <= 0.0f ? 0.0f : 1.0f; }
 };
 
 RF_DEVICE int slots_of(int cell) { return cell == kLstm ? 5 : cell == kGru ? 4 : 0; }
