@@ -130,11 +130,12 @@ struct GruOriginal {
     static constexpr int kGates = 3;
     enum Slot { kR, kZ, kN, kRh, kSlots };
 
-    // Forward phase 1 (gates 0 and 1 of `in`): r, z; returns r*h, what the W_hn product reads.
+    // Forward phase 1 (gates 0 and 1 of `in`): r and z (kept for phase 2); returns r*h, what the W_hn
+    // product reads.
     template <class M, class V, class In, class Ws>
-    RNNFAST_HD static V gates(const In& in, const Ws& ws) {
+    RNNFAST_HD static V gates(const In& in, V& z, const Ws& ws) {
         const V r = M::sigmoid(in.x(0) + in.h(0));
-        const V z = M::sigmoid(in.x(1) + in.h(1));
+        z = M::sigmoid(in.x(1) + in.h(1));
         const V rh = r * in.h_prev();
         ws.put(kR, r); ws.put(kZ, z); ws.put(kRh, rh);
         return rh;

@@ -11,18 +11,19 @@
 
 namespace {
 
+// The one switch on the cell: the two-phase recurrences, or the single-phase one instantiated for the cell.
 template <typename T>
 void forward_entry(const rnnfast::cpu::ForwardCall<T>& c, int threads) {
-    if (c.cell == kGruOriginal) gru_original_forward<T>(c, threads);
-    else if (c.P > 0) lstm_proj_forward<T>(c, threads);
-    else recurrence_forward<T>(c, threads);
+    if (c.cell == rnnfast::kGruOriginal) return gru_original_forward<T>(c, threads);
+    if (c.P > 0) return lstm_proj_forward<T>(c, threads);
+    rnnfast::with_single_phase_cell(c.cell, [&](auto cell) { recurrence_forward<decltype(cell), T>(c, threads); });
 }
 
 template <typename T>
 void backward_entry(const rnnfast::cpu::BackwardCall<T>& c, int threads) {
-    if (c.cell == kGruOriginal) gru_original_backward<T>(c, threads);
-    else if (c.P > 0) lstm_proj_backward<T>(c, threads);
-    else recurrence_backward<T>(c, threads);
+    if (c.cell == rnnfast::kGruOriginal) return gru_original_backward<T>(c, threads);
+    if (c.P > 0) return lstm_proj_backward<T>(c, threads);
+    rnnfast::with_single_phase_cell(c.cell, [&](auto cell) { recurrence_backward<decltype(cell), T>(c, threads); });
 }
 
 // Splits C by columns (panel-aligned) when it is wide enough, else by rows (tile-aligned).

@@ -1,0 +1,246 @@
+// skeleton.h: what every CPU recurrence shares, written once: the thread split, the step table, the
+// per-step products, the carries, the bias-gradient sums, the final states, and the accessors through which
+// the cells of csrc/common/cells.h read and write memory. A recurrence (recurrence.h, recurrence_*.h) then
+// lists only its phases and barriers.
+//
+// Layout (see recurrence.h for the tensors): a thread owns runs of NR-wide unit blocks; its scratch rows are
+// `width` = (blocks it owns) * NR wide, so a unit u of the thread sits at column u - lo.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "../common/cells.h"
+#include "gemm.h"
+#include "kernels.h"
+#include "threads.h"
+
+namespace {
+
+template <typename T>
+using FwdArgs = rnnfast::cpu::ForwardCall<T>;
+template <typename T>
+using BwdArgs = rnnfast::cpu::BackwardCall<T>;
+
+// ------------------------------------------------------------------------------------------- the split
+// A thread's share of `size` units (hidden units, or the features of a projection) cut in blocks of NR.
+// The only place where work is divided among threads: blocks [b0, b1), units [lo, hi), scratch width.
+template <typename T>
+struct Slice {
+    static constexpr int NR = Tile<T>::NR;
+    int b0, b1, lo, hi, width;
+    Slice(int size, int tid, int team) {
+        const int blocks = static_cast<int>(round_up(size, NR) / NR);
+        b0 = blocks * tid / team;
+        b1 = blocks * (tid + 1) / team;
+        lo = b0 * NR;
+        hi = std::min(size, b1 * NR);
+        width = (b1 - b0) * NR;
+    }
+    static int blocks(int size) { return static_cast<int>(round_up(size, NR) / NR); }
+};
+
+// Threads worth using for a step of this size: a barrier crossing costs about as much as ~8k multiply-adds
+// (measured: LSTM H=64 B=1 gains from 2 threads, RNN H=64 B=1 loses). `blocks` caps it (a thread needs a
+// block). A negative request asks for exactly that many threads (tests use it to exercise the split).
+inline int threads_for(int requested, int B, int G, int H, int blocks) {
+    if (requested < 0) return std::max(1, std::min(-requested, blocks));
+    const int nt = static_cast<int>(static_cast<double>(B) * G * H * H / 8192.0);
+    return std::max(1, std::min({requested, blocks, std::max(nt, 1)}));
+}
+
+// ------------------------------------------------------------------------------------------- steps
+// The packed-token step table: step t runs rows [off[t], off[t] + bs[t]).
+struct Steps {
+    const int64_t* bs;
+    int T;
+    std::vector<ptrdiff_t> off;  // T + 1 entries
+    Steps(const int64_t* bs_, int T_) : bs(bs_), T(T_), off(static_cast<size_t>(T_) + 1, 0) {
+        for (int t = 0; t < T; ++t) off[t + 1] = off[t] + bs[t];
+    }
+    int rows(int t) const { return static_cast<int>(bs[t]); }
+    ptrdiff_t row(int t, int b) const { return off[t] + b; }
+};
+
+// Biases, or zeros where the layer has none, so that the cells always add one.
+template <typename T>
+struct Biases {
+    std::vector<T> zeros;
+    const T *ih, *hh;
+    Biases(const T* b_ih, const T* b_hh, ptrdiff_t n) : zeros(b_ih && b_hh ? 0 : static_cast<size_t>(n), T(0)) {
+        ih = b_ih ? b_ih : zeros.data();
+        hh = b_hh ? b_hh : zeros.data();
+    }
+};
+
+// Per-thread scratch, allocated before the team starts (nothing may throw inside a parallel region).
+template <typename T>
+struct TeamScratch {
+    ptrdiff_t per_thread;
+    std::vector<T> data;
+    TeamScratch(ptrdiff_t per_thread_, int threads)
+        : per_thread(per_thread_), data(static_cast<size_t>(per_thread_) * threads) {}
+    T* of(int tid) { return data.data() + per_thread * tid; }
+};
+
+// ------------------------------------------------------------------------------------------- carries
+// dst[b][j] = src[b][lo + j] for the thread's units (zero in the padding and where src is null).
+template <typename T>
+void load_carry(T* dst, const T* src, int B, int ld, const Slice<T>& s) {
+    for (int b = 0; b < B; ++b)
+        for (int j = 0; j < s.width; ++j)
+            dst[b * s.width + j] = (src && s.lo + j < s.hi) ? src[b * ld + s.lo + j] : T(0);
+}
+
+// dst[b][u] = src[b][u - lo] for the thread's units.
+template <typename T>
+void store_carry(T* dst, const T* src, int B, int ld, const Slice<T>& s) {
+    for (int b = 0; b < B; ++b)
+        for (int u = s.lo; u < s.hi; ++u) dst[b * ld + u] = src[b * s.width + u - s.lo];
+}
+
+// h_n[:, lo:hi] = each row's state after its own last step (S features): the output of that step, or h0 for
+// T = 0. Row b's last step is the last t with bs[t] > b; rows go longest first, so it only moves back.
+template <typename T>
+void copy_final_states(const FwdArgs<T>& a, const Steps& st, int S, int lo, int hi) {
+    int t_last = a.T_ - 1;
+    for (int b = 0; b < a.B; ++b) {
+        while (t_last >= 0 && st.bs[t_last] <= b) --t_last;
+        const T* last = t_last >= 0 ? a.y + st.row(t_last, b) * S : a.h0 + static_cast<ptrdiff_t>(b) * S;
+        for (int q = lo; q < hi; ++q) a.h_n[b * S + q] = last[q];
+    }
+}
+
+// Bias-gradient sums over the steps, for all G*H entries (each thread touches only its own units, so no
+// two threads write the same element), added into db_ih / db_hh once at the end.
+template <typename T>
+struct BiasSums {
+    std::vector<T> ih, hh;
+    explicit BiasSums(ptrdiff_t n) : ih(static_cast<size_t>(n), T(0)), hh(static_cast<size_t>(n), T(0)) {}
+    void flush(const BwdArgs<T>& a, int G, const Slice<T>& s) {
+        for (int g = 0; g < G; ++g)
+            for (int u = s.lo; u < s.hi; ++u) {
+                if (a.db_ih) a.db_ih[g * a.H + u] += ih[g * a.H + u];
+                if (a.db_hh) a.db_hh[g * a.H + u] += hh[g * a.H + u];
+            }
+    }
+};
+
+// ------------------------------------------------------------------------------------------- products
+// acc[b][(g - g0) * width + j] (+)= src[b][k0:k1] . W[g*size + lo + j][k0:k1] for gates [g0, g1) and the
+// thread's units, W packed forward (pack_forward) with G gates and K columns; rows b < Bt, src row stride ld.
+// `cols` bounds the last panel when acc is not padded scratch (a projection written in place).
+template <typename T>
+void forward_product(const T* wf, int G, int K, const Slice<T>& s, int g0, int g1, const T* src, ptrdiff_t ld,
+                     int Bt, int k0, int k1, T* acc, ptrdiff_t ldc, bool accumulate, int cols = 1 << 30) {
+    constexpr int NR = Tile<T>::NR, MR = Tile<T>::MR;
+    if (k1 <= k0) return;
+    for (int ub = s.b0; ub < s.b1; ++ub)
+        for (int g = g0; g < g1; ++g) {
+            const T* panel = wf + (static_cast<ptrdiff_t>(ub) * G + g) * K * NR + static_cast<ptrdiff_t>(k0) * NR;
+            T* c = acc + (g - g0) * s.width + (ub - s.b0) * NR;
+            const int n = std::min(NR, cols - ub * NR);
+            for (int b = 0; b < Bt; b += MR)
+                ukernel<T>(std::min(MR, Bt - b), k1 - k0, src + b * ld + k0, ld, 1, panel, c + b * ldc, ldc, n,
+                           accumulate);
+        }
+}
+
+// dst[b][j] (+)= dg[b][r0 : r0+K] . W[r0 : r0+K][lo + j] for the thread's columns, W packed backward
+// (pack_backward: panels of NR columns over R rows); rows b < Bt; dg row stride ld, dst row stride ldd.
+// `cols` bounds the last panel when dst is not padded scratch (a projection written in place).
+template <typename T>
+void backward_product(const T* wb, ptrdiff_t R, const Slice<T>& s, const T* dg, ptrdiff_t ld, ptrdiff_t r0,
+                      ptrdiff_t K, int Bt, T* dst, ptrdiff_t ldd, bool accumulate, int cols = 1 << 30) {
+    constexpr int NR = Tile<T>::NR, MR = Tile<T>::MR;
+    for (int kb = s.b0; kb < s.b1; ++kb) {
+        const T* panel = wb + kb * R * NR + r0 * NR;
+        const int n = std::min(NR, cols - kb * NR);
+        for (int b = 0; b < Bt; b += MR)
+            ukernel<T>(std::min(MR, Bt - b), K, dg + b * ld + r0, ld, 1, panel, dst + b * ldd + (kb - s.b0) * NR,
+                       ldd, n, accumulate);
+    }
+}
+
+// ------------------------------------------------------------------------------------------- unit walk
+// The math policy of a value type: vector math for SIMD vectors of T, scalar math for T itself.
+template <typename T, typename V>
+using MathOf = std::conditional_t<std::is_same<V, T>::value, ScalarMath<T>, VecMath<T>>;
+
+// Calls f(V{}, u) for the units [u0, u1): whole SIMD vectors first (V = Simd<T>::V), then the tail one unit
+// at a time (V = T). Unit blocks start at multiples of the vector width, so which units take the scalar tail
+// does not depend on the thread split.
+template <typename T, typename F>
+inline void for_each_unit(int u0, int u1, F&& f) {
+    constexpr int W = Simd<T>::W;
+    int u = u0;
+    for (; u + W <= u1; u += W) f(typename Simd<T>::V{}, u);
+    for (; u < u1; ++u) f(T{}, u);
+}
+
+template <typename V, typename T>
+inline V ld(const T* p) {
+    if constexpr (std::is_same<V, T>::value) return *p; else return loadu<V>(p);
+}
+template <typename V, typename T>
+inline void st(T* p, V v) {
+    if constexpr (std::is_same<V, T>::value) *p = v; else storeu(p, v);
+}
+
+// ------------------------------------------------------------------------------------------- accessors
+// What cells.h's pointwise functions read and write, for one token row and the units [u, u + lanes of V).
+// Pointers are already offset to unit u (acc to its scratch column); H is the stride between gates/slots.
+
+// Forward inputs: x = the token's input projection + b_ih, h = the recurrent sums + b_hh.
+template <typename T, typename V>
+struct In {
+    const T *xp, *bi, *acc, *bh, *hp;
+    int H, width;
+    V x(int g) const { return ld<V>(xp + g * H) + ld<V>(bi + g * H); }
+    V h(int g) const { return ld<V>(acc + g * width) + ld<V>(bh + g * H); }
+    V h_prev() const { return ld<V>(hp); }
+};
+
+// The workspace of a token row, written in training, not at all in inference (p null).
+template <typename T, typename V>
+struct WsOut {
+    T* p;
+    int H;
+    void put(int slot, V v) const {
+        if (p) st(p + slot * H, v);
+    }
+};
+
+// The saved forward of a token row, for backward. prev: the same batch row's workspace one step earlier
+// (null at its first step, where c_{t-1} = c0).
+template <typename T, typename V>
+struct Saved {
+    const T *ws, *prev, *c0, *hp, *y;
+    int H;
+    V get(int slot) const { return ld<V>(ws + slot * H); }
+    V h_prev() const { return ld<V>(hp); }
+    V h_out() const { return ld<V>(y); }
+    V c_prev() const { return prev ? ld<V>(prev + rnnfast::Lstm::kC * H) : ld<V>(c0); }
+};
+
+// Gate gradients of a token row: dx w.r.t. the input pre-activations, dh w.r.t. the recurrent ones (a buffer
+// of its own only for the GRU, whose candidate's two differ; else null and the product reads dx), each
+// summed into the bias gradients.
+template <typename T, typename V>
+struct Grads {
+    T *gx, *gh, *sum_ih, *sum_hh;
+    int H;
+    void dx(int g, V v) const {
+        st(gx + g * H, v);
+        st(sum_ih + g * H, ld<V>(sum_ih + g * H) + v);
+    }
+    void dh(int g, V v) const {
+        if (gh) st(gh + g * H, v);
+        st(sum_hh + g * H, ld<V>(sum_hh + g * H) + v);
+    }
+    void both(int g, V v) const { dx(g, v); dh(g, v); }
+};
+
+}  // namespace
