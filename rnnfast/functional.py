@@ -17,31 +17,46 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _C
-from . import backend
+from . import _C, backend
+from ._backends import kernels_for
 
+# Every cell's gate count and workspace slots, as the kernels define them (csrc/common/cells.h).
 # "gru" is torch's GRU (linear_before_reset=True); "gru_original" the original form (False).
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3, "gru_original": 3}
-# Per-unit workspace slots a training forward keeps for backward (see csrc/cpu/recurrence*.h).
-SLOTS = {"rnn_tanh": 0, "rnn_relu": 0, "lstm": 5, "gru": 4, "gru_original": 4}
+CELLS = _C.cell_info()
+GATES = {name: info["gates"] for name, info in CELLS.items()}
 
 # Tests set this to fill every output with NaN before a kernel runs, so that an element the kernel
 # forgets to write cannot pass unnoticed.
 poison_outputs = False
 
 
-def _empty(shape, dtype) -> np.ndarray:
-    return np.full(shape, np.nan, dtype=dtype) if poison_outputs else np.empty(shape, dtype=dtype)
+def workspace_slots(cell: str, projection: bool) -> int:
+    """Per-unit values a training forward keeps for backward (the workspace is (N, slots * H))."""
+    return CELLS[cell]["proj_slots" if projection else "slots"]
+
+
+def slot(ws, cell: str, name: str, H: int):
+    """The (N, H) view of one named slot of a workspace (the Slot enums of csrc/common/cells.h)."""
+    k = CELLS[cell]["slot_names"].index(name)
+    return ws[:, k * H:(k + 1) * H]
+
+
+def _empty(kernels, shape, dtype):
+    xp = kernels.xp
+    return xp.full(shape, np.nan, dtype=dtype) if poison_outputs else xp.empty(shape, dtype=dtype)
 
 
 _scratch_local = threading.local()
 
 
-def _scratch(key, shape, dtype) -> np.ndarray:
-    """An internal buffer reused from call to call (per thread, per key): the input projection and the gate
-    gradients, which no caller ever sees and nothing keeps after the call. Fresh large arrays cost a page
-    fault per 4 KB on first touch (measured here: 3 ms for the 52 MB input projection of an LSTM at B=64,
-    H=512, T=100, 6% of its forward); the pool keeps the last buffer of each key alive instead."""
+def _scratch(kernels, key, shape, dtype):
+    """An internal buffer reused from call to call (per thread, per key) where the backend allows it (the
+    CPU): the input projection and the gate gradients, which no caller ever sees and nothing keeps after the
+    call. Fresh large arrays cost a page fault per 4 KB on first touch (measured here: 3 ms for the 52 MB
+    input projection of an LSTM at B=64, H=512, T=100, 6% of its forward); the pool keeps the last buffer
+    of each key alive instead."""
+    if not kernels.reuses_scratch:
+        return _empty(kernels, shape, dtype)
     pool = _scratch_local.__dict__.setdefault("pool", {})
     a = pool.get(key)
     if a is None or a.shape != tuple(shape) or a.dtype != dtype:
@@ -53,7 +68,7 @@ def _scratch(key, shape, dtype) -> np.ndarray:
 
 def _xp(a):
     """The array namespace of a (NumPy, or CuPy for device arrays)."""
-    if backend.is_cupy_array(a):
+    if type(a).__module__.split(".")[0] == "cupy":
         import cupy
         return cupy
     return np
@@ -155,6 +170,7 @@ class Plan:
 class Saved:
     """What a training forward of one layer, one direction keeps for backward."""
 
+    kernels: object  # the backend that ran it (_backends.CpuKernels or CudaKernels)
     cell: str
     shape3: tuple | None  # (T, B) when the forward took x as (T, B, I): backward answers in that form
     batch_sizes: np.ndarray
@@ -163,12 +179,11 @@ class Saved:
     h0: np.ndarray
     c0: np.ndarray | None
     w_ih: np.ndarray  # our own copy: backward uses the weights of the forward it differentiates
-    packed: "_C.PackedWeights"
+    weight_hh: object  # what the backward call takes: the packed W_hh (CPU, immutable) or a copy (CUDA)
+    weight_hr: object  # the same for an LSTM's projection W_hr, or None
     y: np.ndarray
     ws: np.ndarray | None
-    packed_hr: "_C.PackedWeights | None" = None  # the LSTM projection, if any
-    device: tuple | None = None  # (CUDA kernel module, array namespace) when the CUDA kernels ran it
-    device_weights: tuple | None = None  # (W_hh, W_hr or None): the CUDA kernels read them as they are; copies
+    H: int
 
 
 def layer_forward(cell, x, h0, c0, w_ih, b_ih, b_hh, packed_ih, packed, training, batch_sizes=None,
@@ -181,13 +196,10 @@ def layer_forward(cell, x, h0, c0, w_ih, b_ih, b_hh, packed_ih, packed, training
     Returns (y, h_n, c_n, saved); saved is None unless training. On the CUDA backends (CuPy arrays, or
     use_backend("cuda_emu")) the packed weights are unused and w_hh is read as it is.
     """
-    device = backend.device_kernels(x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh)
-    if device is not None:
-        return _device_layer_forward(device, cell, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, training, batch_sizes,
-                                     prev_index)
-    call, finish = _forward_setup(cell, x, h0, c0, w_ih, b_ih, b_hh, packed_ih, packed, training, batch_sizes,
-                                  prev_index, packed_hr)
-    _C.forward([call], backend._threads_arg())
+    kernels = kernels_for(x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh)
+    call, finish = _forward_setup(kernels, cell, x, h0, c0, w_ih, b_ih, b_hh, packed_ih, packed, training,
+                                  batch_sizes, prev_index, packed_hr, w_hh, w_hr)
+    kernels.run_forward([call])
     return finish()
 
 
@@ -200,29 +212,36 @@ def _as_tokens(x, batch_sizes):
     return x.reshape(T * B, I), np.full(T, B, dtype=np.int64), (T, B)
 
 
-def _forward_setup(cell, x, h0, c0, w_ih, b_ih, b_hh, packed_ih, packed, training, batch_sizes, prev_index,
-                   packed_hr, slot=0):
-    """The input GEMM and the outputs of a CPU forward: returns (the kernel call, finish() -> layer_forward's
+def _forward_setup(kernels, cell, x, h0, c0, w_ih, b_ih, b_hh, packed_ih, packed, training, batch_sizes,
+                   prev_index, packed_hr, w_hh, w_hr, slot=0):
+    """The input GEMM and the outputs of a forward: returns (the kernel call, finish() -> layer_forward's
     result). Split so that the two directions of a layer can run in one kernel call."""
     x, batch_sizes, shape3 = _as_tokens(x, batch_sizes)
-    N, I = x.shape
+    N = x.shape[0]
     B = h0.shape[0]
-    H, S = packed.hidden_size, packed.state_size
     G = GATES[cell]
+    H = w_ih.shape[0] // G
+    S = h0.shape[1]
+    projection = S != H or w_hr is not None or packed_hr is not None
     dtype = x.dtype
-    xp = _scratch(("xp", slot), (N, G * H), dtype)
-    if N:
-        _C.gemm_packed(x, packed_ih, xp, False, backend._threads_arg())
-    y = _empty((N, S), dtype)
-    h_n = _empty((B, S), dtype)
-    c_n = _empty((B, H), dtype) if cell == "lstm" else None
-    slots = SLOTS[cell] + (1 if packed_hr is not None else 0)  # + m_t, the projection's input
-    ws = _empty((N, slots * H), dtype) if training and slots else None
-    call = (cell, batch_sizes, xp, h0, c0, packed, b_ih, b_hh, y, h_n, c_n, ws, packed_hr)
+    weight_hh, weight_hr = kernels.recurrent_weights(packed, packed_hr, w_hh, w_hr)
+    xp = kernels.project(x, w_ih, packed_ih, _scratch(kernels, ("xp", slot), (N, G * H), dtype))
+    y = _empty(kernels, (N, S), dtype)
+    h_n = _empty(kernels, (B, S), dtype)
+    c_n = _empty(kernels, (B, H), dtype) if cell == "lstm" else None
+    slots = workspace_slots(cell, projection)
+    ws = _empty(kernels, (N, slots * H), dtype) if training and slots else None
+    call = kernels.forward_call(cell=cell, batch_sizes=batch_sizes, xp=xp, h0=h0, c0=c0, weight_hh=weight_hh,
+                                b_ih=b_ih, b_hh=b_hh, y=y, h_n=h_n, c_n=c_n, ws=ws, weight_hr=weight_hr)
 
     def finish():
-        saved = (Saved(cell, shape3, batch_sizes, prev_index, x, h0, c0, w_ih.copy(), packed, y,
-                       ws, packed_hr) if training else None)
+        saved = None
+        if training:
+            if kernels.reuses_scratch:  # packed weights are immutable; raw ones may change before backward
+                kept = weight_hh, weight_hr
+            else:
+                kept = weight_hh.copy(), None if weight_hr is None else weight_hr.copy()
+            saved = Saved(kernels, cell, shape3, batch_sizes, prev_index, x, h0, c0, w_ih.copy(), *kept, y, ws, H)
         return (y.reshape(*shape3, S) if shape3 else y), h_n, c_n, saved
 
     return call, finish
@@ -232,54 +251,55 @@ def layer_backward(saved: Saved, dy, dh_n, dc_n, grads):
     """BPTT through a training forward of one layer, one direction. dy is None or in the form of the
     forward's y; `grads` maps w_ih, w_hh, b_ih, b_hh (and w_hr) to the arrays the parameter gradients are
     added into (biases may be None). Returns (dx, dh0, dc0), dx in the form of the forward's x."""
-    if saved.device is not None:
-        return _device_layer_backward(saved, dy, dh_n, dc_n, grads)
     call, finish = _backward_setup(saved, dy, dh_n, dc_n, grads)
-    _C.backward([call], backend._threads_arg())
+    saved.kernels.run_backward([call])
     return finish()
 
 
 def _backward_setup(saved: Saved, dy, dh_n, dc_n, grads, slot=0):
-    """The outputs of a CPU backward and, in finish(), the time-parallel GEMMs after the kernel."""
-    s = saved
+    """The outputs of a backward and, in finish(), the time-parallel GEMMs after the kernel."""
+    s, kernels = saved, saved.kernels
     N, I = s.x.shape
-    H, S = s.packed.hidden_size, s.y.shape[1]
+    H, S = s.H, s.y.shape[1]
     B = s.h0.shape[0]
     G = GATES[s.cell]
     dtype = s.x.dtype
     if dy is not None and dy.ndim == 3:
         dy = dy.reshape(N, S)
-    dxg = _scratch(("dxg", slot), (N, G * H), dtype)
-    dhg = _scratch(("dhg", slot), (N, G * H), dtype) if s.cell == "gru" else None
-    dh0 = _empty((B, S), dtype)
-    dc0 = _empty((B, H), dtype) if s.cell == "lstm" else None
-    dh_all = _scratch(("dh_all", slot), (N, S), dtype) if s.packed_hr is not None else None
-    call = (s.cell, s.batch_sizes, s.packed, s.h0, s.c0, s.y, s.ws, dy, dh_n, dc_n, dxg, dhg, dh0, dc0,
-            grads["b_ih"], grads["b_hh"], s.packed_hr, dh_all)
+    if dy is not None and kernels.xp is not np:
+        dy = kernels.xp.ascontiguousarray(dy)
+    dxg = _scratch(kernels, ("dxg", slot), (N, G * H), dtype)
+    dhg = _scratch(kernels, ("dhg", slot), (N, G * H), dtype) if s.cell == "gru" else None
+    dh0 = _empty(kernels, (B, S), dtype)
+    dc0 = _empty(kernels, (B, H), dtype) if s.cell == "lstm" else None
+    dh_all = _scratch(kernels, ("dh_all", slot), (N, S), dtype) if s.weight_hr is not None else None
+    call = kernels.backward_call(cell=s.cell, batch_sizes=s.batch_sizes, weight_hh=s.weight_hh, h0=s.h0, c0=s.c0,
+                                 y=s.y, ws=s.ws, dy=dy, dh_n=dh_n, dc_n=dc_n, dxg=dxg, dhg=dhg, dh0=dh0, dc0=dc0,
+                                 db_ih=grads["b_ih"], db_hh=grads["b_hh"], weight_hr=s.weight_hr, dh_all=dh_all)
 
     def finish():
-        dx = _empty((N, I), dtype)
-        _weight_grads(s, dxg, dhg, dh_all, grads,
-                      lambda out, a, b: backend.matmul(a, b, out=out, accumulate=True))
+        kernels.bias_grads(dxg, dhg, grads)
+        _weight_grads(s, dxg, dhg, dh_all, grads)
+        dx = _empty(kernels, (N, I), dtype)
         if N:
-            backend.matmul(dxg, s.w_ih, out=dx)
+            kernels.matmul(dxg, s.w_ih, out=dx)
         return (dx.reshape(*s.shape3, I) if s.shape3 is not None else dx), dh0, dc0
 
     return call, finish
 
 
-def _weight_grads(s: Saved, dxg, dhg, dh_all, grads, addmm):
-    """The weight gradients after a backward kernel, for the CPU and the CUDA paths alike; addmm(out, a, b)
-    adds a @ b into out. dhg is None where it equals dxg, dh_all None without a projection."""
-    N, B = s.x.shape[0], s.h0.shape[0]
+def _weight_grads(s: Saved, dxg, dhg, dh_all, grads):
+    """The weight gradients after a backward kernel; dhg is None where it equals dxg, dh_all None without a
+    projection."""
+    N, B, H = s.x.shape[0], s.h0.shape[0], s.H
     if not N:
         return
-    H = dxg.shape[1] // GATES[s.cell]
+    addmm = s.kernels.addmm
     dg = dhg if dhg is not None else dxg
     addmm(grads["w_ih"], dxg.T, s.x)
     # The recurrent product of a step read h_prev: h0 for the first step, then the same row's output one step
-    # earlier. The original GRU's candidate rows read r*h_prev instead (workspace slot 3), and an LSTM
-    # projection's W_hr reads m_t (slot 5).
+    # earlier. The original GRU's candidate gate (rows 2H:3H) read r*h_prev instead (its workspace slot
+    # "rh"), and an LSTM projection's W_hr reads m_t (slot "m").
     rows = slice(0, 2 * H) if s.cell == "gru_original" else slice(None)
     dw_hh = grads["w_hh"][rows]
     addmm(dw_hh, dg[:B, rows].T, s.h0)
@@ -287,100 +307,9 @@ def _weight_grads(s: Saved, dxg, dhg, dh_all, grads, addmm):
         h_prev = s.y[: N - B] if s.prev_index is None else s.y[s.prev_index]
         addmm(dw_hh, dg[B:, rows].T, h_prev)
     if s.cell == "gru_original":
-        addmm(grads["w_hh"][2 * H:], dg[:, 2 * H:].T, s.ws[:, 3 * H:])
+        addmm(grads["w_hh"][2 * H:], dg[:, 2 * H:].T, slot(s.ws, s.cell, "rh", H))
     if dh_all is not None:  # h_t = W_hr m_t
-        addmm(grads["w_hr"], dh_all.T, s.ws[:, 5 * H:])
-
-
-def _device_layer_forward(device, cell, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, training, batch_sizes,
-                          prev_index):
-    """layer_forward on the CUDA kernels (csrc/cuda): the same data flow, GEMMs through the array library."""
-    mod, xpm = device
-    if x.dtype != np.float32:
-        raise TypeError(f"x: the CUDA kernels run float32, got {x.dtype}")
-    if w_hh is None:
-        raise ValueError("w_hh: the CUDA kernels need W_hh")
-    x, batch_sizes, shape3 = _as_tokens(x, batch_sizes)
-    N, I = x.shape
-    G = GATES[cell]
-    B, S = h0.shape
-    H = w_hh.shape[0] // G
-    P = w_hr.shape[0] if w_hr is not None else 0
-    T = len(batch_sizes)
-    xp = xpm.ascontiguousarray(xpm.matmul(x, w_ih.T))
-    y = xpm.empty((N, S), dtype=x.dtype)
-    h_n = xpm.empty((B, S), dtype=x.dtype)
-    c = xpm.empty((B, H), dtype=x.dtype) if cell == "lstm" else None
-    slots = SLOTS[cell] + (1 if P else 0)
-    ws = xpm.empty((N, slots * H), dtype=x.dtype) if training and slots else None
-    scratch = xpm.empty((B, 2 * H), dtype=x.dtype) if (P or cell == "gru_original") else None
-    o = backend.cuda_options
-    mod.forward(cell, T, B, H, _step_table(batch_sizes), _addr(xp), _addr(h0), _addr(c0), _addr(w_hh), _addr(b_ih),
-                _addr(b_hh), _addr(y), _addr(h_n), _addr(c), _addr(ws), _stream(xpm), o["path"], o["units_per_block"],
-                o["threads"], P, _addr(w_hr), _addr(scratch))
-    saved = (Saved(cell, shape3, batch_sizes, prev_index, x, h0, c0, w_ih.copy(), None, y, ws,
-                   None, device, (w_hh.copy(), None if w_hr is None else w_hr.copy())) if training else None)
-    if shape3:
-        y = y.reshape(*shape3, S)
-    return y, h_n, c, saved
-
-
-def _device_layer_backward(s: Saved, dy, dh_n, dc_n, grads):
-    mod, xpm = s.device
-    w_hh, w_hr = s.device_weights
-    N, I = s.x.shape
-    B, S = s.h0.shape
-    G = GATES[s.cell]
-    H = w_hh.shape[0] // G
-    P = w_hr.shape[0] if w_hr is not None else 0
-    T = len(s.batch_sizes)
-    if dy is not None and dy.ndim == 3:
-        dy = dy.reshape(N, S)
-    dy = None if dy is None else xpm.ascontiguousarray(dy)
-    dxg = xpm.empty((N, G * H), dtype=s.x.dtype)
-    dhg = xpm.empty((N, G * H), dtype=s.x.dtype) if s.cell == "gru" else None
-    dh_all = xpm.empty((N, P), dtype=s.x.dtype) if P else None
-    dh = xpm.array(dh_n, dtype=s.x.dtype, copy=True) if dh_n is not None else xpm.zeros((B, S), dtype=s.x.dtype)
-    dc = None
-    if s.cell == "lstm":
-        dc = xpm.array(dc_n, dtype=s.x.dtype, copy=True) if dc_n is not None else xpm.zeros((B, H), dtype=s.x.dtype)
-    o = backend.cuda_options
-    mod.backward(s.cell, T, B, H, _step_table(s.batch_sizes), _addr(w_hh), _addr(s.h0), _addr(s.c0), _addr(s.y),
-                 _addr(s.ws), _addr(dy), _addr(dh), _addr(dc), _addr(dxg), _addr(dhg), _stream(xpm), o["path"],
-                 o["units_per_block"], o["threads"], P, _addr(w_hr), _addr(dh_all))
-    # Bias gradients are column sums here (a deterministic reduction; the kernels leave them out).
-    if grads["b_ih"] is not None:
-        grads["b_ih"] += dxg.sum(axis=0)
-        grads["b_hh"] += (dhg if dhg is not None else dxg).sum(axis=0)
-
-    def addmm(out, a, b):
-        out += a @ b
-
-    _weight_grads(s, dxg, dhg, dh_all, grads, addmm)
-    dx = dxg @ s.w_ih
-    if s.shape3 is not None:
-        dx = dx.reshape(*s.shape3, I)
-    return dx, dh, dc
-
-
-def _step_table(batch_sizes):
-    """bs then off, as the CUDA launchers take them (host int64)."""
-    bs = np.asarray(batch_sizes, dtype=np.int64)
-    off = np.concatenate(([0], np.cumsum(bs)[:-1])).astype(np.int64)
-    return np.ascontiguousarray(np.concatenate((bs, off)))
-
-
-def _addr(a) -> int:
-    """The address of a C-contiguous array's data (NumPy or CuPy), 0 for None."""
-    if a is None:
-        return 0
-    if not a.flags.c_contiguous:
-        raise ValueError("internal: the CUDA kernels take C-contiguous arrays")
-    return int(a.data.ptr) if backend.is_cupy_array(a) else int(a.ctypes.data)
-
-
-def _stream(xpm) -> int:
-    return int(xpm.cuda.get_current_stream().ptr) if xpm is not np else 0
+        addmm(grads["w_hr"], dh_all.T, slot(s.ws, s.cell, "m", H))
 
 
 # ----------------------------------------------------------------------------------------------- stacks
@@ -408,17 +337,26 @@ class StackSaved:
     in_features: list = field(default_factory=list)
 
 
-def _directions_together(layer_weights, B, backward) -> bool:
+def _directions_together(kernels, layer_weights) -> bool:
     """Whether the two directions of a layer run at once on the CPU, one thread each, rather than one after the
     other on every thread. A direction split over threads pays a barrier per step; run alone on one core it
     pays none but streams all of its W_hh from that core's L2, which pays while W_hh fits there. Measured
     (LSTM, 2 cores, best of alternating runs, ms, together vs one after the other, forward | backward):
     H=64 T=1000 B=1 0.70 vs 0.80 | 1.17 vs 2.03; H=128 B=1 0.27 vs 0.30 | 0.44 vs 0.49; H=128 B=64 9.0 vs
     8.8 | 16.5 vs 23.4; but H=256 B=1 (W_hh 1 MB) 1.05 vs 0.70 | 1.67 vs 1.30, and H=512 B=64 equal."""
-    if len(layer_weights) != 2 or layer_weights[0].packed_hh is None or backend.get_num_threads() < 2:
+    if len(layer_weights) != 2 or not kernels.can_run_directions_together or backend.get_num_threads() < 2:
         return False
     w = layer_weights[0].w_hh
     return w.size * w.itemsize <= 256 * 1024
+
+
+def _run(run, calls, together):
+    """Runs a layer's calls: at once (one kernel call, a thread per direction) or one after the other."""
+    if together:
+        run(calls)
+    else:
+        for call in calls:
+            run([call])
 
 
 def stack_forward(cell, x_tm, h0, c0, weights, plan: Plan, directions, training, dropout=0.0, rng=None):
@@ -437,6 +375,7 @@ def stack_forward(cell, x_tm, h0, c0, weights, plan: Plan, directions, training,
     h_n = xpm.empty((L * directions, B, S), dtype=dtype)
     c_n = xpm.empty((L * directions, B, H), dtype=dtype) if lstm else None
     saved = StackSaved(plan, directions) if training else None
+    kernels = kernels_for(x_tm, h0, c0, *(v for lw in weights for w in lw for v in (w.w_ih, w.w_hh, w.w_hr)))
     tokens = plan.gather(x_tm)
     prev_index = plan.prev_index
     for layer in range(L):
@@ -444,21 +383,18 @@ def stack_forward(cell, x_tm, h0, c0, weights, plan: Plan, directions, training,
         # One direction without dropout: the layer's output is the kernel's y itself (no copy).
         out = None if directions == 1 and not dropped else xpm.empty((plan.N, directions * S), dtype=dtype)
         saved_dirs = []
-        args = []
+        setups = []
         for d in range(directions):
             k = layer * directions + d
             lw = weights[layer][d]
-            inp = tokens if d == 0 else np.ascontiguousarray(tokens[plan.reverse_index])
+            inp = tokens if d == 0 else xpm.ascontiguousarray(tokens[plan.reverse_index])
             h0_k = plan.sort_rows(h0[k]) if h0 is not None else xpm.zeros((B, S), dtype=dtype)
             c0_k = (plan.sort_rows(c0[k]) if c0 is not None else xpm.zeros((B, H), dtype=dtype)) if lstm else None
-            args.append((cell, inp, h0_k, c0_k, lw.w_ih, lw.b_ih, lw.b_hh, lw.packed_ih, lw.packed_hh, training,
-                         plan.batch_sizes, prev_index, lw.packed_hr))
-        if _directions_together(weights[layer], B, backward=False):
-            setups = [_forward_setup(*a, slot=d) for d, a in enumerate(args)]
-            _C.forward([call for call, _ in setups], backend._threads_arg())
-            results = [finish() for _, finish in setups]
-        else:
-            results = [layer_forward(*a, w_hh=lw.w_hh, w_hr=lw.w_hr) for a, lw in zip(args, weights[layer])]
+            setups.append(_forward_setup(kernels, cell, inp, h0_k, c0_k, lw.w_ih, lw.b_ih, lw.b_hh, lw.packed_ih,
+                                         lw.packed_hh, training, plan.batch_sizes, prev_index, lw.packed_hr,
+                                         lw.w_hh, lw.w_hr, slot=d))
+        _run(kernels.run_forward, [call for call, _ in setups], _directions_together(kernels, weights[layer]))
+        results = [finish() for _, finish in setups]
         for d, (y, hn, cn, sv) in enumerate(results):
             k = layer * directions + d
             if out is None:
@@ -499,24 +435,21 @@ def stack_backward(saved: StackSaved, weights, dy_tm, dh_n, dc_n):
     dtok = plan.gather(dy_tm) if dy_tm is not None else None
     for layer in reversed(range(L)):
         dx = None
-        args = []
+        setups = []
         for d in range(D):
             k = layer * D + d
             if dtok is None:
                 dyd = None
             elif d == 0:
-                dyd = np.ascontiguousarray(dtok[:, :S])
+                dyd = xpm.ascontiguousarray(dtok[:, :S])
             else:
-                dyd = np.ascontiguousarray(dtok[plan.reverse_index, S:])
+                dyd = xpm.ascontiguousarray(dtok[plan.reverse_index, S:])
             dhn = plan.sort_rows(dh_n[k]) if dh_n is not None else None
             dcn = plan.sort_rows(dc_n[k]) if (dc_n is not None and lstm) else None
-            args.append((saved.layers[layer][d], dyd, dhn, dcn, weights[layer][d].grads))
-        if _directions_together(weights[layer], B, backward=True):
-            setups = [_backward_setup(*a, slot=d) for d, a in enumerate(args)]
-            _C.backward([call for call, _ in setups], backend._threads_arg())
-            results = [finish() for _, finish in setups]
-        else:
-            results = [layer_backward(*a) for a in args]
+            setups.append(_backward_setup(saved.layers[layer][d], dyd, dhn, dcn, weights[layer][d].grads, slot=d))
+        _run(saved.layers[0][0].kernels.run_backward, [call for call, _ in setups],
+             _directions_together(saved.layers[0][0].kernels, weights[layer]))
+        results = [finish() for _, finish in setups]
         for d, (dxd, dh0_k, dc0_k) in enumerate(results):
             k = layer * D + d
             dh0[k] = plan.unsort_rows(dh0_k)

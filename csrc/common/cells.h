@@ -42,6 +42,7 @@ struct RnnCell {
     static constexpr const char* kName = Relu ? "rnn_relu" : "rnn_tanh";
     static constexpr int kGates = 1;
     enum Slot { kSlots = 0 };  // backward needs only h_t, which is the output
+    static constexpr const char* kSlotNames[] = {nullptr};
 
     template <class M, class V, class In, class Ws>
     RNNFAST_HD static V forward(const In& in, V& /*c*/, const Ws& /*ws*/) {
@@ -65,6 +66,7 @@ struct Lstm {
     static constexpr const char* kName = "lstm";
     static constexpr int kGates = 4;
     enum Slot { kI, kF, kG, kO, kC, kSlots, kM = kSlots };
+    static constexpr const char* kSlotNames[] = {"i", "f", "g", "o", "c", "m"};
     RNNFAST_HD static constexpr int slots(bool projection) { return projection ? kSlots + 1 : kSlots; }
 
     template <class M, class V, class In, class Ws>
@@ -98,6 +100,7 @@ struct Gru {
     static constexpr const char* kName = "gru";
     static constexpr int kGates = 3;
     enum Slot { kR, kZ, kN, kHn, kSlots };
+    static constexpr const char* kSlotNames[] = {"r", "z", "n", "hn"};
 
     template <class M, class V, class In, class Ws>
     RNNFAST_HD static V forward(const In& in, V& /*c*/, const Ws& ws) {
@@ -129,6 +132,7 @@ struct GruOriginal {
     static constexpr const char* kName = "gru_original";
     static constexpr int kGates = 3;
     enum Slot { kR, kZ, kN, kRh, kSlots };
+    static constexpr const char* kSlotNames[] = {"r", "z", "n", "rh"};
 
     // Forward phase 1 (gates 0 and 1 of `in`): r and z (kept for phase 2); returns r*h, what the W_hn
     // product reads.
@@ -170,18 +174,20 @@ struct GruOriginal {
 struct CellInfo {
     const char* name;
     int gates;
-    int slots;       // workspace slots per unit
-    int proj_slots;  // with an LSTM projection (0: the cell has none)
+    int slots;                      // workspace slots per unit
+    int proj_slots;                 // with an LSTM projection (0: the cell has none)
+    const char* const* slot_names;  // max(slots, proj_slots) of them, in workspace order
 };
 
 RNNFAST_HD constexpr CellInfo cell_info(int cell) {
     switch (cell) {
-        case kRnnTanh: return {RnnTanh::kName, RnnTanh::kGates, RnnTanh::kSlots, 0};
-        case kRnnRelu: return {RnnRelu::kName, RnnRelu::kGates, RnnRelu::kSlots, 0};
-        case kLstm: return {Lstm::kName, Lstm::kGates, Lstm::slots(false), Lstm::slots(true)};
-        case kGru: return {Gru::kName, Gru::kGates, Gru::kSlots, 0};
-        case kGruOriginal: return {GruOriginal::kName, GruOriginal::kGates, GruOriginal::kSlots, 0};
-        default: return {nullptr, 0, 0, 0};
+        case kRnnTanh: return {RnnTanh::kName, RnnTanh::kGates, RnnTanh::kSlots, 0, RnnTanh::kSlotNames};
+        case kRnnRelu: return {RnnRelu::kName, RnnRelu::kGates, RnnRelu::kSlots, 0, RnnRelu::kSlotNames};
+        case kLstm: return {Lstm::kName, Lstm::kGates, Lstm::slots(false), Lstm::slots(true), Lstm::kSlotNames};
+        case kGru: return {Gru::kName, Gru::kGates, Gru::kSlots, 0, Gru::kSlotNames};
+        case kGruOriginal:
+            return {GruOriginal::kName, GruOriginal::kGates, GruOriginal::kSlots, 0, GruOriginal::kSlotNames};
+        default: return {nullptr, 0, 0, 0, nullptr};
     }
 }
 

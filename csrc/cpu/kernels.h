@@ -11,7 +11,7 @@ namespace rnnfast::cpu {
 // Tensors are in the packed-sequence layout documented in recurrence.h: bs[t] active rows at step t.
 template <typename T>
 struct ForwardCall {
-    int cell, T_, B, I, H;
+    int cell, T_, B, H;
     const int64_t* bs;
     const T *xp, *h0, *c0, *wf, *b_ih, *b_hh;
     T *y, *h_n, *c_n, *ws;  // ws null in inference

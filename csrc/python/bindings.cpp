@@ -4,15 +4,19 @@
 // TypeError naming the argument before any kernel runs; kernels run with the GIL released.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
+#include "../common/cells.h"
 #include "../cpu/kernels.h"
 
 namespace py = pybind11;
@@ -30,15 +34,14 @@ DType dtype_of(const py::array& a, const char* name) {
 }
 
 int cell_id(const std::string& cell) {
-    if (cell == "rnn_tanh") return 0;
-    if (cell == "rnn_relu") return 1;
-    if (cell == "lstm") return 2;
-    if (cell == "gru") return 3;
-    if (cell == "gru_original") return 4;
-    throw py::value_error("cell: expected 'rnn_tanh', 'rnn_relu', 'lstm', 'gru' or 'gru_original', got '" + cell + "'");
+    std::string names;
+    for (int id = 0; id < rnnfast::kNumCells; ++id) {
+        if (cell == rnnfast::cell_info(id).name) return id;
+        names += std::string(id ? ", '" : "'") + rnnfast::cell_info(id).name + "'";
+    }
+    throw py::value_error("cell: expected one of " + names + ", got '" + cell + "'");
 }
-int gates_of(int cell) { return cell == 2 ? 4 : cell >= 3 ? 3 : 1; }
-int slots_of(int cell) { return cell == 2 ? 5 : cell >= 3 ? 4 : 0; }
+int gates_of(int cell) { return rnnfast::cell_info(cell).gates; }
 
 std::string shape_str(const py::array& a) {
     std::string s = "(";
@@ -198,7 +201,7 @@ int check_projection(int cell, const Packed& w, Packed* wr) {
         if (K != H) throw py::value_error("weight_hh: expected a square (G*H, H) weight without a projection");
         return 0;
     }
-    if (cell != 2) throw py::value_error("weight_hr: only an LSTM has a projection");
+    if (cell != rnnfast::kLstm) throw py::value_error("weight_hr: only an LSTM has a projection");
     if (wr->gates() != 1 || wr->hidden() != K || wr->state() != H || wr->dtype() != w.dtype())
         throw py::value_error("weight_hr: expected shape (P, H) = (" + std::to_string(K) + ", " + std::to_string(H) +
                               ") and the dtype of weight_hh");
@@ -229,18 +232,19 @@ rnnfast::cpu::ForwardCall<T> forward_call(int cell, const py::array& bs, const p
     const int P = check_projection(cell, w, wr), S = P ? P : H;
     const auto [N, T_, B] = check_steps(bs, h0);
     rnnfast::cpu::ForwardCall<T> c{};
-    c.cell = cell; c.T_ = static_cast<int>(T_); c.B = static_cast<int>(B); c.I = 0; c.H = H;
+    const bool lstm = cell == rnnfast::kLstm;
+    c.cell = cell; c.T_ = static_cast<int>(T_); c.B = static_cast<int>(B); c.H = H;
     c.bs = static_cast<const int64_t*>(bs.data());
     c.xp = in_ptr<T>(xp, "xp", {N, G * H});
     c.h0 = in_ptr<T>(h0, "h0", {B, S});
-    c.c0 = in_ptr<T>(c0, "c0", {B, H}, cell != 2);
+    c.c0 = in_ptr<T>(c0, "c0", {B, H}, !lstm);
     c.wf = w.forward_panels<T>();
     c.b_ih = in_ptr<T>(b_ih, "b_ih", {G * H}, true);
     c.b_hh = in_ptr<T>(b_hh, "b_hh", {G * H}, true);
     c.y = out_ptr<T>(y, "y", {N, S});
     c.h_n = out_ptr<T>(h_n, "h_n", {B, S});
-    c.c_n = out_ptr<T>(c_n, "c_n", {B, H}, cell != 2);
-    c.ws = out_ptr<T>(ws, "ws", {N, (slots_of(cell) + (P ? 1 : 0)) * H}, true);
+    c.c_n = out_ptr<T>(c_n, "c_n", {B, H}, !lstm);
+    c.ws = out_ptr<T>(ws, "ws", {N, rnnfast::workspace_slots(cell, P > 0) * H}, true);
     c.P = P;
     c.wr = P ? wr->forward_panels<T>() : nullptr;
     return c;
@@ -259,17 +263,19 @@ rnnfast::cpu::BackwardCall<T> backward_call(int cell, const py::array& bs, Packe
     const int P = check_projection(cell, w, wr), S = P ? P : H;
     const auto [N, T_, B] = check_steps(bs, h0);
     rnnfast::cpu::BackwardCall<T> c{};
+    const bool lstm = cell == rnnfast::kLstm;
+    const int slots = rnnfast::workspace_slots(cell, P > 0);
     c.cell = cell; c.T_ = static_cast<int>(T_); c.B = static_cast<int>(B); c.H = H;
     c.bs = static_cast<const int64_t*>(bs.data());
     c.y = in_ptr<T>(y, "y", {N, S});
     c.h0 = in_ptr<T>(h0, "h0", {B, S});
-    c.c0 = in_ptr<T>(c0, "c0", {B, H}, cell != 2);
-    c.ws = in_ptr<T>(ws, "ws", {N, (slots_of(cell) + (P ? 1 : 0)) * H}, cell < 2);
+    c.c0 = in_ptr<T>(c0, "c0", {B, H}, !lstm);
+    c.ws = in_ptr<T>(ws, "ws", {N, slots * H}, slots == 0);
     c.dy = in_ptr<T>(dy, "dy", {N, S}, true);
     c.dh_n = in_ptr<T>(dh_n, "dh_n", {B, S}, true);
     c.dc_n = in_ptr<T>(dc_n, "dc_n", {B, H}, true);
     c.dxg = out_ptr<T>(dxg, "dxg", {N, G * H});
-    c.dhg = out_ptr<T>(dhg, "dhg", {N, G * H}, cell != 3);
+    c.dhg = out_ptr<T>(dhg, "dhg", {N, G * H}, cell != rnnfast::kGru);
     c.dh0 = out_ptr<T>(dh0, "dh0", {B, S});
     c.dc0 = out_ptr<T>(dc0, "dc0", {B, H}, true);
     c.db_ih = out_ptr<T>(db_ih, "db_ih", {G * H}, true);
@@ -283,62 +289,55 @@ rnnfast::cpu::BackwardCall<T> backward_call(int cell, const py::array& bs, Packe
     return c;
 }
 
+// A validated recurrence call of either dtype, built from named arguments (ForwardCall / BackwardCall in
+// Python). It keeps the arrays it points into alive, and the packed weights, until it is dropped.
+template <template <typename> class Call>
+struct CallObject {
+    DType dtype;
+    Call<float> f32{};
+    Call<double> f64{};
+    py::object keep;  // every argument, so that no buffer is freed while the call exists
+};
+using ForwardCallObject = CallObject<rnnfast::cpu::ForwardCall>;
+using BackwardCallObject = CallObject<rnnfast::cpu::BackwardCall>;
+
+Packed* optional_packed(const py::object& o, const char* name) {
+    if (o.is_none()) return nullptr;
+    if (!py::isinstance<Packed>(o)) throw py::type_error(std::string(name) + ": expected PackedWeights or None");
+    return &o.cast<Packed&>();
+}
+
+Packed& packed_arg(const py::object& o, const char* name) {
+    if (!py::isinstance<Packed>(o)) throw py::type_error(std::string(name) + ": expected PackedWeights");
+    return o.cast<Packed&>();
+}
+
+py::array batch_sizes_arg(const py::object& o) {
+    if (!py::isinstance<py::array>(o)) throw py::type_error("batch_sizes: expected a numpy int64 array");
+    return o.cast<py::array>();
+}
+
 // Runs independent recurrences (the two directions of a layer) at once, each on its own thread.
-template <typename T, typename Call>
-void run_calls(const std::vector<Call>& calls, int threads, bool forward) {
-    py::gil_scoped_release nogil;
-    if (forward) table<T>().forward(reinterpret_cast<const rnnfast::cpu::ForwardCall<T>*>(calls.data()),
-                                    static_cast<int>(calls.size()), threads);
-    else table<T>().backward(reinterpret_cast<const rnnfast::cpu::BackwardCall<T>*>(calls.data()),
-                             static_cast<int>(calls.size()), threads);
-}
-
-// One forward call from a tuple (cell, batch_sizes, xp, h0, c0, weight_hh, b_ih, b_hh, y, h_n, c_n, ws, weight_hr).
-template <typename T>
-rnnfast::cpu::ForwardCall<T> forward_call_from(const py::tuple& t) {
-    if (t.size() != 13) throw py::value_error("calls: each forward call is a tuple of 13 arguments");
-    Packed* wr = t[12].is_none() ? nullptr : &t[12].cast<Packed&>();
-    return forward_call<T>(cell_id(t[0].cast<std::string>()), t[1].cast<py::array>(), t[2].cast<py::array>(), t[3],
-                           t[4], t[5].cast<Packed&>(), t[6], t[7], t[8], t[9], t[10], t[11], wr);
-}
-
-// One backward call from a tuple (cell, batch_sizes, weight_hh, h0, c0, y, ws, dy, dh_n, dc_n, dxg, dhg, dh0,
-// dc0, db_ih, db_hh, weight_hr, dh_all).
-template <typename T>
-rnnfast::cpu::BackwardCall<T> backward_call_from(const py::tuple& t) {
-    if (t.size() != 18) throw py::value_error("calls: each backward call is a tuple of 18 arguments");
-    Packed* wr = t[16].is_none() ? nullptr : &t[16].cast<Packed&>();
-    return backward_call<T>(cell_id(t[0].cast<std::string>()), t[1].cast<py::array>(), t[2].cast<Packed&>(), t[3],
-                            t[4], t[5].cast<py::array>(), t[6], t[7], t[8], t[9], t[10], t[11], t[12], t[13], t[14],
-                            t[15], wr, t[17]);
-}
-
-template <typename T>
-void run_forward(const py::list& calls, int threads) {
-    std::vector<rnnfast::cpu::ForwardCall<T>> cs;
-    for (const py::handle& h : calls) cs.push_back(forward_call_from<T>(h.cast<py::tuple>()));
-    run_calls<T>(cs, threads, true);
-}
-
-template <typename T>
-void run_backward(const py::list& calls, int threads) {
-    std::vector<rnnfast::cpu::BackwardCall<T>> cs;
-    for (const py::handle& h : calls) cs.push_back(backward_call_from<T>(h.cast<py::tuple>()));
-    run_calls<T>(cs, threads, false);
-}
-
-// The dtype of a list of calls: every call's array at `index` must share it.
-DType calls_dtype(const py::list& calls, size_t index, const char* name) {
-    if (calls.size() < 1) throw py::value_error("calls: expected at least one call");
-    DType d = DType::f32;
-    for (size_t i = 0; i < calls.size(); ++i) {
-        py::tuple t = calls[i].cast<py::tuple>();
-        if (t.size() <= index) throw py::value_error("calls: a call has too few arguments");
-        const DType di = dtype_of(t[index].cast<py::array>(), name);
-        if (i && di != d) throw py::type_error("calls: every call must have the same dtype");
-        d = di;
-    }
-    return d;
+template <typename Object>
+void run(const std::vector<Object*>& calls, int threads, bool forward) {
+    check_threads(threads);
+    if (calls.empty()) throw py::value_error("calls: expected at least one call");
+    for (const Object* c : calls)
+        if (c->dtype != calls[0]->dtype) throw py::type_error("calls: every call must have the same dtype");
+    auto go = [&](auto tag) {
+        using T = decltype(tag);
+        std::vector<std::conditional_t<std::is_same<Object, ForwardCallObject>::value, rnnfast::cpu::ForwardCall<T>,
+                                       rnnfast::cpu::BackwardCall<T>>> cs;
+        for (const Object* c : calls) {
+            if constexpr (std::is_same<T, float>::value) cs.push_back(c->f32); else cs.push_back(c->f64);
+        }
+        py::gil_scoped_release nogil;
+        if constexpr (std::is_same<Object, ForwardCallObject>::value)
+            table<T>().forward(cs.data(), static_cast<int>(cs.size()), threads);
+        else
+            table<T>().backward(cs.data(), static_cast<int>(cs.size()), threads);
+    };
+    if (calls[0]->dtype == DType::f32) go(float{}); else go(double{});
 }
 
 template <typename T>
@@ -419,27 +418,84 @@ PYBIND11_MODULE(_C, m) {
           py::arg("a"), py::arg("weight"), py::arg("c"), py::arg("accumulate") = false, py::arg("threads") = 1,
           "c = a @ weight^T (or +=) with weight packed by PackedWeights(weight, 0).");
 
-    m.def("forward",
-          [](const py::list& calls, int threads) {
-              check_threads(threads);
-              if (calls_dtype(calls, 2, "xp") == DType::f32) run_forward<float>(calls, threads);
-              else run_forward<double>(calls, threads);
-          },
-          py::arg("calls"), py::arg("threads"),
-          "Runs recurrences over packed tokens, each a tuple (cell, batch_sizes, xp, h0, c0, weight_hh, b_ih, b_hh, "
-          "y, h_n, c_n, ws, weight_hr): writes y, h_n, c_n and (training) the workspace ws. Several calls (the "
-          "directions of a layer) run at once, one thread each; one call uses up to `threads` threads.");
+    m.def("cell_info", [] {
+        py::dict out;
+        for (int id = 0; id < rnnfast::kNumCells; ++id) {
+            const rnnfast::CellInfo c = rnnfast::cell_info(id);
+            py::list names;
+            for (int i = 0; i < std::max(c.slots, c.proj_slots); ++i) names.append(c.slot_names[i]);
+            out[py::str(c.name)] = py::dict(py::arg("id") = id, py::arg("gates") = c.gates,
+                                            py::arg("slots") = c.slots, py::arg("proj_slots") = c.proj_slots,
+                                            py::arg("slot_names") = names);
+        }
+        return out;
+    }, "Every cell's id, gate count and workspace slots per unit (with an LSTM projection: proj_slots), as the "
+       "kernels define them (csrc/common/cells.h).");
 
-    m.def("backward",
-          [](const py::list& calls, int threads) {
-              check_threads(threads);
-              if (calls_dtype(calls, 5, "y") == DType::f32) run_backward<float>(calls, threads);
-              else run_backward<double>(calls, threads);
-          },
+    py::class_<ForwardCallObject>(m, "ForwardCall",
+        "One recurrence forward over packed tokens (csrc/cpu/recurrence.h documents every tensor), checked when "
+        "built: writes y, h_n, c_n and, in training, the workspace ws.")
+        .def(py::init([](const std::string& cell, const py::object& batch_sizes, const py::object& xp,
+                         const py::object& h0, const py::object& c0, const py::object& weight_hh,
+                         const py::object& b_ih, const py::object& b_hh, const py::object& y, const py::object& h_n,
+                         const py::object& c_n, const py::object& ws, const py::object& weight_hr) {
+                 auto c = std::make_unique<ForwardCallObject>();
+                 const int id = cell_id(cell);
+                 Packed& w = packed_arg(weight_hh, "weight_hh");
+                 Packed* wr = optional_packed(weight_hr, "weight_hr");
+                 if (!py::isinstance<py::array>(xp)) throw py::type_error("xp: expected a numpy array");
+                 c->dtype = dtype_of(xp.cast<py::array>(), "xp");
+                 const py::array bs = batch_sizes_arg(batch_sizes);
+                 if (c->dtype == DType::f32)
+                     c->f32 = forward_call<float>(id, bs, xp.cast<py::array>(), h0, c0, w, b_ih, b_hh, y, h_n, c_n, ws, wr);
+                 else
+                     c->f64 = forward_call<double>(id, bs, xp.cast<py::array>(), h0, c0, w, b_ih, b_hh, y, h_n, c_n, ws, wr);
+                 c->keep = py::make_tuple(batch_sizes, xp, h0, c0, weight_hh, b_ih, b_hh, y, h_n, c_n, ws, weight_hr);
+                 return c;
+             }),
+             py::kw_only(), py::arg("cell"), py::arg("batch_sizes"), py::arg("xp"), py::arg("h0"),
+             py::arg("c0") = py::none(), py::arg("weight_hh"), py::arg("b_ih") = py::none(),
+             py::arg("b_hh") = py::none(), py::arg("y"), py::arg("h_n"), py::arg("c_n") = py::none(),
+             py::arg("ws") = py::none(), py::arg("weight_hr") = py::none());
+
+    py::class_<BackwardCallObject>(m, "BackwardCall",
+        "BPTT through one training forward (csrc/cpu/recurrence.h documents every tensor), checked when built: "
+        "writes dxg (and dhg for the GRU), dh0, dc0 and dh_all; adds into db_ih and db_hh.")
+        .def(py::init([](const std::string& cell, const py::object& batch_sizes, const py::object& weight_hh,
+                         const py::object& h0, const py::object& c0, const py::object& y, const py::object& ws,
+                         const py::object& dy, const py::object& dh_n, const py::object& dc_n, const py::object& dxg,
+                         const py::object& dhg, const py::object& dh0, const py::object& dc0,
+                         const py::object& db_ih, const py::object& db_hh, const py::object& weight_hr,
+                         const py::object& dh_all) {
+                 auto c = std::make_unique<BackwardCallObject>();
+                 const int id = cell_id(cell);
+                 Packed& w = packed_arg(weight_hh, "weight_hh");
+                 Packed* wr = optional_packed(weight_hr, "weight_hr");
+                 if (!py::isinstance<py::array>(y)) throw py::type_error("y: expected a numpy array");
+                 c->dtype = dtype_of(y.cast<py::array>(), "y");
+                 const py::array bs = batch_sizes_arg(batch_sizes);
+                 if (c->dtype == DType::f32)
+                     c->f32 = backward_call<float>(id, bs, w, h0, c0, y.cast<py::array>(), ws, dy, dh_n, dc_n, dxg, dhg,
+                                                   dh0, dc0, db_ih, db_hh, wr, dh_all);
+                 else
+                     c->f64 = backward_call<double>(id, bs, w, h0, c0, y.cast<py::array>(), ws, dy, dh_n, dc_n, dxg,
+                                                    dhg, dh0, dc0, db_ih, db_hh, wr, dh_all);
+                 c->keep = py::make_tuple(batch_sizes, weight_hh, h0, c0, y, ws, dy, dh_n, dc_n, dxg, dhg, dh0, dc0,
+                                          db_ih, db_hh, weight_hr, dh_all);
+                 return c;
+             }),
+             py::kw_only(), py::arg("cell"), py::arg("batch_sizes"), py::arg("weight_hh"), py::arg("h0"),
+             py::arg("c0") = py::none(), py::arg("y"), py::arg("ws") = py::none(), py::arg("dy") = py::none(),
+             py::arg("dh_n") = py::none(), py::arg("dc_n") = py::none(), py::arg("dxg"), py::arg("dhg") = py::none(),
+             py::arg("dh0"), py::arg("dc0") = py::none(), py::arg("db_ih") = py::none(),
+             py::arg("db_hh") = py::none(), py::arg("weight_hr") = py::none(), py::arg("dh_all") = py::none());
+
+    m.def("forward", [](const std::vector<ForwardCallObject*>& calls, int threads) { run(calls, threads, true); },
           py::arg("calls"), py::arg("threads"),
-          "BPTT through training forwards, each a tuple (cell, batch_sizes, weight_hh, h0, c0, y, ws, dy, dh_n, "
-          "dc_n, dxg, dhg, dh0, dc0, db_ih, db_hh, weight_hr, dh_all): writes dxg (and dhg for GRU), dh0, dc0 and "
-          "dh_all; adds into db_ih, db_hh.");
+          "Runs ForwardCalls. Several calls (the directions of a layer) run at once, one thread each; one call "
+          "uses up to `threads` threads (-n: exactly n).");
+    m.def("backward", [](const std::vector<BackwardCallObject*>& calls, int threads) { run(calls, threads, false); },
+          py::arg("calls"), py::arg("threads"), "Runs BackwardCalls, as forward runs ForwardCalls.");
 
     m.def("gemm",
           [](const py::array& a, const py::array& b, const py::array& c, bool accumulate, int threads) {
