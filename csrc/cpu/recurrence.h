@@ -73,19 +73,13 @@ void recurrence_forward(const FwdArgs<T>& a, int requested_threads) {
                 product(h_prev, Bt, 0, s.lo, true);
                 product(h_prev, Bt, s.hi, H, true);
             }
-            for (int b = 0; b < Bt; ++b) {
-                const ptrdiff_t row = steps.row(t, b);
-                T* ws = a.ws ? a.ws + row * S * H : nullptr;
-                for_each_unit<T>(s.lo, s.hi, [&](auto v, int u) {
-                    using V = decltype(v);
-                    const int col = u - s.lo;
-                    const In<T, V> in{a.xp + row * G * H + u, bias.ih + u, acc + b * ldc + col, bias.hh + u,
-                                      h_prev + static_cast<ptrdiff_t>(b) * H + u, H, s.width};
-                    V c = kCellState ? ld<V>(cst + b * s.width + col) : V{};
-                    st(a.y + row * H + u, Cell::template forward<MathOf<T, V>, V>(in, c, WsOut<T, V>{ws ? ws + u : nullptr, H}));
-                    if (kCellState) st(cst + b * s.width + col, c);
-                });
-            }
+            walk_forward<T, G>(a, steps, t, s, bias, acc, ldc, h_prev, S, [&](const auto& in, const auto& ws, int b,
+                                                                              int u, int col) {
+                using V = ValueOf<decltype(in)>;
+                V c = kCellState ? ld<V>(cst + b * s.width + col) : V{};
+                st(a.y + steps.row(t, b) * H + u, Cell::template forward<MathFor<T, decltype(in)>, V>(in, c, ws));
+                if (kCellState) st(cst + b * s.width + col, c);
+            });
             epoch = barrier.arrive(tid);
         }
         barrier.wait_for(tid, epoch);
@@ -116,24 +110,15 @@ void recurrence_backward(const BwdArgs<T>& a, int requested_threads) {
         load_carry(dcs, a.dc_n, B, H, s);
         for (int t = a.T_ - 1; t >= 0; --t) {
             const int Bt = steps.rows(t);
-            for (int b = 0; b < Bt; ++b) {
-                const ptrdiff_t row = steps.row(t, b), prev = t == 0 ? -1 : steps.row(t - 1, b);
-                for_each_unit<T>(s.lo, s.hi, [&](auto v, int u) {
-                    using V = decltype(v);
-                    const int col = b * s.width + u - s.lo;
-                    const Saved<T, V> sv{a.ws ? a.ws + row * S * H + u : nullptr,
-                                         prev >= 0 && a.ws ? a.ws + prev * S * H + u : nullptr,
-                                         a.c0 ? a.c0 + b * H + u : nullptr,
-                                         prev >= 0 ? a.y + prev * H + u : a.h0 + b * H + u, a.y + row * H + u, H};
-                    const Grads<T, V> gr{a.dxg + row * GH + u, dhg_all ? dhg_all + row * GH + u : nullptr,
-                                         sums.ih.data() + u, sums.hh.data() + u, H};
-                    V dh = ld<V>(dhr + col);
-                    if (a.dy) dh = dh + ld<V>(a.dy + row * H + u);
-                    V dc = kCellState ? ld<V>(dcs + col) : V{};
-                    st(dhr + col, Cell::template backward<MathOf<T, V>, V>(sv, dh, dc, gr));
-                    if (kCellState) st(dcs + col, dc);
-                });
-            }
+            walk_backward<T, G>(a, steps, t, s, S, dhg_all, sums, true, [&](const auto& sv, const auto& gr, int b, int u,
+                                                                      int col) {
+                using V = ValueOf<decltype(sv)>;
+                V dh = ld<V>(dhr + col);
+                if (a.dy) dh = dh + ld<V>(a.dy + steps.row(t, b) * H + u);
+                V dc = kCellState ? ld<V>(dcs + col) : V{};
+                st(dhr + col, Cell::template backward<MathFor<T, decltype(sv)>, V>(sv, dh, dc, gr));
+                if (kCellState) st(dcs + col, dc);
+            });
             barrier.wait(tid);
             // dh_{t-1}[:, own units] += dg_t W_hh[:, own units]
             const T* dg = (dhg_all ? dhg_all : a.dxg) + steps.row(t, 0) * GH;

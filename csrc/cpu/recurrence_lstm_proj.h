@@ -40,22 +40,15 @@ void lstm_proj_forward(const FwdArgs<T>& a, int requested_threads) {
             const int Bt = steps.rows(t);
             const T* h_prev = t == 0 ? a.h0 : a.y + steps.row(t - 1, 0) * P;
             forward_product(a.wf, G, P, s, 0, G, h_prev, P, Bt, 0, P, acc, ldc, false);
-            for (int b = 0; b < Bt; ++b) {
-                const ptrdiff_t row = steps.row(t, b);
-                T* ws = a.ws ? a.ws + row * S * H : nullptr;
-                for_each_unit<T>(s.lo, s.hi, [&](auto v, int u) {
-                    using V = decltype(v);
-                    const int col = u - s.lo;
-                    const In<T, V> in{a.xp + row * G * H + u, bias.ih + u, acc + b * ldc + col, bias.hh + u, nullptr,
-                                      H, s.width};
-                    const WsOut<T, V> out{ws ? ws + u : nullptr, H};
-                    V c = ld<V>(cst + b * s.width + col);
-                    const V m = Cell::forward<MathOf<T, V>, V>(in, c, out);
-                    out.put(Cell::kM, m);
-                    st(cst + b * s.width + col, c);
-                    st(m_all.data() + static_cast<ptrdiff_t>(b) * H + u, m);
-                });
-            }
+            walk_forward<T, G>(a, steps, t, s, bias, acc, ldc, nullptr, S, [&](const auto& in, const auto& ws, int b,
+                                                                              int u, int col) {
+                using V = ValueOf<decltype(in)>;
+                V c = ld<V>(cst + b * s.width + col);
+                const V m = Cell::forward<MathFor<T, decltype(in)>, V>(in, c, ws);
+                ws.put(Cell::kM, m);
+                st(cst + b * s.width + col, c);
+                st(m_all.data() + static_cast<ptrdiff_t>(b) * H + u, m);
+            });
             barrier.wait(tid);
             // h_t = m_t W_hr^T for the thread's slice of P, written straight into y.
             forward_product(a.wr, 1, H, sp, 0, 1, m_all.data(), H, Bt, 0, H, a.y + steps.row(t, 0) * P, P, false, P);
@@ -101,19 +94,13 @@ void lstm_proj_backward(const BwdArgs<T>& a, int requested_threads) {
             const int Bt = steps.rows(t);
             // dm = dh_t W_hr for the thread's units.
             backward_product(a.wr, P, s, a.dh_all + steps.row(t, 0) * P, P, 0, P, Bt, dm, s.width, false);
-            for (int b = 0; b < Bt; ++b) {
-                const ptrdiff_t row = steps.row(t, b), prev = t == 0 ? -1 : steps.row(t - 1, b);
-                for_each_unit<T>(s.lo, s.hi, [&](auto v, int u) {
-                    using V = decltype(v);
-                    const int col = b * s.width + u - s.lo;
-                    const Saved<T, V> sv{a.ws + row * S * H + u, prev >= 0 ? a.ws + prev * S * H + u : nullptr,
-                                         a.c0 + b * H + u, nullptr, nullptr, H};
-                    const Grads<T, V> gr{a.dxg + row * GH + u, nullptr, sums.ih.data() + u, sums.hh.data() + u, H};
-                    V dc = ld<V>(dcs + col);
-                    Cell::backward<MathOf<T, V>, V>(sv, ld<V>(dm + col), dc, gr);
-                    st(dcs + col, dc);
-                });
-            }
+            walk_backward<T, G>(a, steps, t, s, S, nullptr, sums, false, [&](const auto& sv, const auto& gr, int, int,
+                                                                      int col) {
+                using V = ValueOf<decltype(sv)>;
+                V dc = ld<V>(dcs + col);
+                Cell::backward<MathFor<T, decltype(sv)>, V>(sv, ld<V>(dm + col), dc, gr);
+                st(dcs + col, dc);
+            });
             barrier.wait(tid);
             // dh_{t-1} = dg_t W_hh for the thread's slice of P, then the rows of step t-1 are assembled.
             backward_product(a.wb, GH, sp, a.dxg + steps.row(t, 0) * GH, GH, 0, GH, Bt, dhr, sp.width, false);

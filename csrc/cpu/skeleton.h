@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../common/cells.h"
@@ -242,5 +243,56 @@ struct Grads {
     }
     void both(int g, V v) const { dx(g, v); dh(g, v); }
 };
+
+// The value type of an accessor (what its cell functions take), and the math policy for it.
+template <class Acc>
+using ValueOf = decltype(std::declval<const Acc&>().h_prev());
+template <typename T, class Acc>
+using MathFor = MathOf<T, ValueOf<Acc>>;
+
+// Forward: calls f(in, ws, b, u, col) for every row b of step t and every unit u of the thread (col = its
+// scratch column), with the cell accessors over the gate sums acc [rows][G][width] (row stride ldc), the
+// biases, h_{t-1} (row stride H; null where the cell never reads it) and the workspace (S slots a row).
+template <typename T, int G, typename F>
+void walk_forward(const FwdArgs<T>& a, const Steps& steps, int t, const Slice<T>& s, const Biases<T>& bias,
+                  const T* acc, ptrdiff_t ldc, const T* h_prev, int S, F&& f) {
+    const int H = a.H;
+    for (int b = 0; b < steps.rows(t); ++b) {
+        const ptrdiff_t row = steps.row(t, b);
+        T* ws = a.ws ? a.ws + row * S * H : nullptr;
+        for_each_unit<T>(s.lo, s.hi, [&](auto v, int u) {
+            using V = decltype(v);
+            const int col = u - s.lo;
+            const In<T, V> in{a.xp + row * G * H + u, bias.ih + u, acc + b * ldc + col, bias.hh + u,
+                              h_prev ? h_prev + static_cast<ptrdiff_t>(b) * H + u : nullptr, H, s.width};
+            f(in, WsOut<T, V>{ws ? ws + u : nullptr, H}, b, u, col);
+        });
+    }
+}
+
+// Backward: calls f(sv, gr, b, u, col) for every row b of step t and every unit u of the thread (col = its
+// column in the [rows][width] carries), with the saved forward (S workspace slots a row) and the gradient
+// writers: dxg, dhg (null: the cell's recurrent gradients are dxg's) and the bias sums. h_{t-1} and h_t are
+// offered per unit only where h has H features (not behind an LSTM projection: reads_h false).
+template <typename T, int G, typename F>
+void walk_backward(const BwdArgs<T>& a, const Steps& steps, int t, const Slice<T>& s, int S, T* dhg,
+                   BiasSums<T>& sums, bool reads_h, F&& f) {
+    const int H = a.H;
+    const ptrdiff_t GH = static_cast<ptrdiff_t>(G) * H;
+    for (int b = 0; b < steps.rows(t); ++b) {
+        const ptrdiff_t row = steps.row(t, b), prev = t == 0 ? -1 : steps.row(t - 1, b);
+        const T* hp = !reads_h ? nullptr : prev >= 0 ? a.y + prev * H : a.h0 + static_cast<ptrdiff_t>(b) * H;
+        const T* y = reads_h ? a.y + row * H : nullptr;
+        for_each_unit<T>(s.lo, s.hi, [&](auto v, int u) {
+            using V = decltype(v);
+            const Saved<T, V> sv{a.ws ? a.ws + row * S * H + u : nullptr,
+                                 prev >= 0 && a.ws ? a.ws + prev * S * H + u : nullptr,
+                                 a.c0 ? a.c0 + b * H + u : nullptr, hp ? hp + u : nullptr, y ? y + u : nullptr, H};
+            const Grads<T, V> gr{a.dxg + row * GH + u, dhg ? dhg + row * GH + u : nullptr, sums.ih.data() + u,
+                                 sums.hh.data() + u, H};
+            f(sv, gr, b, u, b * s.width + u - s.lo);
+        });
+    }
+}
 
 }  // namespace
