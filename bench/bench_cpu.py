@@ -305,7 +305,7 @@ def sweep_estimate(b, cases, roof):
 
 
 def print_sweep(b):
-    from bench import report, targets
+    from bench import report
     print()
     for cell in ("lstm", "gru"):
         rows = [r for r in b.rows if r["cell"] == cell]
@@ -370,7 +370,7 @@ def main(argv=None):
     subs = [s.strip() for s in args.cases.split(",") if s.strip()] if args.cases else None
     specs = case_sets.select(specs, subs, args.cells, args.H, args.B)
     if not specs:
-        print(f"\nno case matches the filters; cases are: " + "; ".join(c.name for c in full))
+        print("\nno case matches the filters; cases are: " + "; ".join(c.name for c in full))
         return 2
 
     rates, roof = ({}, None) if args.no_roofline else print_roofline(b)

@@ -62,5 +62,5 @@ def sweep_engine_line(rows):
     if not judged:
         return []
     met = sum(ratio >= target for ratio, target in judged)
-    return [f"  inference >= the fastest of torch/ORT/OpenVINO (1.5x at B<=8, 1.0x beyond): "
+    return ["  inference >= the fastest of torch/ORT/OpenVINO (1.5x at B<=8, 1.0x beyond): "
             + ("[met    ]" if met == len(judged) else "[NOT met]") + f" in {met} of {len(judged)} cells"]
