@@ -1,24 +1,21 @@
-"""GPU microbenchmark: rnnfast's CUDA kernels vs torch.nn (cuDNN) and, if installed, flashrnn, on the same
-weights and inputs, in the same table as bench/bench_cpu.py. Needs a CUDA GPU, CuPy (pip install
-'rnnfast[cuda]') and torch with CUDA; prints what is missing and exits otherwise.
+"""GPU microbenchmark: rnnfast's CUDA kernels vs torch.nn (cuDNN) on the same weights and inputs, in the same
+table as bench/bench_cpu.py. Needs a CUDA GPU, CuPy (pip install 'rnnfast[cuda]') and torch with CUDA; prints
+what is missing and exits otherwise.
 
     python bench/bench_gpu.py [--repeats 20] [--cases LSTM] [--path auto|persistent|per-step]
 """
 import argparse
+import os
 import statistics
 import sys
 import time
 
+if __package__ in (None, ""):  # run as a file: make the `bench` package importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-CASES = [  # (cell, T, B, I, H)
-    ("lstm", 100, 1, 64, 256),
-    ("lstm", 100, 64, 256, 512),
-    ("gru", 100, 64, 256, 512),
-    ("rnn_tanh", 100, 64, 256, 512),
-    ("lstm", 1000, 1, 32, 64),
-    ("lstm", 100, 16, 512, 1024),
-]
-GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1}
+from bench.cases import DEFAULT_CASES, case, select  # noqa: E402
+
+CASES = DEFAULT_CASES + [case("lstm", 100, 16, 512, 1024)]
 
 
 def parse_args(argv=None):
@@ -46,10 +43,13 @@ def timed(fn, sync, warmup, repeats):
 
 def main(argv=None):
     args = parse_args(argv)
+    from bench.machine import import_rnnfast
+    rnnfast, _, rnnfast_err = import_rnnfast()
     try:
         import cupy
         import torch
-        import rnnfast
+        if rnnfast is None:
+            raise ImportError(rnnfast_err)
         from rnnfast import backend
     except ImportError as e:
         print(f"bench_gpu: needs CuPy, torch and rnnfast ({e})")
@@ -62,16 +62,11 @@ def main(argv=None):
     except ImportError:
         print("bench_gpu: rnnfast was built without CUDA (no nvcc at install time)")
         return 0
-    try:
-        import flashrnn  # noqa: F401
-        have_flash = True
-    except ImportError:
-        have_flash = False
     backend.cuda_options["path"] = {"auto": 0, "persistent": 1, "per-step": 2}[args.path]
     props = cupy.cuda.runtime.getDeviceProperties(0)
     print(f"# GPU: {props['name'].decode()} | SMs: {props['multiProcessorCount']} | torch {torch.__version__} "
           f"(cuDNN {torch.backends.cudnn.version()}) | cupy {cupy.__version__} | rnnfast {rnnfast.__version__} | "
-          f"kernel path: {args.path} | flashrnn: {'yes' if have_flash else 'not installed'}")
+          f"kernel path: {args.path}")
     n = 4096
     a = cupy.random.standard_normal((n, n), dtype=cupy.float32)
     roof = 2 * n ** 3 / timed(lambda: a @ a, cupy.cuda.Device().synchronize, 2, 5) / 1e9
@@ -79,21 +74,20 @@ def main(argv=None):
     print("| case | mode | rnnfast ms | us/step | GFLOP/s | % of roofline | torch ms | speedup vs torch |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     sync = cupy.cuda.Device().synchronize
-    for cell, T, B, I, H in CASES:
-        name = f"{cell.upper()} T={T} B={B} I={I} H={H}"
-        if args.cases and not any(c.strip().lower() in name.lower() for c in args.cases.split(",")):
-            continue
-        cls = {"lstm": rnnfast.LSTM, "gru": rnnfast.GRU, "rnn_tanh": rnnfast.RNN}[cell]
-        m = cls(I, H, seed=0)
-        tcls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn_tanh": torch.nn.RNN}[cell]
-        tm = tcls(I, H).cuda()
+    for c in select(CASES, args.cases.split(",") if args.cases else None):
+        name, T, B, I, H = c.name, c.T, c.B, c.I, c.H
+        if c.cell == "rnn":
+            m, tm = rnnfast.RNN(I, H, nonlinearity=c.nonlin, seed=0), torch.nn.RNN(I, H, nonlinearity=c.nonlin)
+        else:
+            m = {"lstm": rnnfast.LSTM, "gru": rnnfast.GRU}[c.cell](I, H, seed=0)
+            tm = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[c.cell](I, H)
+        tm = tm.cuda()
         tm.load_state_dict({k: torch.from_numpy(v) for k, v in m.state_dict().items()})
         m.to("cuda")
         x = cupy.random.standard_normal((T, B, I), dtype=cupy.float32)
         dy = cupy.random.standard_normal((T, B, H), dtype=cupy.float32)
         tx = torch.as_tensor(x, device="cuda")
         tdy = torch.as_tensor(dy, device="cuda")
-        fwd = 2.0 * T * B * GATES[cell] * H * (I + H)
         for mode in ("infer", "train"):
             if mode == "infer":
                 m.eval()
@@ -111,7 +105,7 @@ def main(argv=None):
                     tm.zero_grad()
                     tm(txg)[0].backward(tdy)
             tt = timed(torch_fn, torch.cuda.synchronize, args.warmup, args.repeats)
-            flops = fwd * (1 if mode == "infer" else 3)
+            flops = c.flops(mode)
             print(f"| {name} | {mode} | {rf * 1e3:.3f} | {rf / T * 1e6:.2f} | {flops / rf / 1e9:.1f} | "
                   f"{100 * flops / rf / 1e9 / roof:.1f}% | {tt * 1e3:.3f} | {tt / rf:.2f}x |")
     return 0

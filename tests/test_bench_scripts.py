@@ -1,13 +1,105 @@
-"""The GPU benchmark runs as is: on a machine without a GPU (or CuPy) it says so and exits cleanly."""
+"""The benchmark scripts run as shipped: the CPU bench end to end on tiny sizes (as a file and as a module, the
+default cases and the sweep), the inference engines' models against torch, and the GPU bench on a machine
+without a GPU."""
+import importlib.util
 import os
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from conftest import assert_close, require_torch  # noqa: E402
+
+
+def run(args, cwd):
+    return subprocess.run([sys.executable] + args, capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def agreement_lines(stdout):
+    lines = stdout.split("\nAgreement", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    assert lines, stdout
+    return lines
+
+
+def test_cpu_bench_quick_prints_its_tables_and_all_libraries_agree(tmp_path):
+    require_torch()
+    out = run([os.path.join(ROOT, "bench", "bench_cpu.py"), "--quick"], cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    for section in ("# CPU:", "Roofline:", "| case | mode | rnnfast ms |", "Inference engines",
+                    "Variable lengths", "Targets (issue 8"):
+        assert section in out.stdout, f"{section!r} missing:\n{out.stdout}"
+    # Every default case, both modes, has a timed rnnfast and torch row.
+    rows = [line for line in out.stdout.splitlines() if line.startswith(("| LSTM", "| GRU", "| RNN"))
+            and ("| infer |" in line or "| train |" in line)]
+    assert len(rows) == 10, out.stdout
+    assert all("ERR" not in r for r in rows), out.stdout
+    assert "Errors:" not in out.stdout, out.stdout
+    lines = agreement_lines(out.stdout)
+    assert len(lines) == 10 and not any("*" in line for line in lines), lines
+
+
+def test_cpu_bench_sweep_runs_as_a_module_and_prints_the_ratio_grid():
+    require_torch()
+    out = run(["-m", "bench.bench_cpu", "--sweep", "--quick", "--cells", "gru", "--H", "64,128", "--B", "1,8",
+               "--no-engines", "--no-roofline"], cwd=ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "GRU, T=100, I=H: torch time / rnnfast time" in out.stdout, out.stdout
+    grid = out.stdout.split("torch time / rnnfast time", 1)[1]
+    assert "| H | B=1 inf | B=1 train | B=8 inf | B=8 train |" in grid, grid
+    assert "\n| 64 |" in grid and "\n| 128 |" in grid and "median" in grid, grid
+    assert "LSTM" not in grid.split("Targets")[0], grid
+    assert not any("*" in line for line in agreement_lines(out.stdout))
+
+
+def test_cpu_bench_reports_no_case_for_a_filter_that_matches_none(tmp_path):
+    out = run([os.path.join(ROOT, "bench", "bench_cpu.py"), "--quick", "--cases", "no such case"], cwd=tmp_path)
+    assert out.returncode == 2 and "no case matches" in out.stdout, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("cell,nonlin", [("lstm", None), ("gru", None), ("rnn", "tanh"), ("rnn", "relu")])
+def test_engine_model_matches_torch(engine, cell, nonlin):
+    if importlib.util.find_spec(engine) is None or importlib.util.find_spec("onnx") is None:
+        pytest.skip(f"{engine} or onnx not installed (pip install '.[bench]')")
+    torch = require_torch()
+    sys.path.insert(0, ROOT)
+    from bench.onnx_models import ENGINES, recurrent_model
+
+    T, B, I, H = 6, 3, 5, 7
+    torch.manual_seed(0)
+    if cell == "rnn":
+        m = torch.nn.RNN(I, H, nonlinearity=nonlin)
+    else:
+        m = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](I, H)
+    state = {k: v.numpy() for k, v in m.state_dict().items()}
+    x = np.random.default_rng(1).standard_normal((T, B, I)).astype(np.float32)
+    with torch.no_grad():
+        want = m(torch.from_numpy(x))[0].numpy()
+    got = np.asarray(ENGINES[engine](recurrent_model(cell, nonlin, state), 2)(x))
+    assert got.shape == (T, 1, B, H)
+    assert_close(got.reshape(T, B, H), want, 1e-5, f"{engine} {cell} y")
+
+
+def test_engine_whose_output_differs_from_the_oracle_is_refused_before_timing():
+    if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
+        pytest.skip("onnxruntime or onnx not installed (pip install '.[bench]')")
+    sys.path.insert(0, ROOT)
+    from bench.cases import case
+    from bench.runners import EngineMismatch, EngineRunner, numpy_weights
+
+    c = case("gru", 4, 2, 3, 5)
+    wrong = ("a wrong oracle", lambda x: np.zeros((c.T, c.B, c.H), np.float32))
+    runner = EngineRunner("onnxruntime", c, np.float32, numpy_weights(c, np.float32, 0), 1, wrong, 1e-3)
+    x = np.ones((c.T, c.B, c.I), np.float32)
+    with pytest.raises(EngineMismatch, match="a wrong oracle"):
+        runner.job("infer", x, None)
+    assert runner.job("train", x, None) is None  # the engines only infer
 
 
 def test_gpu_benchmark_exits_cleanly_without_a_gpu(tmp_path):
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "bench_gpu.py"), "--repeats", "1"],
-                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    out = run([os.path.join(ROOT, "bench", "bench_gpu.py"), "--repeats", "1"], cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "bench_gpu" in out.stdout or "| case |" in out.stdout, out.stdout

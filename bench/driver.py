@@ -1,0 +1,210 @@
+"""One run of the CPU bench, section by section: header, roofline, cases, tables, targets, agreement."""
+import gc
+import json
+import os
+import platform
+import traceback
+
+import numpy as np
+
+from . import cases as case_sets, machine, report, targets
+from .lengths import lengths_section
+from .measure import Bench
+from .onnx_models import engine_versions
+from .roofline import gemm_rates, roofline
+from .timing import Timing
+
+
+def thread_count(args, rnnfast, torch):
+    n = args.threads
+    if n is None and rnnfast is not None:
+        n = int(rnnfast.get_num_threads())
+    n = n or os.cpu_count() or 1
+    if rnnfast is not None:
+        rnnfast.set_num_threads(n)
+    if torch is not None:
+        torch.set_num_threads(n)
+    return n
+
+
+def header(b, rnnfast_err, versions):
+    torch, rnnfast = b.torch, b.rnnfast
+    info = {
+        "cpu": machine.cpu_model(), "logical_cpus": os.cpu_count(), "physical_cores": machine.physical_cores(),
+        "threads": b.nthreads, "python": platform.python_version(), "numpy": np.__version__,
+        "torch": torch.__version__ if torch is not None else None,
+        "rnnfast": getattr(rnnfast, "__version__", "unknown") if rnnfast is not None else None,
+        "rnnfast_info": machine.rnnfast_info(rnnfast) if rnnfast is not None else None,
+        **versions,
+        "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+        "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
+        "dtype": b.args.dtype, "loadavg": machine.loadavg(),
+    }
+    na = "not installed"
+    print(f"# CPU: {info['cpu']} | cores: {info['physical_cores'] or '?'} physical / {info['logical_cpus']} logical"
+          f" | threads: {b.nthreads} | python {info['python']} | numpy {info['numpy']}"
+          f" | torch {info['torch'] or na} | rnnfast {info['rnnfast'] or 'not available'}"
+          f" | onnxruntime {info['onnxruntime'] or na} | openvino {info['openvino'] or na}"
+          f" | OPENBLAS_CORETYPE={info['OPENBLAS_CORETYPE'] or '(unset)'}"
+          f" | dtype {b.args.dtype} | loadavg {info['loadavg'] or '?'}")
+    if info["rnnfast_info"]:
+        print(f"# rnnfast kernels: {info['rnnfast_info']}")
+    if rnnfast is None and not b.args.no_rnnfast:
+        print(f"# rnnfast unavailable: {rnnfast_err}")
+    if rnnfast is not None:
+        rt = machine.core_round_trip_ns()
+        if rt is not None:
+            print(f"# core-to-core round trip: {rt:.0f} ns (a step's barrier costs at least this; on a VM it moves "
+                  "with the host's vCPU placement, and the batch-1 cases with it)")
+    t = b.timing
+    print(f"# timing: best of {t.blocks} block medians, each of {t.repeats} runs ({t.short_repeats} for runs under "
+          f"5 ms) after {t.warmup} warm-up(s), one library at a time; reference: median of up to "
+          f"{b.args.ref_repeats} run(s), no warm-up; train = forward + backward, grads zeroed outside the timed region")
+    return info
+
+
+def print_roofline(b):
+    n = 256 if b.args.quick else 2048
+    timing = b.timing if b.args.quick else Timing(warmup=1, repeats=5)
+    rates = gemm_rates(n, timing, b.rnnfast, b.torch, b.nthreads, engines=not b.args.no_engines)
+    print(f"\nRoofline: float32 GEMM {n}x{n}x{n} (best of {timing.blocks} block medians of {timing.repeats})")
+    for k, v in rates.items():
+        print(f"  {k:20s} " + (f"{v:8.1f} GFLOP/s" if isinstance(v, float) else f"ERR {v}"))
+    roof = roofline(rates)
+    if roof:
+        print(f"  {'roofline':20s} {roof:8.1f} GFLOP/s (max of the above)")
+    if b.args.dtype == "float64" and roof:
+        print("  (note: roofline is float32; float64 peak is about half)")
+    return rates, roof
+
+
+def sweep_estimate(b, cases, roof):
+    """Seconds of timed work at the roofline rate: a floor for the sweep's length, printed so a run's length
+    is known before it starts."""
+    t = b.timing
+    runs = t.blocks * (t.warmup + 1 + t.repeats)
+    libs = 2 + sum(1 for e in ("onnxruntime", "openvino") if b.skipped(e) is None)
+    flops = sum(c.flops(m) * (libs if m == "infer" else 2) for c in cases for m in b.args.modes)
+    return flops * runs / (roof * 1e9)
+
+
+def print_sweep(b):
+    print()
+    for cell in ("lstm", "gru"):
+        rows = [r for r in b.rows if r["cell"] == cell]
+        if not rows:
+            continue
+        grid, ratios = report.ratio_grid(rows, cell, ("torch",), b.args.modes)
+        print(f"\n{cell.upper()}, T=100, I=H: torch time / rnnfast time ({b.nthreads} threads)\n{grid}")
+        print(f"  {report.summary(ratios)}")
+        if "infer" in b.args.modes and any(r.get(f"{e}_s") for r in rows for e in ("onnxruntime", "openvino")):
+            grid, ratios = report.ratio_grid(rows, cell, report.ENGINES, ["infer"])
+            print(f"\n{cell.upper()} inference: fastest of torch/ONNX Runtime/OpenVINO time / rnnfast time\n{grid}")
+            print(f"  {report.summary(ratios)}")
+
+
+def print_targets(b):
+    lines = [] if b.args.sweep else targets.headline_lines(b.rows)
+    if b.args.sweep:
+        per_cell = {}
+        for cell in ("lstm", "gru"):
+            rows = [r for r in b.rows if r["cell"] == cell]
+            if rows:
+                per_cell[cell] = report.ratio_grid(rows, cell, ("torch",), b.args.modes)[1]
+                lines += targets.sweep_lines(cell.upper(), per_cell[cell])
+        if len(per_cell) > 1:
+            lines += targets.sweep_lines("LSTM and GRU", [r for ratios in per_cell.values() for r in ratios])
+        lines += targets.sweep_engine_line(b.rows)
+    if lines:
+        print("\nTargets (issue 8; information, not an exit code):")
+        if b.args.quick:
+            print("  (--quick sizes: these rows stand in for the named cases; the ratios mean nothing)")
+        print("\n".join(lines))
+
+
+
+
+def run(args, blas_note=None):
+    """The whole bench for parsed arguments: prints every section; returns the exit code."""
+    try:
+        import torch
+    except Exception:  # torch is optional
+        torch = None
+
+    rnnfast, ref, rnnfast_err = machine.import_rnnfast()
+    if args.no_rnnfast:
+        rnnfast = None
+    # The libraries' own objects (torch's are many) never die: moved out of the collector's sight, the
+    # collection before every timed block costs milliseconds instead of a tenth of a second.
+    gc.collect()
+    gc.freeze()
+    versions = engine_versions()
+    b = Bench(args, torch, rnnfast, ref, versions, thread_count(args, rnnfast, torch))
+    info = header(b, rnnfast_err, versions)
+    if blas_note:
+        print(f"# {blas_note}")
+
+    full = case_sets.sweep_cases() if args.sweep else case_sets.DEFAULT_CASES
+    specs = [case_sets.quick(c) for c in full] if args.quick else full
+    subs = [s.strip() for s in args.cases.split(",") if s.strip()] if args.cases else None
+    specs = case_sets.select(specs, subs, args.cells, args.H, args.B)
+    if not specs:
+        print("\nno case matches the filters; cases are: " + "; ".join(c.name for c in full))
+        return 2
+
+    rates, roof = ({}, None) if args.no_roofline else print_roofline(b)
+    if args.sweep and roof:
+        est = sweep_estimate(b, specs, roof)
+        print(f"\n# sweep: {len(specs)} cases; at the roofline rate its timed runs alone take {est / 60:.1f} min "
+              "(expect about twice that: small batches run far below the roofline)")
+
+    print("", flush=True)
+    for case in specs:
+        b.measure(case)
+
+    print()
+    print(report.main_table(b.rows, roof))
+    if "infer" in args.modes:
+        print("\nInference engines (native LSTM/GRU/RNN operators, same weights, float32, "
+              f"{b.nthreads} intra-op threads):")
+        print(report.engine_table(b.rows))
+    if args.sweep:
+        print_sweep(b)
+
+    lengths_rows = []
+    if rnnfast is not None and not args.no_lengths:
+        size = dict(T=10, B=4, I=16, H=32) if args.quick else {}
+        try:
+            lengths_rows = lengths_section(rnnfast, None if args.no_torch else torch, b.dtype, args.modes, b.timing,
+                                           args.seed, **size)
+        except Exception:
+            b.errors.append(("variable lengths", "-", "rnnfast", traceback.format_exc()))
+
+    print_targets(b)
+    if b.checks:
+        print(f"\nAgreement, max |a-b| / max(1, max|b|) (y for infer, dx and weight grads for train; "
+              f"* = above {b.tol:g}):")
+        print("\n".join(report.agreement(b.checks, b.tol)))
+    if b.errors:
+        print("\nErrors:")
+        for name, mode, lib, tb in b.errors:
+            print(f"--- {name} [{mode}] {lib}\n{tb.rstrip()}")
+
+    if args.json:
+        results = [{k: v for k, v in r.items() if k != "case_obj"} for r in b.rows]
+        payload = {"machine": info, "roofline_gflops": roof, "gemm_gflops": rates, "args": vars(args),
+                   "results": results, "lengths": lengths_rows,
+                   "checks": [{"case": c[0], "mode": c[1], "what": c[2], "max_rel_diff": c[3]} for c in b.checks]}
+        with open(args.json, "w") as f:
+            json.dump(payload, f, indent=2, default=str)
+        print(f"\nwrote {args.json}")
+
+    bad = b.disagreements()
+    if b.mismatches or bad:
+        print("\nFAILED: libraries disagree, so the times above compare different computations:")
+        for m in b.mismatches:
+            print(f"  {m}")
+        for name, mode, what, d in bad:
+            print(f"  {name} [{mode}]: {what} {d}")
+        return 1
+    return 0
