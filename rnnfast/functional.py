@@ -306,18 +306,16 @@ def _device_layer_forward(device, cell, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh,
     B, S = h0.shape
     H = w_hh.shape[0] // G
     P = w_hr.shape[0] if w_hr is not None else 0
-    T = len(batch_sizes)
     xp = xpm.ascontiguousarray(xpm.matmul(x, w_ih.T))
     y = xpm.empty((N, S), dtype=x.dtype)
     h_n = xpm.empty((B, S), dtype=x.dtype)
     c = xpm.empty((B, H), dtype=x.dtype) if cell == "lstm" else None
     slots = SLOTS[cell] + (1 if P else 0)
     ws = xpm.empty((N, slots * H), dtype=x.dtype) if training and slots else None
-    scratch = xpm.empty((B, 2 * H), dtype=x.dtype) if (P or cell == "gru_original") else None
+    call = mod.ForwardCall(cell=cell, batch_sizes=np.asarray(batch_sizes, dtype=np.int64), xp=xp, h0=h0, c0=c0,
+                           weight_hh=w_hh, b_ih=b_ih, b_hh=b_hh, y=y, h_n=h_n, c_n=c, ws=ws, weight_hr=w_hr)
     o = backend.cuda_options
-    mod.forward(cell, T, B, H, _step_table(batch_sizes), _addr(xp), _addr(h0), _addr(c0), _addr(w_hh), _addr(b_ih),
-                _addr(b_hh), _addr(y), _addr(h_n), _addr(c), _addr(ws), _stream(xpm), o["path"], o["units_per_block"],
-                o["threads"], P, _addr(w_hr), _addr(scratch))
+    mod.forward(call, stream=_stream(xpm), path=o["path"], units_per_block=o["units_per_block"], threads=o["threads"])
     saved = (Saved(cell, shape3, batch_sizes, prev_index, x, h0, c0, w_ih.copy(), None, y, ws,
                    None, device, (w_hh.copy(), None if w_hr is None else w_hr.copy())) if training else None)
     if shape3:
@@ -333,7 +331,6 @@ def _device_layer_backward(s: Saved, dy, dh_n, dc_n, grads):
     G = GATES[s.cell]
     H = w_hh.shape[0] // G
     P = w_hr.shape[0] if w_hr is not None else 0
-    T = len(s.batch_sizes)
     if dy is not None and dy.ndim == 3:
         dy = dy.reshape(N, S)
     dy = None if dy is None else xpm.ascontiguousarray(dy)
@@ -344,10 +341,11 @@ def _device_layer_backward(s: Saved, dy, dh_n, dc_n, grads):
     dc = None
     if s.cell == "lstm":
         dc = xpm.array(dc_n, dtype=s.x.dtype, copy=True) if dc_n is not None else xpm.zeros((B, H), dtype=s.x.dtype)
+    call = mod.BackwardCall(cell=s.cell, batch_sizes=np.asarray(s.batch_sizes, dtype=np.int64), weight_hh=w_hh,
+                            h0=s.h0, c0=s.c0, y=s.y, ws=s.ws, dy=dy, dh=dh, dc=dc, dxg=dxg, dhg=dhg, weight_hr=w_hr,
+                            dh_all=dh_all)
     o = backend.cuda_options
-    mod.backward(s.cell, T, B, H, _step_table(s.batch_sizes), _addr(w_hh), _addr(s.h0), _addr(s.c0), _addr(s.y),
-                 _addr(s.ws), _addr(dy), _addr(dh), _addr(dc), _addr(dxg), _addr(dhg), _stream(xpm), o["path"],
-                 o["units_per_block"], o["threads"], P, _addr(w_hr), _addr(dh_all))
+    mod.backward(call, stream=_stream(xpm), path=o["path"], units_per_block=o["units_per_block"], threads=o["threads"])
     # Bias gradients are column sums here (a deterministic reduction; the kernels leave them out).
     if grads["b_ih"] is not None:
         grads["b_ih"] += dxg.sum(axis=0)
@@ -361,22 +359,6 @@ def _device_layer_backward(s: Saved, dy, dh_n, dc_n, grads):
     if s.shape3 is not None:
         dx = dx.reshape(*s.shape3, I)
     return dx, dh, dc
-
-
-def _step_table(batch_sizes):
-    """bs then off, as the CUDA launchers take them (host int64)."""
-    bs = np.asarray(batch_sizes, dtype=np.int64)
-    off = np.concatenate(([0], np.cumsum(bs)[:-1])).astype(np.int64)
-    return np.ascontiguousarray(np.concatenate((bs, off)))
-
-
-def _addr(a) -> int:
-    """The address of a C-contiguous array's data (NumPy or CuPy), 0 for None."""
-    if a is None:
-        return 0
-    if not a.flags.c_contiguous:
-        raise ValueError("internal: the CUDA kernels take C-contiguous arrays")
-    return int(a.data.ptr) if backend.is_cupy_array(a) else int(a.ctypes.data)
 
 
 def _stream(xpm) -> int:

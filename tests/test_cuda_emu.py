@@ -127,17 +127,16 @@ def test_emulated_cells_match_cpu_cells(cuda_options):
 def test_automatic_path_takes_persistent_when_w_fits_and_per_step_when_not(cuda_options):
     from rnnfast import _cuda_emu
     rng = np.random.default_rng(0)
-    steps = np.array([2, 2, 0, 2], dtype=np.int64)  # T=2, B=2: batch sizes then offsets
+    batch_sizes = np.array([2, 2], dtype=np.int64)  # T=2, B=2
 
     def path_for(H):
         G = 4
-        arrays = dict(xp=np.zeros((4, G * H), np.float32), h0=np.zeros((2, H), np.float32),
-                      c0=np.zeros((2, H), np.float32), w=rng.standard_normal((G * H, H)).astype(np.float32),
-                      y=np.empty((4, H), np.float32), h_n=np.empty((2, H), np.float32),
-                      c=np.empty((2, H), np.float32))
-        a = {k: v.ctypes.data for k, v in arrays.items()}
-        return _cuda_emu.forward("lstm", 2, 2, H, steps, a["xp"], a["h0"], a["c0"], a["w"], 0, 0, a["y"],
-                                 a["h_n"], a["c"], 0, 0, 0, 0, 32)
+        call = _cuda_emu.ForwardCall(cell="lstm", batch_sizes=batch_sizes, xp=np.zeros((4, G * H), np.float32),
+                                     h0=np.zeros((2, H), np.float32), c0=np.zeros((2, H), np.float32),
+                                     weight_hh=rng.standard_normal((G * H, H)).astype(np.float32),
+                                     y=np.empty((4, H), np.float32), h_n=np.empty((2, H), np.float32),
+                                     c_n=np.empty((2, H), np.float32))
+        return _cuda_emu.forward(call, threads=32)
 
     assert path_for(8) == 1  # 4 blocks of 2 units: 2*4*8 floats of W per block, far below 48 KB
     assert path_for(256) == 2  # 64 units a block: 4*64*256 floats = 256 KB > 48 KB of pretend shared memory
