@@ -252,7 +252,7 @@ def test_emulated_calls_are_keyword_only_and_check_each_cell():
     _cuda_emu.backward(_cuda_emu.BackwardCall(**dict(back, dhg=f(6, 15))), threads=32)
 
 
-def test_emulated_launch_raises_when_host_threads_cannot_start():
+def test_emulated_launch_raises_when_host_threads_cannot_start(tmp_path):
     """Under an address-space limit the emulation cannot start one host thread per CUDA thread: the call
     must raise (RuntimeError or MemoryError), never abort the process."""
     import subprocess
@@ -273,6 +273,7 @@ except (RuntimeError, MemoryError) as e:
 else:
     print("ran")
 """
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    # cwd: the installed package, not the source folder (which has no built modules)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "raised" in r.stdout, r.stdout
