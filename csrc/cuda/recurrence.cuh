@@ -36,12 +36,10 @@ RF_GLOBAL void forward_kernel(FwdParams p, Grid g) {
                                         : 0.0f;
         });
         __syncthreads();
-        for_each(s.rows, us.n, [&](int b, int j) {
-            const int u = us.begin + j;
-            const long row = s.off + b;
+        for_each_unit(s, us, [&](int b, int u, long row) {
             float c = p.c_n ? p.c_n[b * H + u] : 0.0f;
             p.y[row * H + u] = Cell::template forward<DeviceMath, float>(
-                fwd_in(p, G, row, u, acc + b * R + j, U, hp + b * H), c, ws_out(p.ws, Cell::kSlots, H, row, u));
+                fwd_in(p, G, row, u, acc + b * R + (u - us.begin), U, hp + b * H), c, ws_out(p.ws, Cell::kSlots, H, row, u));
             if (p.c_n) p.c_n[b * H + u] = c;
         });
         if (g.persistent) rf::grid_sync(); else __syncthreads();
@@ -66,10 +64,8 @@ RF_GLOBAL void backward_kernel(BwdParams p, Grid g) {
     for (int t = g.t_end - 1; t >= g.t_begin; --t) {
         const Step s = step_at(g, t);
         if (g.phases & 1) {
-            for_each(s.rows, us.n, [&](int b, int j) {
-                const int u = us.begin + j;
-                const long row = s.off + b;
-                const float dh = p.dh[b * H + u] + (p.dy ? p.dy[row * H + u] : 0.0f);
+            for_each_unit(s, us, [&](int b, int u, long row) {
+                const float dh = dh_total(p, H, b, u, row);
                 float dc = p.dc ? p.dc[b * H + u] : 0.0f;
                 p.dh[b * H + u] = Cell::template backward<DeviceMath, float>(saved_at(p, Cell::kSlots, s, b, u), dh, dc,
                                                                             grads_at(p, G, row, u));

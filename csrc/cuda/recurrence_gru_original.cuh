@@ -28,9 +28,7 @@ RF_GLOBAL void gru_original_forward_kernel(FwdParams p, Grid g) {
         const Step s = step_at(g, t);
         const float* hp = h_prev_rows(s, p.h0, p.y, H);
         if (g.phases & 1) {  // r, z and r*h of the own units
-            for_each(s.rows, us.n, [&](int b, int j) {
-                const int u = us.begin + j;
-                const long row = s.off + b;
+            for_each_unit(s, us, [&](int b, int u, long row) {
                 float pre[2];
                 for (int k = 0; k < 2; ++k) pre[k] = dot(p.w_hh + (k * H + u) * static_cast<long>(H), 1, hp + b * H, 1, H);
                 rh[b * H + u] = Cell::gates<DeviceMath, float>(fwd_in(p, Cell::kGates, row, u, pre, 1, hp + b * H),
@@ -39,9 +37,7 @@ RF_GLOBAL void gru_original_forward_kernel(FwdParams p, Grid g) {
             grid_barrier(g);
         }
         if (g.phases & 2) {  // the candidate from W_hn (r*h), and h_t
-            for_each(s.rows, us.n, [&](int b, int j) {
-                const int u = us.begin + j;
-                const long row = s.off + b;
+            for_each_unit(s, us, [&](int b, int u, long row) {
                 const float pre[3] = {0.0f, 0.0f, dot(p.w_hh + (2 * H + u) * static_cast<long>(H), 1, rh + b * H, 1, H)};
                 p.y[row * H + u] = Cell::output<DeviceMath, float>(fwd_in(p, Cell::kGates, row, u, pre, 1, hp + b * H),
                                                                    zs[b * H + u], ws_out(p.ws, Cell::kSlots, H, row, u));
@@ -62,19 +58,15 @@ RF_GLOBAL void gru_original_backward_kernel(BwdParams p, Grid g) {
     for (int t = g.t_end - 1; t >= g.t_begin; --t) {
         const Step s = step_at(g, t);
         if (g.phases & 1) {
-            for_each(s.rows, us.n, [&](int b, int j) {
-                const int u = us.begin + j;
-                const long row = s.off + b;
-                const float dh = p.dh[b * H + u] + (p.dy ? p.dy[row * H + u] : 0.0f);
+            for_each_unit(s, us, [&](int b, int u, long row) {
+                const float dh = dh_total(p, H, b, u, row);
                 p.dh[b * H + u] = Cell::backward_output<DeviceMath, float>(saved_at(p, Cell::kSlots, s, b, u), dh,
                                                                           grads_at(p, Cell::kGates, row, u));
             });
             grid_barrier(g);
         }
         if (g.phases & 2) {
-            for_each(s.rows, us.n, [&](int b, int j) {
-                const int u = us.begin + j;
-                const long row = s.off + b;
+            for_each_unit(s, us, [&](int b, int u, long row) {
                 const float drh = dot(p.dxg + row * GH + 2 * H, 1, p.w_hh + 2L * H * H + u, H, H);
                 p.dh[b * H + u] += Cell::backward_gates<DeviceMath, float>(saved_at(p, Cell::kSlots, s, b, u), drh,
                                                                           grads_at(p, Cell::kGates, row, u));
@@ -82,9 +74,8 @@ RF_GLOBAL void gru_original_backward_kernel(BwdParams p, Grid g) {
             grid_barrier(g);
         }
         if (g.phases & 4) {
-            for_each(s.rows, us.n, [&](int b, int j) {
-                const int u = us.begin + j;
-                p.dh[b * H + u] += dot(p.dxg + (s.off + b) * GH, 1, p.w_hh + u, H, 2L * H);
+            for_each_unit(s, us, [&](int b, int u, long row) {
+                p.dh[b * H + u] += dot(p.dxg + row * GH, 1, p.w_hh + u, H, 2L * H);
             });
             grid_barrier(g);
         }

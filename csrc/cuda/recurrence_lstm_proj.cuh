@@ -19,9 +19,7 @@ RF_GLOBAL void lstm_proj_forward_kernel(FwdParams p, Grid g) {
         const Step s = step_at(g, t);
         const float* hp = h_prev_rows(s, p.h0, p.y, P);
         if (g.phases & 1) {  // the cell of the own units
-            for_each(s.rows, us.n, [&](int b, int j) {
-                const int u = us.begin + j;
-                const long row = s.off + b;
+            for_each_unit(s, us, [&](int b, int u, long row) {
                 float pre[G];
                 for (int k = 0; k < G; ++k) pre[k] = dot(p.w_hh + (k * H + u) * static_cast<long>(P), 1, hp + b * P, 1, P);
                 const WsOut ws = ws_out(p.ws, slots, H, row, u);
@@ -34,9 +32,8 @@ RF_GLOBAL void lstm_proj_forward_kernel(FwdParams p, Grid g) {
             grid_barrier(g);
         }
         if (g.phases & 2) {  // h_t = W_hr m_t for the block's features
-            for_each(s.rows, fs.n, [&](int b, int j) {
-                const int q = fs.begin + j;
-                p.y[(s.off + b) * P + q] = dot(p.w_hr + q * static_cast<long>(H), 1, m + b * H, 1, H);
+            for_each_unit(s, fs, [&](int b, int q, long row) {
+                p.y[row * P + q] = dot(p.w_hr + q * static_cast<long>(H), 1, m + b * H, 1, H);
             });
             grid_barrier(g);
         }
@@ -56,17 +53,13 @@ RF_GLOBAL void lstm_proj_backward_kernel(BwdParams p, Grid g) {
     for (int t = g.t_end - 1; t >= g.t_begin; --t) {
         const Step s = step_at(g, t);
         if (g.phases & 1) {
-            for_each(s.rows, fs.n, [&](int b, int j) {
-                const int q = fs.begin + j;
-                const long row = s.off + b;
-                p.dh_all[row * P + q] = p.dh[b * P + q] + (p.dy ? p.dy[row * P + q] : 0.0f);
+            for_each_unit(s, fs, [&](int b, int q, long row) {
+                p.dh_all[row * P + q] = dh_total(p, P, b, q, row);
             });
             grid_barrier(g);
         }
         if (g.phases & 2) {
-            for_each(s.rows, us.n, [&](int b, int j) {
-                const int u = us.begin + j;
-                const long row = s.off + b;
+            for_each_unit(s, us, [&](int b, int u, long row) {
                 const float dm = dot(p.dh_all + row * P, 1, p.w_hr + u, H, P);
                 float dc = p.dc[b * H + u];
                 Cell::backward<DeviceMath, float>(saved_at(p, slots, s, b, u), dm, dc, grads_at(p, G, row, u));
@@ -75,9 +68,8 @@ RF_GLOBAL void lstm_proj_backward_kernel(BwdParams p, Grid g) {
             grid_barrier(g);
         }
         if (g.phases & 4) {
-            for_each(s.rows, fs.n, [&](int b, int j) {
-                const int q = fs.begin + j;
-                p.dh[b * P + q] = dot(p.dxg + (s.off + b) * GH, 1, p.w_hh + q, P, GH);
+            for_each_unit(s, fs, [&](int b, int q, long row) {
+                p.dh[b * P + q] = dot(p.dxg + row * GH, 1, p.w_hh + q, P, GH);
             });
             grid_barrier(g);
         }

@@ -40,10 +40,25 @@ RF_DEVICE Span own_features(int P) {
     return block_span(P, per > 0 ? per : 1);
 }
 
+// Step t: `rows` active rows from token row `off`; `prev`: the previous step's first row, -1 at t = 0.
+struct Step {
+    int rows;
+    long off, prev;
+};
+RF_DEVICE Step step_at(const Grid& g, int t) {
+    return {static_cast<int>(g.bs[t]), g.off[t], t > 0 ? static_cast<long>(g.off[t - 1]) : -1L};
+}
+
 // f(b, j) for every row b < rows and item j < n, spread over the block's threads.
 template <class F>
 RF_DEVICE void for_each(int rows, int n, F&& f) {
     for (int i = threadIdx.x; i < rows * n; i += blockDim.x) f(i / n, i % n);
+}
+
+// f(b, u, row) for every active row b of step s (token row `row`) and every item u of the span.
+template <class F>
+RF_DEVICE void for_each_unit(const Step& s, Span sp, F&& f) {
+    for_each(s.rows, sp.n, [&](int b, int j) { f(b, sp.begin + j, s.off + b); });
 }
 
 // sum_k a[k*sa] * b[k*sb], k < n: every recurrent product of the kernels.
@@ -59,17 +74,14 @@ RF_DEVICE void grid_barrier(const Grid& g) {
     if (g.persistent) rf::grid_sync();
 }
 
-// Step t: `rows` active rows from token row `off`; `prev`: the previous step's first row, -1 at t = 0.
-struct Step {
-    int rows;
-    long off, prev;
-};
-RF_DEVICE Step step_at(const Grid& g, int t) {
-    return {static_cast<int>(g.bs[t]), g.off[t], t > 0 ? static_cast<long>(g.off[t - 1]) : -1L};
-}
 // h_{t-1} [rows, S]: h0 at the first step, else the previous step's outputs.
 RF_DEVICE const float* h_prev_rows(const Step& s, const float* h0, const float* y, int S) {
     return s.prev < 0 ? h0 : y + s.prev * S;
+}
+
+// The whole gradient w.r.t. h_t[b, q] (S features): dy plus what step t+1 sent (dh_n at the last step).
+RF_DEVICE float dh_total(const BwdParams& p, int S, int b, int q, long row) {
+    return p.dh[b * S + q] + (p.dy ? p.dy[row * S + q] : 0.0f);
 }
 
 // The LSTM's running cell state starts as c0, for the block's units (first phase of the first step only:
