@@ -89,8 +89,9 @@ class CudaKernels:
     def forward_call(self, **kw):
         return self.module.ForwardCall(**kw)
 
-    def backward_call(self, *, dh_n, dc_n, dh0, dc0, **kw):
-        # The CUDA kernels carry dh (and dc) in place: in, the gradient w.r.t. h_n; out, w.r.t. h0.
+    def backward_call(self, *, dh_n, dc_n, dh0, dc0, db_ih, db_hh, **kw):
+        # The CUDA kernels carry dh (and dc) in place: in, the gradient w.r.t. h_n; out, w.r.t. h0. The bias
+        # gradients are left to bias_grads.
         dh0[...] = 0 if dh_n is None else dh_n
         if dc0 is not None:
             dc0[...] = 0 if dc_n is None else dc_n

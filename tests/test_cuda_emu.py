@@ -127,17 +127,16 @@ def test_emulated_cells_match_cpu_cells(cuda_options):
 def test_automatic_path_takes_persistent_when_w_fits_and_per_step_when_not(cuda_options):
     from rnnfast import _cuda_emu
     rng = np.random.default_rng(0)
-    steps = np.array([2, 2, 0, 2], dtype=np.int64)  # T=2, B=2: batch sizes then offsets
+    batch_sizes = np.array([2, 2], dtype=np.int64)  # T=2, B=2
 
     def path_for(H):
         G = 4
-        arrays = dict(xp=np.zeros((4, G * H), np.float32), h0=np.zeros((2, H), np.float32),
-                      c0=np.zeros((2, H), np.float32), w=rng.standard_normal((G * H, H)).astype(np.float32),
-                      y=np.empty((4, H), np.float32), h_n=np.empty((2, H), np.float32),
-                      c=np.empty((2, H), np.float32))
-        a = {k: v.ctypes.data for k, v in arrays.items()}
-        return _cuda_emu.forward("lstm", 2, 2, H, steps, a["xp"], a["h0"], a["c0"], a["w"], 0, 0, a["y"],
-                                 a["h_n"], a["c"], 0, 0, 0, 0, 32)
+        call = _cuda_emu.ForwardCall(cell="lstm", batch_sizes=batch_sizes, xp=np.zeros((4, G * H), np.float32),
+                                     h0=np.zeros((2, H), np.float32), c0=np.zeros((2, H), np.float32),
+                                     weight_hh=rng.standard_normal((G * H, H)).astype(np.float32),
+                                     y=np.empty((4, H), np.float32), h_n=np.empty((2, H), np.float32),
+                                     c_n=np.empty((2, H), np.float32))
+        return _cuda_emu.forward(call, threads=32)
 
     assert path_for(8) == 1  # 4 blocks of 2 units: 2*4*8 floats of W per block, far below 48 KB
     assert path_for(256) == 2  # 64 units a block: 4*64*256 floats = 256 KB > 48 KB of pretend shared memory
@@ -192,3 +191,89 @@ def test_gpu_kernels_match_cpu_layers(cell, cls, kw, path, cuda_options):
     g = dict(cpu.named_parameters())
     for name, p in m.named_parameters():
         assert_close(cupy.asnumpy(p.grad), g[name].grad, 1e-4, name + ".grad")
+
+
+def _lstm_forward_args(B=3, H=5, T=2):
+    f = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
+    N = B * T
+    return dict(cell="lstm", batch_sizes=np.full(T, B, np.int64), xp=f(N, 4 * H), h0=f(B, H), c0=f(B, H),
+                weight_hh=f(4 * H, H), b_ih=f(4 * H), b_hh=f(4 * H), y=f(N, H), h_n=f(B, H), c_n=f(B, H),
+                ws=f(N, 5 * H))
+
+
+def _readonly(a):
+    a.flags.writeable = False
+    return a
+
+
+@pytest.mark.parametrize("change,error,message", [
+    (dict(h0=np.zeros((3, 4), np.float32)), ValueError, r"h0: expected shape \(3, 5\), got \(3, 4\)"),
+    (dict(xp=np.zeros((6, 20), np.float64)), TypeError, "xp: expected float32"),
+    (dict(y=np.zeros((5, 6), np.float32).T), ValueError, "y: expected a C-contiguous array"),
+    (dict(h_n=_readonly(np.zeros((3, 5), np.float32))), ValueError, "h_n: read-only"),
+    (dict(c0=None), ValueError, "c0: required"),
+    (dict(cell="lstmm"), ValueError, "cell: expected one of .*'gru_original', got 'lstmm'"),
+    (dict(ws=np.zeros((6, 6 * 5), np.float32)), ValueError, r"ws: expected shape \(6, 25\)"),
+    (dict(weight_hh=np.zeros((19, 5), np.float32)), ValueError, "weight_hh: expected G\\*H rows"),
+    (dict(b_ih=[0.0] * 20), TypeError, "b_ih: expected a NumPy array, got list"),
+    (dict(batch_sizes=np.array([2, 3], np.int64)), ValueError, "batch_sizes: expected non-increasing"),
+    (dict(batch_sizes=np.array([3, 3], np.int32)), TypeError, "batch_sizes: expected a 1-D int64"),
+    (dict(weight_hr=np.zeros((2, 5), np.float32)), ValueError, r"weight_hh: expected shape \(20, 2\)"),
+])
+def test_emulated_forward_call_names_the_bad_argument(change, error, message):
+    from rnnfast import _cuda_emu
+    args = _lstm_forward_args()
+    args.update(change)
+    with pytest.raises(error, match=message):
+        _cuda_emu.ForwardCall(**args)
+
+
+def test_emulated_calls_are_keyword_only_and_check_each_cell():
+    from rnnfast import _cuda_emu
+    args = _lstm_forward_args()
+    assert _cuda_emu.ForwardCall(**args).cell == "lstm"
+    with pytest.raises(TypeError):
+        _cuda_emu.ForwardCall(*args.values())
+    gru = dict(args, cell="gru", xp=np.zeros((6, 15), np.float32), weight_hh=np.zeros((15, 5), np.float32),
+               b_ih=None, b_hh=None, ws=None, c_n=None)
+    with pytest.raises(ValueError, match="c0: only an lstm"):
+        _cuda_emu.ForwardCall(**gru)
+    del gru["c0"]
+    _cuda_emu.ForwardCall(**gru)
+    f = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
+    back = dict(cell="gru", batch_sizes=np.full(2, 3, np.int64), weight_hh=f(15, 5), h0=f(3, 5), y=f(6, 5),
+                ws=f(6, 20), dh=f(3, 5), dxg=f(6, 15))
+    with pytest.raises(ValueError, match="dhg: required"):
+        _cuda_emu.BackwardCall(**back)
+    with pytest.raises(ValueError, match="dxg: read-only"):
+        _cuda_emu.BackwardCall(**dict(back, dhg=f(6, 15), dxg=_readonly(f(6, 15))))
+    with pytest.raises(ValueError, match="ws: required"):
+        _cuda_emu.BackwardCall(**dict(back, dhg=f(6, 15), ws=None))
+    _cuda_emu.backward(_cuda_emu.BackwardCall(**dict(back, dhg=f(6, 15))), threads=32)
+
+
+def test_emulated_launch_raises_when_host_threads_cannot_start(tmp_path):
+    """Under an address-space limit the emulation cannot start one host thread per CUDA thread: the call
+    must raise (RuntimeError or MemoryError), never abort the process."""
+    import subprocess
+    import sys
+    script = """
+import resource, numpy as np
+from rnnfast import _cuda_emu
+H, B = 64, 2
+f = lambda *s: np.zeros(s, np.float32)
+call = _cuda_emu.ForwardCall(cell="rnn_tanh", batch_sizes=np.array([B], np.int64), xp=f(B, H), h0=f(B, H),
+                             weight_hh=f(H, H), y=f(B, H), h_n=f(B, H))
+vm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize")) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + (64 << 20), resource.getrlimit(resource.RLIMIT_AS)[1]))
+try:
+    _cuda_emu.forward(call, path=2, units_per_block=1, threads=1024)  # 64 blocks of 1024 host threads
+except (RuntimeError, MemoryError) as e:
+    print("raised", type(e).__name__, e)
+else:
+    print("ran")
+"""
+    # cwd: the installed package, not the source folder (which has no built modules)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "raised" in r.stdout, r.stdout

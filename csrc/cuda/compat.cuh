@@ -13,7 +13,8 @@
 // Host side: rf::launch(kernel, grid, block, shared_bytes, stream, cooperative, args...).
 //
 // Emulation limits (it is test infrastructure): every CUDA thread is a host thread, so grids of at most a
-// few hundred threads; blocks must be a multiple of 32 threads; no streams (launches run synchronously);
+// few hundred threads (when the host cannot start them all, the launch fails with emu::kNoThreads);
+// blocks must be a multiple of 32 threads; no streams (launches run synchronously);
 // no memory spaces (device pointers are host pointers); barriers block (mutex and condition variable), so
 // oversubscription is slow but correct. Shared memory is per block and zero-initialised.
 #pragma once
@@ -66,6 +67,7 @@ cudaError_t launch(void (*kernel)(KArgs...), int grid, int block, size_t shared_
 #include <memory>
 #include <mutex>
 #include <stdexcept>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -125,6 +127,31 @@ struct ThreadState {
 
 inline thread_local ThreadState self;
 
+// Holds a launch's threads until every one has started; wait() then says whether to run the kernel.
+class Gate {
+  public:
+    bool wait() {
+        std::unique_lock<std::mutex> lock(m_);
+        cv_.wait(lock, [&] { return open_; });
+        return run_;
+    }
+    void open(bool run) {
+        {
+            std::lock_guard<std::mutex> lock(m_);
+            open_ = true;
+            run_ = run;
+        }
+        cv_.notify_all();
+    }
+
+  private:
+    bool open_ = false, run_ = false;
+    std::mutex m_;
+    std::condition_variable cv_;
+};
+
+static constexpr int kNoThreads = 2;  // launch error: the host could not start every thread
+
 }  // namespace rf::emu
 
 inline thread_local rf_dim threadIdx, blockIdx, blockDim, gridDim;
@@ -152,7 +179,10 @@ inline T* dyn_shared() {
 inline float expf(float x) { return std::exp(x); }
 inline float tanhf(float x) { return std::tanh(x); }
 
-// Runs grid*block host threads, each as one CUDA thread; returns when all have finished.
+// Runs grid*block host threads, each as one CUDA thread; returns when all have finished. When the host
+// cannot start them all (thread or address-space limits), the kernel must not run (its barriers would wait
+// for the missing threads forever): the started threads are told to return at the gate, are joined, and the
+// launch fails with emu::kNoThreads, so that the process never aborts with joinable threads.
 template <typename... KArgs, typename... Args>
 cudaError_t launch(void (*kernel)(KArgs...), int grid, int block, size_t shared_bytes, cudaStream_t /*stream*/,
                    bool /*cooperative*/, Args... args) {
@@ -160,20 +190,34 @@ cudaError_t launch(void (*kernel)(KArgs...), int grid, int block, size_t shared_
     emu::Barrier grid_barrier(grid * block);
     std::vector<std::unique_ptr<emu::Block>> blocks;
     for (int b = 0; b < grid; ++b) blocks.emplace_back(new emu::Block(block, shared_bytes));
+    emu::Gate gate;
     std::vector<std::thread> threads;
     threads.reserve(static_cast<size_t>(grid) * block);
-    for (int b = 0; b < grid; ++b)
-        for (int t = 0; t < block; ++t)
-            threads.emplace_back([&, b, t] {
-                threadIdx.x = t;
-                blockIdx.x = b;
-                blockDim.x = block;
-                gridDim.x = grid;
-                emu::self.block = blocks[b].get();
-                emu::self.grid = &grid_barrier;
-                kernel(args...);
-            });
-    for (std::thread& th : threads) th.join();
+    auto finish = [&](bool run) {
+        gate.open(run);
+        for (std::thread& th : threads) th.join();
+    };
+    try {
+        for (int b = 0; b < grid; ++b)
+            for (int t = 0; t < block; ++t)
+                threads.emplace_back([&, b, t] {
+                    if (!gate.wait()) return;
+                    threadIdx.x = t;
+                    blockIdx.x = b;
+                    blockDim.x = block;
+                    gridDim.x = grid;
+                    emu::self.block = blocks[b].get();
+                    emu::self.grid = &grid_barrier;
+                    kernel(args...);
+                });
+    } catch (const std::system_error&) {
+        finish(false);
+        return emu::kNoThreads;
+    } catch (...) {
+        finish(false);
+        throw;
+    }
+    finish(true);
     return cudaSuccess;
 }
 }  // namespace rf

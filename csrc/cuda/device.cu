@@ -1,5 +1,5 @@
-// device.cu: what the CUDA module holds so far: device discovery with every status checked.
-// The fused CUDA recurrence kernels come with the CUDA backend (they share csrc/common/cells.h).
+// device.cu: device discovery for rnnfast._cuda, every status checked (the recurrence kernels are in
+// launch.cu and the .cuh files it includes).
 #include <cuda_runtime.h>
 
 #include <cstdio>

@@ -1,10 +1,14 @@
-// launch.cu: host side of the CUDA recurrences: picks the persistent or the per-step path, sizes the grid,
-// moves the step table to the device and launches, checking every CUDA status. Compiled by nvcc for
-// rnnfast._cuda and, through launch_emu.cpp, by the host compiler for rnnfast._cuda_emu.
+// launch.cu: host side of the CUDA recurrences: switches on the cell once, picks the persistent or the
+// per-step path, sizes the grid, moves the step table (and a two-phase cell's scratch) to the device and
+// launches, checking every CUDA status. Compiled by nvcc for rnnfast._cuda and, through launch_emu.cpp, by
+// the host compiler for rnnfast._cuda_emu.
+#include <cstring>
 #include <string>
+#include <vector>
 
 #include "recurrence.cuh"
-#include "recurrence_two_phase.cuh"
+#include "recurrence_gru_original.cuh"
+#include "recurrence_lstm_proj.cuh"
 
 namespace rnnfast_cuda {
 
@@ -43,22 +47,30 @@ std::string coresident(K kernel, int threads, size_t shared, const Device& d, in
     return {};
 }
 
-// The step table (bs, off) in device memory for the duration of the launches, freed in stream order.
-struct StepTable {
-    int64_t* dev = nullptr;
-    cudaStream_t stream;
-    std::string upload(const int64_t* host, size_t n, cudaStream_t s) {
+// Device memory for the duration of the launches, allocated and freed in stream order.
+struct DeviceBuffer {
+    void* dev = nullptr;
+    cudaStream_t stream = nullptr;
+    std::string alloc(size_t bytes, cudaStream_t s) {
         stream = s;
-        RF_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&dev), n * sizeof(int64_t), s));
-        RF_CHECK(cudaMemcpyAsync(dev, host, n * sizeof(int64_t), cudaMemcpyHostToDevice, s));
+        if (bytes) RF_CHECK(cudaMallocAsync(&dev, bytes, s));
         return {};
     }
-    ~StepTable() {
+    std::string upload(const void* host, size_t bytes, cudaStream_t s) {
+        std::string err = alloc(bytes, s);
+        if (err.empty() && bytes) RF_CHECK(cudaMemcpyAsync(dev, host, bytes, cudaMemcpyHostToDevice, s));
+        return err;
+    }
+    ~DeviceBuffer() {
         if (dev) cudaFreeAsync(dev, stream);
     }
 };
 #else
-std::string error_string(cudaError_t st) { return "emulated launch failed (" + std::to_string(st) + ")"; }
+std::string error_string(cudaError_t st) {
+    if (st == rf::emu::kNoThreads)
+        return "the host could not start a thread for every emulated CUDA thread (thread or address-space limit)";
+    return "emulated launch failed (" + std::to_string(st) + ")";
+}
 
 // The emulation's pretend device: small, so that tests exercise several blocks and both paths.
 struct Device {
@@ -70,10 +82,17 @@ std::string coresident(K, int, size_t, const Device& d, int& blocks) {
     blocks = d.sms * 2;
     return {};
 }
-struct StepTable {
-    const int64_t* dev = nullptr;
-    std::string upload(const int64_t* host, size_t, cudaStream_t) {
-        dev = host;
+struct DeviceBuffer {
+    std::vector<unsigned char> host;
+    void* dev = nullptr;
+    std::string alloc(size_t bytes, cudaStream_t) {
+        host.resize(bytes);
+        dev = host.data();
+        return {};
+    }
+    std::string upload(const void* src, size_t bytes, cudaStream_t s) {
+        alloc(bytes, s);
+        if (bytes) std::memcpy(dev, src, bytes);
         return {};
     }
 };
@@ -86,20 +105,20 @@ int pick_units(const Device& d, int H, int requested) {
     return u > 0 ? u : 1;
 }
 
-bool two_phase(int cell, int P) { return cell == kGruOriginal || P > 0; }
-
 // Runs all steps of one kernel: the persistent path (one cooperative launch, `nphases` phases a step with a
 // grid barrier between them) or the per-step path (a launch per phase per step). shared(U, persistent) is
-// the dynamic shared memory a block needs.
-template <typename Params, typename K, typename Shared>
-std::string launch_steps(const Request& q, Params p, K kernel, int nphases, bool forward_order, Shared shared,
-                         cudaStream_t stream, int* used_path) {
+// the dynamic shared memory a block needs; scratch_floats the device scratch the kernel's phases share.
+template <typename Params, typename Shared>
+std::string launch_steps(const Request& q, const Params& p, void (*kernel)(Params, Grid), int nphases,
+                         bool forward_order, Shared shared, size_t scratch_floats, cudaStream_t stream,
+                         int* used_path) {
     Device d;
     std::string err = query(d);
     if (!err.empty()) return err;
-    p.U = pick_units(d, p.H, q.units_per_block);
-    const int blocks = (p.H + p.U - 1) / p.U;
-    const size_t shared_persistent = shared(p.U, true);
+    Grid g{};
+    g.U = pick_units(d, p.H, q.units_per_block);
+    const int blocks = (p.H + g.U - 1) / g.U;
+    const size_t shared_persistent = shared(g.U, true);
     int path = q.path;
     if (path == kAuto) {
         int resident = 0;
@@ -112,52 +131,87 @@ std::string launch_steps(const Request& q, Params p, K kernel, int nphases, bool
         return "persistent path: W_hh's slice needs " + std::to_string(shared_persistent) +
                " bytes of shared memory per block, the device has " + std::to_string(d.max_shared);
     if (used_path) *used_path = path;
-    StepTable table;
-    err = table.upload(q.steps, 2 * static_cast<size_t>(p.T), stream);
+    // The step table: batch sizes, then each step's first token row.
+    std::vector<int64_t> table(2 * static_cast<size_t>(p.T));
+    for (int t = 0; t < p.T; ++t) {
+        table[t] = p.batch_sizes[t];
+        table[p.T + t] = t ? table[p.T + t - 1] + table[t - 1] : 0;
+    }
+    DeviceBuffer steps, scratch;
+    err = steps.upload(table.data(), table.size() * sizeof(int64_t), stream);
+    if (err.empty()) err = scratch.alloc(scratch_floats * sizeof(float), stream);
     if (!err.empty()) return err;
-    p.bs = table.dev;
-    p.off = table.dev + p.T;
+    g.bs = static_cast<const int64_t*>(steps.dev);
+    g.off = g.bs + p.T;
+    g.scratch = static_cast<float*>(scratch.dev);
     if (path == kPersistent) {
-        p.persistent = 1;
-        p.t_begin = 0;
-        p.t_end = p.T;
-        RF_CHECK(rf::launch(kernel, blocks, q.threads, shared_persistent, stream, true, p, (1 << nphases) - 1));
+        g.persistent = 1;
+        g.t_begin = 0;
+        g.t_end = p.T;
+        g.phases = (1 << nphases) - 1;
+        RF_CHECK(rf::launch(kernel, blocks, q.threads, shared_persistent, stream, true, p, g));
         return {};
     }
-    p.persistent = 0;
-    const size_t shared_step = shared(p.U, false);
+    g.persistent = 0;
+    const size_t shared_step = shared(g.U, false);
     for (int s = 0; s < p.T; ++s) {
         const int t = forward_order ? s : p.T - 1 - s;
-        p.t_begin = t;
-        p.t_end = t + 1;
-        for (int phase = 0; phase < nphases; ++phase)
-            RF_CHECK(rf::launch(kernel, blocks, q.threads, shared_step, stream, false, p, 1 << phase));
+        g.t_begin = t;
+        g.t_end = t + 1;
+        for (int phase = 0; phase < nphases; ++phase) {
+            g.phases = 1 << phase;
+            RF_CHECK(rf::launch(kernel, blocks, q.threads, shared_step, stream, false, p, g));
+        }
     }
     return {};
 }
 
+size_t no_shared(int, bool) { return 0; }
+
 }  // namespace
 
 std::string forward(const Request& q, const FwdParams& p, void* stream, int* used_path) {
+    using namespace rnnfast;
     const cudaStream_t s = static_cast<cudaStream_t>(stream);
-    if (two_phase(p.cell, p.P))
-        return launch_steps(q, p, forward_two_phase_kernel, 2, true, [](int, bool) { return size_t(0); }, s,
-                            used_path);
-    auto shared = [&](int U, bool persistent) {
-        return sizeof(float) * forward_shared_floats(p.G, p.H, U, p.B, persistent);
+    auto single = [&](auto cell) {
+        using Cell = decltype(cell);
+        auto shared = [&](int U, bool persistent) {
+            return sizeof(float) * forward_shared_floats(Cell::kGates, p.H, U, p.B, persistent);
+        };
+        return launch_steps(q, p, forward_kernel<Cell>, 1, true, shared, 0, s, used_path);
     };
-    return launch_steps(q, p, forward_kernel, 1, true, shared, s, used_path);
+    const size_t scratch = 2 * static_cast<size_t>(p.B) * p.H;
+    switch (p.cell) {
+        case kRnnTanh: return single(RnnTanh{});
+        case kRnnRelu: return single(RnnRelu{});
+        case kLstm:
+            return p.P ? launch_steps(q, p, lstm_proj_forward_kernel, 2, true, no_shared, scratch, s, used_path)
+                       : single(Lstm{});
+        case kGru: return single(Gru{});
+        case kGruOriginal: return launch_steps(q, p, gru_original_forward_kernel, 2, true, no_shared, scratch, s, used_path);
+        default: return "cell: unknown id " + std::to_string(p.cell);
+    }
 }
 
 std::string backward(const Request& q, const BwdParams& p, void* stream, int* used_path) {
+    using namespace rnnfast;
     const cudaStream_t s = static_cast<cudaStream_t>(stream);
-    if (two_phase(p.cell, p.P))
-        return launch_steps(q, p, backward_two_phase_kernel, 3, false, [](int, bool) { return size_t(0); }, s,
-                            used_path);
-    auto shared = [&](int U, bool persistent) {
-        return sizeof(float) * backward_shared_floats(p.G, p.H, U, persistent);
+    auto single = [&](auto cell) {
+        using Cell = decltype(cell);
+        auto shared = [&](int U, bool persistent) {
+            return sizeof(float) * backward_shared_floats(Cell::kGates, p.H, U, persistent);
+        };
+        return launch_steps(q, p, backward_kernel<Cell>, 2, false, shared, 0, s, used_path);
     };
-    return launch_steps(q, p, backward_kernel, 2, false, shared, s, used_path);
+    switch (p.cell) {
+        case kRnnTanh: return single(RnnTanh{});
+        case kRnnRelu: return single(RnnRelu{});
+        case kLstm: return p.P ? launch_steps(q, p, lstm_proj_backward_kernel, 3, false, no_shared, 0, s, used_path)
+                               : single(Lstm{});
+        case kGru: return single(Gru{});
+        case kGruOriginal: return launch_steps(q, p, gru_original_backward_kernel, 3, false, no_shared, 0, s, used_path);
+        default: return "cell: unknown id " + std::to_string(p.cell);
+    }
 }
 
 }  // namespace rnnfast_cuda

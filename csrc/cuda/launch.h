@@ -1,48 +1,49 @@
-// launch.h: the host entry points of the CUDA recurrences and their parameters (recurrence.cuh documents
-// the tensors). Plain C++: the bindings include it without CUDA.
+// launch.h: the host entry points of the CUDA recurrences and what they take. Plain C++: the bindings include
+// it without CUDA. Every pointer is device memory (host memory under the emulation) except batch_sizes.
+//
+// Shapes (N = sum(batch_sizes) token rows, G = the cell's gates, S = P if the LSTM has a projection else H,
+// slots = rnnfast::workspace_slots(cell, P > 0)); the bindings check every one before a launch:
+//   batch_sizes [T] (host, non-increasing, <= B)
+//   Forward:  xp [N, G*H] = W_ih x (no bias)   h0 [B, S]   c0 [B, H] (LSTM)   weight_hh [G*H, S]
+//             b_ih, b_hh [G*H] or null         weight_hr [P, H] or null
+//             y [N, S]   h_n [B, S]   c_n [B, H] (LSTM: the running cell state, c0 in, c_n out)
+//             ws [N, slots*H] or null (training workspace, layout by cells.h's Slot enums)
+//   Backward: weight_hh, h0, c0, y, ws as the forward had them (ws required when slots > 0)
+//             dy [N, S] or null   dh [B, S]: dh_n in, dh0 out   dc [B, H] (LSTM): dc_n in, dc0 out
+//             dxg [N, G*H]: gradient w.r.t. the input pre-activations; dhg [N, G*H] (GRU only): w.r.t. the
+//             recurrent ones; dh_all [N, P] (projection only): every dh_t. Bias gradients are the column
+//             sums of dxg / dhg, left to the caller (a deterministic reduction).
 #pragma once
 
 #include <cstdint>
 #include <string>
 
+#include "../common/cells.h"
+
 namespace rnnfast_cuda {
 
-enum Cell { kRnnTanh = 0, kRnnRelu = 1, kLstm = 2, kGru = 3, kGruOriginal = 4 };
-
 struct FwdParams {
-    int cell, G, T, B, H, U;  // U: units per block
-    int t_begin, t_end;       // the steps this launch runs
-    int persistent;           // 1: W slice in shared memory and a grid barrier per step
-    const int64_t *bs, *off;
-    const float *xp, *h0, *c0, *w, *b_ih, *b_hh;
-    float *y, *h_n, *c, *ws;
-    // The two-phase cells (recurrence_two_phase.cuh): the LSTM projection W_hr [P, H] (P = 0: none), and a
-    // scratch [B, 2*H] for what the second phase of a step reads (GRU original: r*h and z; LSTM: m).
-    int P;
-    const float* w_hr;
-    float* scratch;
+    rnnfast::CellId cell;
+    int T, B, H, P;  // P: LSTM projection size, 0 for none
+    const int64_t* batch_sizes;
+    const float *xp, *h0, *c0, *w_hh, *b_ih, *b_hh, *w_hr;
+    float *y, *h_n, *c_n, *ws;
 };
 
 struct BwdParams {
-    int cell, G, T, B, H, U;
-    int t_begin, t_end;  // the steps this launch runs, in reverse
-    int persistent;
-    const int64_t *bs, *off;
-    const float *w, *h0, *c0, *y, *ws, *dy;
-    float *dh, *dc, *dxg, *dhg;
-    int P;                // LSTM projection: dh, h0, y, dy have P features; dh_all [N, P] gets every dh_t
-    const float* w_hr;
-    float* dh_all;
+    rnnfast::CellId cell;
+    int T, B, H, P;
+    const int64_t* batch_sizes;
+    const float *w_hh, *h0, *c0, *y, *ws, *dy, *w_hr;
+    float *dh, *dc, *dxg, *dhg, *dh_all;
 };
-
 
 enum Path { kAuto = 0, kPersistent = 1, kPerStep = 2 };
 
 struct Request {
-    int path = kAuto;          // kAuto picks persistent when the W_hh slice fits on chip and the grid co-resides
-    int units_per_block = 0;   // 0: spread the units over the SMs
-    int threads = 128;         // threads per block (a multiple of 32)
-    const int64_t* steps;      // host [2*T]: bs then off
+    int path = kAuto;         // kAuto picks persistent when the W_hh slice fits on chip and the grid co-resides
+    int units_per_block = 0;  // 0: spread the units over the SMs
+    int threads = 128;        // threads per block (a multiple of 32)
 };
 
 // Each returns "" on success or a message naming what failed; *used_path gets the path taken.
