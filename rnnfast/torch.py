@@ -253,7 +253,7 @@ class _Recurrent(nn.Module):
         # Masks from a NumPy generator seeded from torch's, so that torch.manual_seed reproduces them.
         rng = np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,)).item())) if drop else None
         T, B = x.shape[0], x.shape[1]
-        call = _Call(self, names, functional.Plan(T, B, lengths), dropout, rng)
+        call = _Call(self, names, functional.Plan(T, B, lengths), dropout if drop else 0.0, rng)
         x, h0, c0 = _contiguous(x), _contiguous(h0), _contiguous(c0)
         tensors = [x, h0, c0, *params]
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
