@@ -243,9 +243,10 @@ class _Recurrent(nn.Module):
         """x (T, B, I), h0 (L*D, B, S), c0 (L*D, B, H) or None, lengths an int64 array or None ->
         (y (T, B, D*S), h_n, c_n or None), differentiable."""
         names = self._names()
-        params = [self._parameters[n] for n in names]
-        for p in params:  # a parameter replaced by hand (not through .to()) must still suit the kernels
-            _check_kernel_dtype(p.dtype, "parameters")
+        for n in names:  # a parameter replaced by hand (not through .to()) must still suit the kernels
+            _check_kernel_dtype(self._parameters[n].dtype, n)
+        # A non-contiguous parameter (a strided view assigned by hand) is read through a differentiable copy.
+        params = [_contiguous(self._parameters[n]) for n in names]
         dropout = float(self.dropout)
         if isinstance(self.dropout, bool) or not 0 <= dropout < 1:
             raise ValueError(f"dropout should be a number in [0, 1) (1 is not supported), got {self.dropout!r}")

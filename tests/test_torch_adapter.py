@@ -469,3 +469,15 @@ def test_cuda_tensors_without_cupy_say_so():
     with pytest.raises(RuntimeError, match="CuPy"):
         with _kernel_context(torch.device("cuda", 0)):
             pass
+
+
+def test_non_contiguous_parameter_is_read_through_a_differentiable_copy():
+    ours, ref = pair("GRU", 3, 4)
+    ours.weight_ih_l0 = nn.Parameter(torch.randn(3, 12, dtype=F64).t())  # (12, 3), strided
+    ref.weight_ih_l0 = nn.Parameter(ours.weight_ih_l0.detach().contiguous())
+    assert not ours.weight_ih_l0.is_contiguous()
+    x = torch.randn(5, 2, 3, dtype=F64)
+    for m in (ours, ref):
+        m(x)[0].pow(2).sum().backward()
+    assert_close(ours(x)[0], ref(x)[0], TOL, "y")
+    compare(grads(ours), grads(ref), "strided weight_ih")
