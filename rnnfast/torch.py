@@ -24,6 +24,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from . import functional
+from .layers import _check_size
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "from_torch", "to_torch", "SAFE_GLOBALS"]
 
@@ -36,14 +37,6 @@ def _check_kernel_dtype(dtype, name):
     if dtype not in _KERNEL_DTYPES:
         raise TypeError(f"{name}: rnnfast's kernels run torch.float32 and torch.float64 (float32 only on CUDA), "
                         f"got {dtype}")
-
-
-def _check_size(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 # ------------------------------------------------------------------------------------------------ kernels
