@@ -481,3 +481,26 @@ def test_non_contiguous_parameter_is_read_through_a_differentiable_copy():
         m(x)[0].pow(2).sum().backward()
     assert_close(ours(x)[0], ref(x)[0], TOL, "y")
     compare(grads(ours), grads(ref), "strided weight_ih")
+
+
+@pytest.mark.parametrize("kind,kw", [("LSTM", dict(bidirectional=True)), ("GRU", dict(num_layers=2)),
+                                     ("LSTMCell", {})])
+def test_device_kernel_path_through_the_emulated_cuda_kernels(kind, kw):
+    """The adapter over the CUDA kernels' data flow (weights read unpacked, gradients from the device path), run by
+    their CPU emulation on float32 tensors: what a CUDA tensor takes, short of CuPy and a GPU."""
+    import rnnfast
+    ours, ref = pair(kind, 3, 8, dtype=torch.float32, **kw)
+    cell = kind.endswith("Cell")
+    x = torch.randn((2, 3) if cell else (4, 2, 3), requires_grad=True)
+    out = []
+    for m in (ours, ref):
+        with rnnfast.use_backend("cuda_emu"):
+            y = m(x)
+            y = y[0]
+            loss = (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum()
+            out.append((y, torch.autograd.grad(loss, [x] + list(m.parameters()))))
+    assert_close(out[0][0], out[1][0], 1e-5, "y")
+    for i, (g, r) in enumerate(zip(out[0][1], out[1][1])):
+        assert_close(g, r, 1e-5, f"gradient {i}")
+    with rnnfast.use_backend("cuda_emu"), pytest.raises(TypeError, match="CUDA kernels run float32"):
+        getattr(rt, kind)(3, 8, dtype=F64, **kw)(x.detach().double())  # proof that the device path ran
