@@ -23,7 +23,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from . import functional
+from . import backend, functional
 from .layers import _check_size
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "from_torch", "to_torch", "SAFE_GLOBALS"]
@@ -116,7 +116,8 @@ class _Call:
         """Runs the stack; returns (y, h_n, c_n) tensors and keeps what backward needs when `keep`."""
         with _kernel_context(x.device):
             arrays = [_to_kernel(p) for p in params]
-            weights = self.layer_weights(arrays, pack=not x.is_cuda)
+            # Packed weights serve the CPU kernels only (not CuPy arrays, nor use_backend("cuda_emu")).
+            weights = self.layer_weights(arrays, pack=not x.is_cuda and backend.current_backend() == "cpu")
             y, h_n, c_n, saved = functional.stack_forward(self.cell, _to_kernel(x), _to_kernel(h0), _to_kernel(c0),
                                                           weights, self.plan, self.directions, keep, self.dropout,
                                                           self.rng)
