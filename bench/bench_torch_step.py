@@ -18,6 +18,11 @@ import statistics
 import sys
 import time
 
+if __package__ in (None, ""):  # run as a file: make the `bench` package importable (last, so that the installed
+    sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # rnnfast wins over the checkout)
+
+from bench.machine import cpu_model  # noqa: E402
+
 # (cell, T, B, I, H): the recurrent shapes of bench/bench_cpu.py's cases
 DEFAULT_CASES = [
     ("lstm", 100, 1, 64, 256),
@@ -43,17 +48,6 @@ def parse_args(argv=None):
 
 def case_name(cell, T, B, I, H):
     return f"{cell.upper()} T={T} B={B} I={I} H={H}"
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
 
 
 def time_blocks(step, warmup, repeats, blocks):
