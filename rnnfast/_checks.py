@@ -94,6 +94,17 @@ def check_parameter_memory(owner: str, count: int, dtype: np.dtype, sizes: str) 
                           f"{need / 2**30:.1f} GiB, more than this machine's {have / 2**30:.1f} GiB of memory")
 
 
+def canonical(a):
+    """`a`, or a view of it, whose dtype object is NumPy's own float32/float64 singleton. Unpickled arrays
+    carry an equal but distinct dtype object, which the compiled kernels (comparing dtypes by identity) would
+    refuse with a confusing "expected float32, got float32"."""
+    if isinstance(a, np.ndarray) and a.dtype in _DTYPES and a.dtype.isnative:
+        want = np.dtype(a.dtype.type)
+        if a.dtype is not want:
+            return a.view(want)
+    return a
+
+
 def check_input_array(value, name: str, dtype, owner: str) -> np.ndarray:
     """An input of the module's dtype (see module.check_array); an ndarray subclass such as np.matrix is
     used as the plain ndarray it holds, a masked array is refused."""
@@ -102,7 +113,14 @@ def check_input_array(value, name: str, dtype, owner: str) -> np.ndarray:
             raise TypeError(f"{name}: masked arrays are not supported (the mask would be ignored); pass "
                             f"{name}.filled(...) or a plain numpy.ndarray")
         value = np.asarray(value)  # np.matrix and friends: the same memory, as a plain ndarray
-    return check_array(value, name, dtype, owner)
+    return canonical(check_array(value, name, dtype, owner))
+
+
+def restore_parameters(module) -> None:
+    """After unpickling: the module's dtype and its parameters' arrays with NumPy's own dtype objects."""
+    module.__dict__["dtype"] = np.dtype(module.dtype.type)
+    for p in module.parameters():
+        p.data, p.grad = canonical(p.data), canonical(p.grad)
 
 
 def uniform_bound(hidden_size: int) -> float:

@@ -11,7 +11,7 @@ import threading
 
 import numpy as np
 
-from . import _C
+from . import _C, _checks
 
 __all__ = ["set_num_threads", "get_num_threads", "matmul", "isa", "use_backend", "current_backend"]
 
@@ -126,21 +126,22 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, accumula
         if np.shares_memory(out, a) or np.shares_memory(out, b):
             raise ValueError("matmul: out overlaps an input")
     # Misaligned views (strides that are not whole items) are copied: the kernels would misread them.
-    a = a if _whole_items(a) else a.copy()
-    b = b if _whole_items(b) else b.copy()
+    a = _checks.canonical(a if _whole_items(a) else a.copy())
+    b = _checks.canonical(b if _whole_items(b) else b.copy())
     if out.size == 0:
         return out
     if 0 in a.shape:  # K = 0: the product is zeros
         if not accumulate:
             out[...] = 0
         return out
-    c = out
-    if out.strides[1] != out.itemsize or out.strides[0] < out.shape[1] * out.itemsize:
-        c = np.empty(want, dtype=a.dtype)  # a single row or column with an odd stride: the kernel's layout
+    c = _checks.canonical(out)  # a view: the kernel writes into out's memory
+    odd = out.strides[1] != out.itemsize or out.strides[0] < out.shape[1] * out.itemsize
+    if odd:  # a single row or column with an unusual stride: the kernel writes a temporary in its layout
+        c = np.empty(want, dtype=a.dtype)
         if accumulate:
             c[...] = out
     _C.gemm(a, b, c, accumulate, _threads_arg())
-    if c is not out:
+    if odd:
         out[...] = c
     return out
 

@@ -126,6 +126,7 @@ class _CellBase(Module):
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        _checks.restore_parameters(self)
         self._drop_caches()
 
     # -------------------------------------------------------------------------------- the record

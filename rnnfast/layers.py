@@ -110,6 +110,7 @@ class _RNNBase(Module):
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        _checks.restore_parameters(self)
         self._drop_caches()
 
     @property
