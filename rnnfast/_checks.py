@@ -116,13 +116,6 @@ def check_input_array(value, name: str, dtype, owner: str) -> np.ndarray:
     return canonical(check_array(value, name, dtype, owner))
 
 
-def restore_parameters(module) -> None:
-    """After unpickling: the module's dtype and its parameters' arrays with NumPy's own dtype objects."""
-    module.__dict__["dtype"] = np.dtype(module.dtype.type)
-    for p in module.parameters():
-        p.data, p.grad = canonical(p.data), canonical(p.grad)
-
-
 def uniform_bound(hidden_size: int) -> float:
     """torch.nn's initialisation bound 1/sqrt(hidden_size) (0 for hidden_size=0, where nothing is drawn)."""
     return 1.0 / math.sqrt(hidden_size) if hidden_size else 0.0

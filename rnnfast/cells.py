@@ -18,6 +18,9 @@ exact BPTT:
     for t in reversed(range(T)):
         dx_t, dh = cell.backward(dh + dloss_dh[t])
 
+The record grows by one step per training-mode call until backward pops it: sampling loops should run the
+cell in eval() mode or inside ``rnnfast.no_grad()``; past RECORD_WARN_BYTES a cell warns once.
+
 This module validates and reshapes; the data flow is in functional.py and the math in the kernels.
 """
 from __future__ import annotations
@@ -29,6 +32,7 @@ import numpy as np
 
 from . import _checks, backend, functional
 from .grad_mode import is_grad_enabled
+from ._pickling import DropsCachesWhenPickled
 from .module import Module, Parameter
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "RECORD_WARN_BYTES"]
@@ -79,7 +83,11 @@ def _private(a, saved):
     return a.copy() if any(np.may_share_memory(a, v) for v in kept) else a
 
 
-class _CellBase(Module):
+class _CellBase(DropsCachesWhenPickled, Module):
+    """Pickling and copy.deepcopy (at any time) keep the parameters, their gradients and the arguments;
+    the packed weights and the recorded steps are dropped."""
+
+    _CACHES = ("_packed_ih", "_packed_hh", "_record", "_record_bytes", "_warned")
     _cell: str  # "rnn_tanh", "rnn_relu", "lstm", "gru"
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, bias: bool = True, dtype: DType = np.float32,
@@ -115,19 +123,6 @@ class _CellBase(Module):
         self.__dict__["_record"] = []  # the recorded training steps, most recent last
         self.__dict__["_record_bytes"] = 0
         self.__dict__["_warned"] = False
-
-    def __getstate__(self):
-        """Pickling and copy.deepcopy keep the parameters, their gradients and the arguments; the packed
-        weights and the recorded steps are dropped (the copy starts with an empty record)."""
-        state = self.__dict__.copy()
-        for key in ("_packed_ih", "_packed_hh", "_record", "_record_bytes", "_warned"):
-            state.pop(key, None)
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        _checks.restore_parameters(self)
-        self._drop_caches()
 
     # -------------------------------------------------------------------------------- the record
     @property

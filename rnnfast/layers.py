@@ -14,6 +14,7 @@ import numpy as np
 
 from . import _checks, backend, functional
 from .grad_mode import is_grad_enabled
+from ._pickling import DropsCachesWhenPickled
 from .module import Module, Parameter
 
 __all__ = ["RNN", "LSTM", "GRU"]
@@ -42,7 +43,11 @@ _ARGS_DOC = """
 """
 
 
-class _RNNBase(Module):
+class _RNNBase(DropsCachesWhenPickled, Module):
+    """Pickling and copy.deepcopy (at any time) keep the parameters, their gradients, the arguments and the
+    generator; the packed weights and the record of the last training forward are dropped."""
+
+    _CACHES = ("_packed", "_saved", "_layout", "_last_call")
     _cell: str  # set by subclasses: "rnn_tanh", "rnn_relu", "lstm", "gru"
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
@@ -98,20 +103,6 @@ class _RNNBase(Module):
         self.__dict__["_saved"] = None  # what the last training forward kept for its backward
         self.__dict__["_layout"] = None  # (T, B, batched) of that forward, to check dy against
         self.__dict__["_last_call"] = None  # why there is no record: "eval", "no_grad", "backward" or None
-
-    def __getstate__(self):
-        """Pickling and copy.deepcopy keep the parameters, their gradients, the arguments and the generator;
-        the packed weights and the record of the last training forward are dropped (a backward on the copy
-        raises until it runs a training forward of its own)."""
-        state = self.__dict__.copy()
-        for key in ("_packed", "_saved", "_layout", "_last_call"):
-            state.pop(key, None)
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        _checks.restore_parameters(self)
-        self._drop_caches()
 
     @property
     def dropout(self) -> float:

@@ -21,7 +21,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
@@ -85,17 +84,20 @@ WORKER = Worker()
 
 @pytest.fixture(scope="module", autouse=True)
 def _report(request):
+    # Printed when pytest finishes (output written during a test or its teardown would be captured).
+    request.config.add_cleanup(lambda: _print_report(request.config))
     yield
     WORKER.stop()
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+
+
+def _print_report(config):
     lines = [f"fuzz: {sum(OUTCOMES.values())} cases; by outcome: "
              + ", ".join(f"{k} {v}" for k, v in sorted(OUTCOMES.items()))]
     lines += [f"fuzz:   {entry}: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items()))
               for entry, c in sorted(BY_ENTRY.items())]
-    if reporter is not None:
-        reporter.write_line("")
-        for line in lines:
-            reporter.write_line(line)
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    for line in lines:
+        reporter.write_line(line) if reporter is not None else print(line)
     path = os.environ.get("RNNFAST_FUZZ_REPORT")
     if path:
         with open(path, "w") as f:
