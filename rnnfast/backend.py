@@ -11,7 +11,7 @@ import threading
 
 import numpy as np
 
-from . import _C
+from . import _C, _checks
 
 __all__ = ["set_num_threads", "get_num_threads", "matmul", "isa", "use_backend", "current_backend"]
 
@@ -27,18 +27,35 @@ _num_threads = _default_threads()
 _exact = False
 
 
+# With exact=True a test may ask for more threads than cores (to run the threaded split on a small machine),
+# but not for more than this: every thread is started for each kernel call.
+MAX_EXACT_THREADS = 256
+
+
 def set_num_threads(n: int, exact: bool = False) -> None:
     """Sets the largest number of threads a kernel call may use (default: the cores available).
 
-    Kernels use fewer where a problem is too small to gain from more, unless ``exact=True`` (for tests of
-    the threaded paths on small shapes). Results do not depend on the thread count.
+    Args:
+        n: an int >= 1. More threads than the cores this process may run on cannot help (the threads of a
+            kernel meet at a barrier every step), so n is capped at that count: ``get_num_threads()`` returns
+            the number in force.
+        exact: use exactly n threads even where a problem is too small to gain from them (for tests of the
+            threaded paths on small shapes); n is then not capped, but must be at most MAX_EXACT_THREADS.
+
+    Results are bit-for-bit reproducible from run to run with the same thread count. Different thread counts
+    can differ in the last bits (the threads split the sums of the GEMMs and of the gradients differently).
     """
     global _num_threads, _exact
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
+    if not isinstance(exact, (bool, np.bool_)):
+        raise TypeError(f"set_num_threads: exact must be a bool, got {type(exact).__name__}")
+    n = int(n)
     if n < 1:
         raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
-    _num_threads, _exact = int(n), bool(exact)
+    if exact and n > MAX_EXACT_THREADS:
+        raise ValueError(f"set_num_threads: n must be at most {MAX_EXACT_THREADS} with exact=True, got {n}")
+    _num_threads, _exact = (n if exact else min(n, _default_threads())), bool(exact)
 
 
 def get_num_threads() -> int:
@@ -56,11 +73,24 @@ def isa() -> str:
     return _C.isa()
 
 
-def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, accumulate: bool = False) -> np.ndarray:
-    """a @ b for 2-D float32/float64 arrays (any strides) on rnnfast's threaded GEMM.
+def _whole_items(arr: np.ndarray) -> bool:
+    """Whether every stride is a whole number of items: the kernels address elements in items."""
+    return all(s % arr.itemsize == 0 for s in arr.strides)
 
-    With ``out`` the product is written there (``accumulate=True`` adds it instead); ``out``'s rows must be
-    contiguous and it must not overlap ``a`` or ``b``.
+
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, accumulate: bool = False) -> np.ndarray:
+    """a @ b on rnnfast's threaded GEMM.
+
+    Args:
+        a: (M, K), float32 or float64, any strides (a view whose strides are not whole items, e.g. over a
+            byte buffer, is copied first).
+        b: (K, N), a's dtype, any strides.
+        out: None, or an (M, N) array of a's dtype to write the product into: writable, rows contiguous
+            (unit stride within a row, whole items between rows), not overlapping a or b.
+        accumulate: add the product into ``out`` instead of overwriting it (needs ``out``).
+
+    Returns:
+        ``out``, or a new (M, N) array.
     """
     for name, arr in (("a", a), ("b", b)):
         if not isinstance(arr, np.ndarray):
@@ -73,13 +103,46 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, accumula
         raise TypeError(f"matmul: a and b dtypes differ ({a.dtype} and {b.dtype})")
     if a.shape[1] != b.shape[0]:
         raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not align")
+    if not isinstance(accumulate, (bool, np.bool_)):
+        raise TypeError(f"matmul: accumulate must be a bool, got {type(accumulate).__name__}")
+    want = (a.shape[0], b.shape[1])
     if out is None:
         if accumulate:
             raise ValueError("matmul: accumulate=True needs out")
-        out = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
-    elif np.shares_memory(out, a) or np.shares_memory(out, b):
-        raise ValueError("matmul: out overlaps an input")
-    _C.gemm(a, b, out, accumulate, _threads_arg())
+        out = np.empty(want, dtype=a.dtype)
+    else:
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"matmul: out must be a numpy.ndarray, got {type(out).__name__}")
+        if out.dtype != a.dtype:
+            raise TypeError(f"matmul: out must have dtype {a.dtype} (a's), got {out.dtype}")
+        if out.shape != want:
+            raise ValueError(f"matmul: out must have shape {want}, got {out.shape}")
+        if not out.flags.writeable:
+            raise ValueError("matmul: out is read-only")
+        if not _whole_items(out) or (out.size and out.shape[1] > 1 and out.strides[1] != out.itemsize) \
+                or (out.size and out.shape[0] > 1 and out.strides[0] < out.shape[1] * out.itemsize):
+            raise ValueError(f"matmul: out's rows must be contiguous with whole-item strides, got strides "
+                             f"{out.strides} for itemsize {out.itemsize}")
+        if np.shares_memory(out, a) or np.shares_memory(out, b):
+            raise ValueError("matmul: out overlaps an input")
+    # Misaligned views (strides that are not whole items) are copied: the kernels would misread them.
+    a = _checks.canonical(a if _whole_items(a) else a.copy())
+    b = _checks.canonical(b if _whole_items(b) else b.copy())
+    if out.size == 0:
+        return out
+    if 0 in a.shape:  # K = 0: the product is zeros
+        if not accumulate:
+            out[...] = 0
+        return out
+    c = _checks.canonical(out)  # a view: the kernel writes into out's memory
+    odd = out.strides[1] != out.itemsize or out.strides[0] < out.shape[1] * out.itemsize
+    if odd:  # a single row or column with an unusual stride: the kernel writes a temporary in its layout
+        c = np.empty(want, dtype=a.dtype)
+        if accumulate:
+            c[...] = out
+    _C.gemm(a, b, c, accumulate, _threads_arg())
+    if odd:
+        out[...] = c
     return out
 
 
@@ -97,12 +160,19 @@ cuda_options = {"path": 0, "units_per_block": 0, "threads": 128}
 
 
 def current_backend() -> str:
+    """The backend layers called in this thread run on: "cpu", "cuda" or "cuda_emu" (see use_backend)."""
     return getattr(_local, "name", "cpu")
 
 
 @contextlib.contextmanager
 def use_backend(name: str):
-    """with rnnfast.use_backend("cuda_emu"): layers in this thread run on the given backend."""
+    """Context manager: ``with rnnfast.use_backend("cuda_emu"):`` layers called in this thread run on the given
+    backend.
+
+    Args:
+        name: "cpu" (the fused CPU kernels), "cuda" (the CUDA kernels; needs CuPy arrays) or "cuda_emu" (the
+            CUDA kernel sources emulated on the CPU, on NumPy arrays; RuntimeError when it was not built).
+    """
     if name not in _BACKENDS:
         raise ValueError(f"use_backend: name must be one of {_BACKENDS}, got {name!r}")
     if name == "cuda_emu":
@@ -128,6 +198,7 @@ def _cuda_module(emulated: bool):
 
 
 def is_cupy_array(a) -> bool:
+    """Whether a is a CuPy array (checked without importing CuPy)."""
     return type(a).__module__.split(".")[0] == "cupy"
 
 

@@ -409,7 +409,9 @@ def stack_forward(cell, x_tm, h0, c0, weights, plan: Plan, directions, training,
             saved_dirs.append(sv)
         mask = None
         if dropped:
-            mask = xpm.asarray((rng.random(out.shape) >= dropout).astype(dtype) / dtype.type(1.0 - dropout))
+            keep = (rng.random(out.shape) >= dropout).astype(dtype)
+            # dropout=1 keeps nothing (torch's limit): all zeros, not the 0/0 of keep/(1-p)
+            mask = xpm.asarray(keep / dtype.type(1.0 - dropout) if dropout < 1 else keep)
             out *= mask
         if training:
             saved.layers.append(saved_dirs)

@@ -8,68 +8,79 @@ This module validates and reshapes; the data flow is in functional.py and the ma
 """
 from __future__ import annotations
 
-import math
-import numbers
+from typing import Optional, Tuple, Union
 
 import numpy as np
 
-from . import backend, functional
-from .module import Module, Parameter, check_array
+from . import _checks, backend, functional
+from .grad_mode import is_grad_enabled
+from ._pickling import DropsCachesWhenPickled
+from .module import Module, Parameter
 
 __all__ = ["RNN", "LSTM", "GRU"]
 
-_DTYPES = {np.dtype(np.float32), np.dtype(np.float64)}
+Array = np.ndarray
+Seed = Union[None, int, np.random.Generator]
+DType = Union[None, str, type, np.dtype]
+
+# What a training forward with an empty batch (B=0) keeps: there is nothing to differentiate.
+_EMPTY_BATCH = "empty batch"
+
+_ARGS_DOC = """
+    Args:
+        input_size: features of x (>= 1).
+        hidden_size: features of the hidden state h (>= 1).
+        num_layers: stacked layers (>= 1); layer l > 0 reads layer l-1's output.
+        bias: whether the layers have b_ih and b_hh.
+        batch_first: x and y are (B, T, F) instead of (T, B, F). States are (num_layers*D, B, H) either way.
+        dropout: probability in [0, 1] of zeroing each output of every layer but the last, in training mode
+            (1 drops them all, as torch). May be changed later (``m.dropout = 0.2``); checked then too.
+        bidirectional: a reverse direction per layer (D = 2); outputs are concatenated per step.
+        dtype: float32 or float64 of the parameters and of every array passed in; None means float32
+            (torch's default dtype).
+        seed: None, an int >= 0 or a numpy.random.Generator: draws the initial weights (torch's
+            U(-1/sqrt(H), 1/sqrt(H))) and then the dropout masks.
+"""
 
 
-def _check_size(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
+class _RNNBase(DropsCachesWhenPickled, Module):
+    """Pickling and copy.deepcopy (at any time) keep the parameters, their gradients, the arguments and the
+    generator; the packed weights and the record of the last training forward are dropped."""
 
-
-def _check_dtype(dtype):
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
-    if dt not in _DTYPES:
-        raise TypeError(f"dtype must be float32 or float64, got {dt}")
-    return dt
-
-
-class _RNNBase(Module):
+    _CACHES = ("_packed", "_saved", "_layout", "_last_call")
     _cell: str  # set by subclasses: "rnn_tanh", "rnn_relu", "lstm", "gru"
 
-    def __init__(self, cell, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, proj_size=0, dtype=np.float32, seed=None):
+    def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
+                 dtype: DType = np.float32, seed: Seed = None):
         super().__init__()
-        self.input_size = _check_size("input_size", input_size)
-        self.hidden_size = _check_size("hidden_size", hidden_size)
-        self.num_layers = _check_size("num_layers", num_layers)
-        self.proj_size = _check_size("proj_size", proj_size, minimum=0)
-        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
-        self.dropout = float(dropout)
+        self.input_size = _checks.check_size("input_size", input_size)
+        self.hidden_size = _checks.check_size("hidden_size", hidden_size)
+        self.num_layers = _checks.check_size("num_layers", num_layers, maximum=_checks.MAX_LAYERS)
+        self.proj_size = _checks.check_size("proj_size", proj_size, minimum=0)
+        self.dropout = dropout  # checked by the property
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
         self.bidirectional = bool(bidirectional)
-        self.dtype = _check_dtype(dtype)
+        self.dtype = _checks.check_dtype(dtype)
         if self.proj_size > 0 and self.proj_size >= self.hidden_size:
             raise ValueError(f"proj_size must be smaller than hidden_size, got proj_size={self.proj_size} "
                              f"and hidden_size={self.hidden_size}")
-        if seed is not None and not isinstance(seed, (np.random.Generator, numbers.Integral)):
-            raise TypeError(f"seed must be None, an int or a numpy.random.Generator, got {type(seed).__name__}")
+        # One generator for the initial weights and, later, the dropout masks: a seed reproduces both.
+        self._rng = _checks.check_seed(seed)
         self._cell = cell
         G = functional.GATES[cell]
         H = self.hidden_size
         D = 2 if self.bidirectional else 1
-        # One generator for the initial weights and, later, the dropout masks: a seed reproduces both.
-        self._rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-        # torch.nn's initialisation: every parameter uniform in [-1/sqrt(H), 1/sqrt(H)], in torch's order.
-        k = 1.0 / math.sqrt(H)
         S = self._state_size
+        per_direction = [G * H * ((self.input_size if layer == 0 else D * S) + S + 2 * self.bias)
+                         + self.proj_size * H for layer in range(min(self.num_layers, 2))]
+        count = D * (per_direction[0] + (self.num_layers - 1) * per_direction[-1])
+        _checks.check_parameter_memory(type(self).__name__, count, self.dtype,
+                                       f"input_size={self.input_size}, hidden_size={H}, "
+                                       f"num_layers={self.num_layers}")
+        # torch.nn's initialisation: every parameter uniform in [-1/sqrt(H), 1/sqrt(H)], in torch's order.
+        k = _checks.uniform_bound(H)
         for layer in range(self.num_layers):
             in_size = self.input_size if layer == 0 else D * S
             for d in range(D):
@@ -81,10 +92,26 @@ class _RNNBase(Module):
                     shapes += [("weight_hr" + sfx, (self.proj_size, H))]
                 for name, shape in shapes:
                     self._params[name] = Parameter(self._rng.uniform(-k, k, size=shape).astype(self.dtype))
+        self._drop_caches()
+
+    # -------------------------------------------------------------------------------- caches and records
+    def _drop_caches(self) -> None:
+        """Forgets the packed weights and the record of the last training forward (called by ``to()``, and
+        for pickling: the packed weights are the kernels' objects and cannot be pickled)."""
         # W_ih and W_hh of every layer and direction packed for the kernels, revalidated at each call.
-        self._packed = {}
-        self._saved = None  # what the last training forward kept for backward
-        self._layout = None  # (T, B, batched) of that forward, to check dy against
+        self.__dict__["_packed"] = {}
+        self.__dict__["_saved"] = None  # what the last training forward kept for its backward
+        self.__dict__["_layout"] = None  # (T, B, batched) of that forward, to check dy against
+        self.__dict__["_last_call"] = None  # why there is no record: "eval", "no_grad", "backward" or None
+
+    @property
+    def dropout(self) -> float:
+        """Probability in [0, 1] of zeroing each output of every layer but the last in training mode."""
+        return self.__dict__["_dropout"]
+
+    @dropout.setter
+    def dropout(self, value) -> None:
+        self.__dict__["_dropout"] = _checks.check_dropout(value)
 
     @property
     def _directions(self):
@@ -127,7 +154,7 @@ class _RNNBase(Module):
 
     # -------------------------------------------------------------------------------- checks
     def _check_array(self, value, name):
-        return check_array(value, name, self.dtype, "layer")
+        return _checks.check_input_array(value, name, self.dtype, "layer")
 
     def _check_input(self, x):
         """x as a T-major (T, B, I) array (a view where possible), and whether the call is batched."""
@@ -141,8 +168,8 @@ class _RNNBase(Module):
             x = x[:, None, :]
         elif self.batch_first:
             x = x.transpose(1, 0, 2)
-        if x.shape[1] < 1:
-            raise ValueError(f"x: batch size must be at least 1, got shape {x.shape}")
+        if x.shape[0] < 1:  # torch raises too (RuntimeError there); an empty batch (B=0) is fine
+            raise ValueError(f"x: Expected sequence length to be larger than 0 in RNN, got shape {x.shape}")
         return x, batched
 
     def _check_lengths(self, lengths, T, B):
@@ -193,20 +220,40 @@ class _RNNBase(Module):
         lengths = self._check_lengths(lengths, T, B)
         h0 = self._check_state(h0, "h0", B, batched, self._state_size)
         c0 = self._check_state(c0, "c0", B, batched, self.hidden_size) if self._cell == "lstm" else None
-        plan = functional.Plan(T, B, lengths)
         device = backend.device_kernels(x_tm, h0, c0, *(p.data for p in self._params.values()))
-        if self.training and plan.dense:
-            x_tm = x_tm.copy(order="C")  # backward must see the input of this forward
-        weights = self._layer_weights(pack=device is None)
-        y, h_n, c_n, saved = functional.stack_forward(self._cell, x_tm, h0, c0, weights, plan, self._directions,
-                                                      self.training, self.dropout, self._rng)
-        if self.training:
-            self._saved, self._layout = (saved, weights), (T, B, batched)
+        record = self.training and is_grad_enabled()
+        # This call replaces the record of the previous one (torch: each forward builds its own graph, and a
+        # backward differentiates the forward whose outputs it is given, which here is the latest call).
+        self._saved = self._layout = None
+        self._last_call = None if record else ("no_grad" if self.training else "eval")
+        if B == 0:  # the kernels need rows to run; an empty batch has nothing to compute
+            y, h_n, c_n = self._empty_batch_outputs(x_tm, T)
+            saved = _EMPTY_BATCH
+        else:
+            plan = functional.Plan(T, B, lengths)
+            if record and plan.dense:
+                x_tm = x_tm.copy(order="C")  # backward must see the input of this forward
+            weights = self._layer_weights(pack=device is None)
+            # Training mode inside no_grad still drops out (as torch); what the kernels keep is then let go.
+            y, h_n, c_n, saved = functional.stack_forward(self._cell, x_tm, h0, c0, weights, plan,
+                                                          self._directions, self.training, self.dropout, self._rng)
+            saved = (saved, weights)
+        if record:
+            self._saved, self._layout = saved, (T, B, batched)
             # y is also the saved activation backward reads (last layer, forward direction, no lengths):
             # hand it out read-only instead of copying it.
             if isinstance(y, np.ndarray):
                 y.flags.writeable = False
         return self._to_user(y, batched), self._state_out(h_n, batched), self._state_out(c_n, batched)
+
+    def _empty_batch_outputs(self, x_tm, T):
+        """y (T, 0, D*S), h_n (L*D, 0, S) and c_n (L*D, 0, H) or None, on the input's side (NumPy/CuPy)."""
+        xpm = functional._xp(x_tm)
+        LD = self.num_layers * self._directions
+        y = xpm.zeros((T, 0, self._directions * self._state_size), dtype=self.dtype)
+        h_n = xpm.zeros((LD, 0, self._state_size), dtype=self.dtype)
+        c_n = xpm.zeros((LD, 0, self.hidden_size), dtype=self.dtype) if self._cell == "lstm" else None
+        return y, h_n, c_n
 
     def _to_user(self, a, batched):
         """(T, B, F) -> the caller's layout."""
@@ -227,9 +274,9 @@ class _RNNBase(Module):
             return None
         return s if batched else s[:, 0, :]
 
-    def _backward(self, dy, dh_n, dc_n):
+    def _backward(self, dy, dh_n, dc_n, retain_graph):
         if self._saved is None:
-            raise RuntimeError("backward: no training-mode forward to differentiate (call the layer in train() mode first)")
+            raise RuntimeError(self._no_record_message())
         T, B, batched = self._layout
         S, H = self._state_size, self.hidden_size
         F = self._directions * S
@@ -242,21 +289,66 @@ class _RNNBase(Module):
         LD = self.num_layers * self._directions
         dh_n = None if dh_n is None else np.ascontiguousarray(dh_n.reshape(LD, B, S))
         dc_n = None if dc_n is None else np.ascontiguousarray(dc_n.reshape(LD, B, H))
-        saved, weights = self._saved
-        dx, dh0, dc0 = functional.stack_backward(saved, weights, dy, dh_n, dc_n)
+        record = self._saved
+        if not retain_graph:  # validated: from here on this forward's record is consumed
+            self._saved, self._layout, self._last_call = None, None, "backward"
+        if record is _EMPTY_BATCH:
+            dx = np.zeros((T, 0, self.input_size), dtype=self.dtype)
+            dh0 = np.zeros((LD, 0, S), dtype=self.dtype)
+            dc0 = np.zeros((LD, 0, H), dtype=self.dtype) if self._cell == "lstm" else None
+        else:
+            saved, weights = record
+            dx, dh0, dc0 = functional.stack_backward(saved, weights, dy, dh_n, dc_n)
         return self._to_user(dx, batched), self._state_out(dh0, batched), self._state_out(dc0, batched)
 
+    def _no_record_message(self) -> str:
+        why = {None: "no training-mode forward has run yet (call the layer in train() mode first)",
+               "eval": "the latest forward ran in eval() mode, which records nothing for backward",
+               "no_grad": "the latest forward ran inside rnnfast.no_grad(), which records nothing for backward",
+               "backward": "the latest training forward was already differentiated, and a backward consumes its "
+                           "forward's record (run the forward again, or pass retain_graph=True to the first "
+                           "backward to differentiate it twice)"}[self._last_call]
+        return f"{type(self).__name__}.backward: nothing to differentiate: {why}"
+
     # RNN and GRU: one state. LSTM overrides both with (h, c) pairs.
-    def __call__(self, x, h0=None, lengths=None):
-        """y, h_n = layer(x, h0=None, lengths=None). lengths: one per batch element, 1 <= length <= T, any
-        order (PackedSequence semantics: outputs past a sequence's end are zero, h_n is the state at each
-        sequence's own last step, the reverse direction starts there)."""
+    def __call__(self, x: Array, h0: Optional[Array] = None, lengths=None) -> Tuple[Array, Array]:
+        """y, h_n = layer(x, h0=None, lengths=None).
+
+        Args:
+            x: (T, B, input_size), (B, T, input_size) with batch_first, or (T, input_size) unbatched; the
+                layer's dtype; T >= 1, B >= 0.
+            h0: (num_layers*D, B, S) or (num_layers*D, S) unbatched, or None (zeros); S = hidden_size.
+            lengths: None, or B ints in [1, T] in any order (PackedSequence semantics: outputs past a
+                sequence's end are zero, h_n is the state at each sequence's own last step, the reverse
+                direction starts there).
+
+        Returns:
+            y: (T, B, D*S) in x's layout (read-only in training mode: backward reads it).
+            h_n: the final states, h0's shape.
+
+        In training mode (outside ``rnnfast.no_grad()``) the call records what ``backward`` needs,
+        replacing any earlier record.
+        """
         y, h_n, _ = self._forward(x, h0, None, lengths)
         return y, h_n
 
-    def backward(self, dy, dh_n=None):
-        """BPTT through the last training forward: returns (dx, dh0) and adds into every parameter's .grad."""
-        dx, dh0, _ = self._backward(dy, dh_n, None)
+    def backward(self, dy: Optional[Array], dh_n: Optional[Array] = None, retain_graph: bool = False
+                 ) -> Tuple[Array, Array]:
+        """BPTT through the latest call, which must have been a training-mode forward.
+
+        Args:
+            dy: gradient of the loss with respect to y (y's shape), or None (zeros).
+            dh_n: gradient with respect to h_n (h_n's shape), or None (zeros).
+            retain_graph: keep the forward's record so that it can be differentiated again (as torch's
+                ``retain_graph``); by default a backward consumes it.
+
+        Returns:
+            (dx, dh0) in the shapes of x and h0; every parameter's gradient is added into its ``.grad``.
+
+        Raises RuntimeError when there is nothing to differentiate: no training forward yet, the latest
+        forward ran in eval mode or inside ``rnnfast.no_grad()``, or its record was consumed by a backward.
+        """
+        dx, dh0, _ = self._backward(dy, dh_n, None, retain_graph)
         return dx, dh0
 
     def extra_repr(self):
@@ -272,10 +364,18 @@ class _RNNBase(Module):
 
 
 class RNN(_RNNBase):
-    """Elman RNN: h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu (torch.nn.RNN)."""
+    __doc__ = """Elman RNN as torch.nn.RNN: h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu.
 
-    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, dtype=np.float32, seed=None):
+        y, h_n = rnn(x, h0=None, lengths=None)          dx, dh0 = rnn.backward(dy, dh_n=None)
+    """ + _ARGS_DOC + """        nonlinearity: "tanh" or "relu".
+
+    Parameters (torch's names): weight_ih_l{k}[_reverse] (H, in), weight_hh_l{k}[_reverse] (H, H),
+    bias_ih_l{k}[_reverse] and bias_hh_l{k}[_reverse] (H,).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 dtype: DType = np.float32, seed: Seed = None):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
@@ -285,12 +385,20 @@ class RNN(_RNNBase):
 
 
 class GRU(_RNNBase):
-    """GRU. With linear_before_reset=True (default) it is torch.nn.GRU (and cuDNN's, Keras' reset_after=True):
-    n = tanh(W_in x + b_in + r*(W_hn h + b_hn)). With False it is the original form (Keras reset_after=False):
-    n = tanh(W_in x + b_in + W_hn (r*h) + b_hn). Gates r, z as torch; h' = (1-z)*n + z*h."""
+    __doc__ = """GRU. With linear_before_reset=True (default) it is torch.nn.GRU (and cuDNN's, Keras'
+    reset_after=True): n = tanh(W_in x + b_in + r*(W_hn h + b_hn)). With False it is the original form (Keras
+    reset_after=False): n = tanh(W_in x + b_in + W_hn (r*h) + b_hn). Gates r, z as torch; h' = (1-z)*n + z*h.
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, dtype=np.float32, seed=None, linear_before_reset=True):
+        y, h_n = gru(x, h0=None, lengths=None)          dx, dh0 = gru.backward(dy, dh_n=None)
+    """ + _ARGS_DOC + """        linear_before_reset: see above.
+
+    Parameters (torch's names, gate rows r, z, n): weight_ih_l{k}[_reverse] (3H, in), weight_hh_l{k}[_reverse]
+    (3H, H), bias_ih_l{k}[_reverse] and bias_hh_l{k}[_reverse] (3H,).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 dtype: DType = np.float32, seed: Seed = None, linear_before_reset: bool = True):
         if not isinstance(linear_before_reset, (bool, np.bool_)):
             raise TypeError(f"linear_before_reset must be a bool, got {type(linear_before_reset).__name__}")
         self.linear_before_reset = bool(linear_before_reset)
@@ -303,22 +411,54 @@ class GRU(_RNNBase):
 
 
 class LSTM(_RNNBase):
-    """LSTM as torch.nn.LSTM: gates i, f, g, o; c' = f*c + i*g; h' = o*tanh(c')."""
+    __doc__ = """LSTM as torch.nn.LSTM: gates i, f, g, o; c' = f*c + i*g; h' = o*tanh(c') (then h' = W_hr h'
+    with proj_size > 0).
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, proj_size=0, dtype=np.float32, seed=None):
+        y, (h_n, c_n) = lstm(x, hx=None, lengths=None)  dx, (dh0, dc0) = lstm.backward(dy, dstate=None)
+    """ + _ARGS_DOC + """        proj_size: 0, or the size S < hidden_size of a projection of h (then h and y have S features).
+
+    Parameters (torch's names, gate rows i, f, g, o): weight_ih_l{k}[_reverse] (4H, in), weight_hh_l{k}[_reverse]
+    (4H, S), bias_ih_l{k}[_reverse] and bias_hh_l{k}[_reverse] (4H,), weight_hr_l{k}[_reverse] (S, H).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
+                 dtype: DType = np.float32, seed: Seed = None):
         super().__init__("lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          proj_size, dtype, seed)
 
-    def __call__(self, x, hx=None, lengths=None):
+    def __call__(self, x: Array, hx: Optional[Tuple[Optional[Array], Optional[Array]]] = None, lengths=None
+                 ) -> Tuple[Array, Tuple[Array, Array]]:
+        """y, (h_n, c_n) = lstm(x, hx=None, lengths=None).
+
+        Args:
+            x: (T, B, input_size), (B, T, input_size) with batch_first, or (T, input_size) unbatched.
+            hx: (h0, c0) or None; h0 (num_layers*D, B, S), c0 (num_layers*D, B, hidden_size) (no B
+                unbatched), either may be None (zeros). S = proj_size or hidden_size.
+            lengths: as for RNN/GRU: None or B ints in [1, T].
+
+        Returns:
+            y (T, B, D*S) in x's layout, and (h_n, c_n) in the shapes of (h0, c0).
+        """
         h0, c0 = self._split_pair(hx, "hx")
         y, h_n, c_n = self._forward(x, h0, c0, lengths)
         return y, (h_n, c_n)
 
-    def backward(self, dy, dstate=None):
-        """BPTT through the last training forward: returns (dx, (dh0, dc0)) and adds into every .grad."""
+    def backward(self, dy: Optional[Array], dstate: Optional[Tuple[Optional[Array], Optional[Array]]] = None,
+                 retain_graph: bool = False) -> Tuple[Array, Tuple[Array, Array]]:
+        """BPTT through the latest call, which must have been a training-mode forward.
+
+        Args:
+            dy: gradient with respect to y (y's shape) or None.
+            dstate: (dh_n, dc_n), gradients with respect to (h_n, c_n), or None; either may be None (zeros).
+            retain_graph: keep the forward's record for another backward (by default it is consumed).
+
+        Returns:
+            (dx, (dh0, dc0)); every parameter's gradient is added into its ``.grad``. RuntimeError when there is
+            nothing to differentiate (see RNN.backward).
+        """
         dh_n, dc_n = self._split_pair(dstate, "dstate")
-        dx, dh0, dc0 = self._backward(dy, dh_n, dc_n)
+        dx, dh0, dc0 = self._backward(dy, dh_n, dc_n, retain_graph)
         return dx, (dh0, dc0)
 
     @staticmethod

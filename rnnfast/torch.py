@@ -24,13 +24,22 @@ from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from . import backend, functional
-from .layers import _check_size
+from ._checks import check_size as _check_size
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "from_torch", "to_torch", "SAFE_GLOBALS"]
 
 _KERNEL_DTYPES = (torch.float32, torch.float64)
 _PARAM_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 _GRAD_KEYS = {"weight_ih": "w_ih", "weight_hh": "w_hh", "bias_ih": "b_ih", "bias_hh": "b_hh", "weight_hr": "w_hr"}
+
+
+def _check_dropout(dropout) -> float:
+    """torch.nn's rule and message: a number in [0, 1] (1 drops every inter-layer activation), checked at
+    construction and again at each forward, since scripts set the attribute afterwards."""
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Number) or not 0 <= dropout <= 1:
+        raise ValueError("dropout should be a number in range [0, 1] representing the probability of an "
+                         f"element being zeroed, got {dropout!r}")
+    return float(dropout)
 
 
 def _check_kernel_dtype(dtype, name):
@@ -241,9 +250,7 @@ class _Recurrent(nn.Module):
             _check_kernel_dtype(self._parameters[n].dtype, n)
         # A non-contiguous parameter (a strided view assigned by hand) is read through a differentiable copy.
         params = [_contiguous(self._parameters[n]) for n in names]
-        dropout = float(self.dropout)
-        if isinstance(self.dropout, bool) or not 0 <= dropout < 1:
-            raise ValueError(f"dropout should be a number in [0, 1) (1 is not supported), got {self.dropout!r}")
+        dropout = _check_dropout(self.dropout)
         drop = self.training and dropout > 0 and self.num_layers > 1
         # Masks from a NumPy generator seeded from torch's, so that torch.manual_seed reproduces them.
         rng = np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,)).item())) if drop else None
@@ -266,9 +273,7 @@ class _RNNBase(_Recurrent):
         self.hidden_size = _check_size("hidden_size", hidden_size)
         self.num_layers = _check_size("num_layers", num_layers)
         self.proj_size = _check_size("proj_size", proj_size, minimum=0)
-        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Number) or not 0 <= dropout < 1:
-            raise ValueError("dropout should be a number in range [0, 1) representing the probability of an "
-                             f"element being zeroed (1 is not supported), got {dropout!r}")
+        _check_dropout(dropout)
         if dropout > 0 and num_layers == 1:
             warnings.warn("dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
                           f"expects num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}")

@@ -217,17 +217,19 @@ def test_eval_mode_forward_equals_training_mode_forward(cell, dtype, num_threads
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_backward_uses_last_training_forward_not_a_later_eval_forward(cell):
+def test_backward_after_a_later_eval_forward_raises(cell):
+    """Issue 11, item 3: a backward differentiates the latest call; after an eval forward there is nothing
+    to differentiate (it used to differentiate the older training forward silently)."""
     p, r = cached_problem_and_reference(cell, 5, 3, 4, 6, np.float64, 0)
     m = layer_for(p)
-    y, h_n, c_n = layer_forward(m, cell, p["x"], h3(p["h0"]), h3(p["c0"]))
+    layer_forward(m, cell, p["x"], h3(p["h0"]), h3(p["c0"]))
     m.eval()
     layer_forward(m, cell, np.ones_like(p["x"][:2]))  # different T, inference only
     m.train()
-    dx, dh0, dc0 = layer_backward(m, cell, p["dy"], h3(p["dh_n"]), h3(p["dc_n"]))
-    got = dict(y=y, h_n=h_n, c_n=c_n, dx=dx, dh0=dh0, dc0=dc0,
-               grads={n: g.copy() for n, g in grads_of(m).items()})
-    check_full(got, r, p, 1e-10)
+    with pytest.raises(RuntimeError, match="eval"):
+        layer_backward(m, cell, p["dy"], h3(p["dh_n"]), h3(p["dc_n"]))
+    for n, g in grads_of(m).items():
+        assert np.all(g == 0), f"{n}.grad changed by a refused backward"
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -275,17 +277,21 @@ def test_grads_accumulate_over_two_backward_calls_and_zero_grad_clears(cell, dty
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("cell", CELLS)
 def test_backward_twice_after_one_forward_accumulates(cell, dtype):
-    """Two backward calls through the same (last) training forward add up."""
+    """Two backward calls through the same training forward add up when the first retains the record
+    (retain_graph=True, as torch); without it the second raises (issue 11, item 3)."""
     p, r = cached_problem_and_reference(cell, 5, 3, 4, 6, dtype, 2)
     m = layer_for(p)
     layer_forward(m, cell, p["x"], h3(p["h0"]), h3(p["c0"]))
-    layer_backward(m, cell, p["dy"], h3(p["dh_n"]), h3(p["dc_n"]))
+    dstate = (h3(p["dh_n"]), h3(p["dc_n"])) if cell == "lstm" else h3(p["dh_n"])
+    m.backward(p["dy"], dstate, retain_graph=True)
     dx, dh0, dc0 = layer_backward(m, cell, p["dy"], h3(p["dh_n"]), h3(p["dc_n"]))
     tol = tol_for(dtype)
     assert_close(dx, r["dx"], tol, "dx of the second backward")
     assert_close(dh0, r["dh0"][None], tol, "dh0 of the second backward")
     for n, g in r["grads"].items():
         assert_close(grads_of(m)[n], 2 * g, tol, f"{n}.grad after two backward calls")
+    with pytest.raises(RuntimeError, match="already differentiated"):
+        layer_backward(m, cell, p["dy"], h3(p["dh_n"]), h3(p["dc_n"]))
 
 
 # --------------------------------------------------------------------------- layouts

@@ -289,8 +289,10 @@ def test_dropout_set_as_an_attribute_applies_reproducibly():
     assert torch.autograd.gradcheck(f, (x,)), "backward does not use the forward's masks"
     m.eval()
     assert_close(m(x)[0], y0, TOL, "eval ignores dropout")
-    m.dropout = 1.0
+    m.dropout = 1.0  # legal, as in torch: the second layer sees only zeros
     m.train()
+    assert torch.isfinite(m(x)[0]).all(), "dropout=1 gave non-finite outputs"
+    m.dropout = 1.5
     with pytest.raises(ValueError, match="dropout"):
         m(x)
 

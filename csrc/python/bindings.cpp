@@ -24,11 +24,16 @@ using rnnfast::cpu::Table;
 
 namespace {
 
-enum class DType { f32, f64 };
+enum class DType { f32, f64, none };
+
+// Whether a's dtype is T's: by equivalence, not identity (an unpickled or otherwise rebuilt dtype object is
+// a different object for the same type; a byte-swapped one is not equivalent and is refused).
+template <typename T>
+bool has_dtype(const py::array& a) { return py::isinstance<py::array_t<T>>(a); }
 
 DType dtype_of(const py::array& a, const char* name) {
-    if (a.dtype().is(py::dtype::of<float>())) return DType::f32;
-    if (a.dtype().is(py::dtype::of<double>())) return DType::f64;
+    if (has_dtype<float>(a)) return DType::f32;
+    if (has_dtype<double>(a)) return DType::f64;
     throw py::type_error(std::string(name) + ": expected a float32 or float64 array, got dtype " +
                          py::str(a.dtype()).cast<std::string>());
 }
@@ -58,7 +63,7 @@ const T* in_ptr(const py::object& o, const char* name, std::vector<py::ssize_t> 
     }
     if (!py::isinstance<py::array>(o)) throw py::type_error(std::string(name) + ": expected a numpy array");
     py::array a = o.cast<py::array>();
-    if (!a.dtype().is(py::dtype::of<T>()))
+    if (!has_dtype<T>(a))
         throw py::type_error(std::string(name) + ": expected dtype " + py::str(py::dtype::of<T>()).cast<std::string>() +
                              ", got " + py::str(a.dtype()).cast<std::string>());
     bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
@@ -109,7 +114,7 @@ class Packed {
     // True when w has the same dtype, shape and bytes as the packed source.
     bool matches(const py::array& w, int threads) const {
         if (w.ndim() != 2 || w.shape(0) != rows_ || w.shape(1) != cols_) return false;
-        if ((dtype_ == DType::f32) != w.dtype().is(py::dtype::of<float>())) return false;
+        if (dtype_ != (has_dtype<float>(w) ? DType::f32 : has_dtype<double>(w) ? DType::f64 : DType::none)) return false;
         if (!(w.flags() & py::array::c_style)) return false;
         return static_cast<size_t>(w.nbytes()) == source_.size() &&
                rnnfast::cpu::equal_bytes(w.data(), source_.data(), source_.size(), threads < 0 ? -threads : threads);
@@ -175,7 +180,7 @@ int check_threads(int threads) {
 // batch_sizes: int64 [T], bs[t] active rows at step t, 1 <= bs[t] <= bs[t-1] (see csrc/cpu/recurrence.h).
 // Returns its sum, the number of token rows.
 py::ssize_t check_batch_sizes(const py::array& bs) {
-    if (!bs.dtype().is(py::dtype::of<int64_t>()) || bs.ndim() != 1 || !(bs.flags() & py::array::c_style))
+    if (!has_dtype<int64_t>(bs) || bs.ndim() != 1 || !(bs.flags() & py::array::c_style))
         throw py::type_error("batch_sizes: expected a contiguous 1-D int64 array");
     const int64_t* p = static_cast<const int64_t*>(bs.data());
     py::ssize_t n = 0;
@@ -349,7 +354,7 @@ void gemm_t(const py::array& a, const py::array& b, const py::array& c, bool acc
     if (c.shape(0) != M || c.shape(1) != N)
         throw py::value_error("c: expected shape (" + std::to_string(M) + ", " + std::to_string(N) + "), got " +
                               shape_str(c));
-    if (!b.dtype().is(a.dtype()) || !c.dtype().is(a.dtype())) throw py::type_error("gemm: a, b and c must share a dtype");
+    if (!has_dtype<T>(a) || !has_dtype<T>(b) || !has_dtype<T>(c)) throw py::type_error("gemm: a, b and c must share a dtype");
     if (c.strides(1) != static_cast<py::ssize_t>(sizeof(T)) || c.strides(0) < N * static_cast<py::ssize_t>(sizeof(T)))
         throw py::value_error("c: rows must be contiguous");
     if (!c.writeable()) throw py::value_error("c: array is read-only");
@@ -368,7 +373,7 @@ void gemm_packed_t(const py::array& a, Packed& w, const py::array& c, bool accum
     if (a.ndim() != 2 || c.ndim() != 2) throw py::value_error("gemm_packed: a and c must be 2-D");
     const py::ssize_t M = a.shape(0), K = a.shape(1), N = w.rows();
     if (K != w.cols()) throw py::value_error("a: expected " + std::to_string(w.cols()) + " columns, got " + shape_str(a));
-    if (!a.dtype().is(py::dtype::of<T>()) || !c.dtype().is(py::dtype::of<T>()))
+    if (!has_dtype<T>(a) || !has_dtype<T>(c))
         throw py::type_error("gemm_packed: a, c and the weight must share a dtype");
     if (c.shape(0) != M || c.shape(1) != N)
         throw py::value_error("c: expected shape (" + std::to_string(M) + ", " + std::to_string(N) + "), got " + shape_str(c));
@@ -396,7 +401,7 @@ PYBIND11_MODULE(_C, m) {
     }, py::arg("iterations") = 100000,
           "Round trip of a cache line between two kernel threads (ns): the floor of one step's barrier.");
     m.def("panel_width", [](const py::dtype& dt) {
-        return dt.is(py::dtype::of<float>()) ? table<float>().panel_width : table<double>().panel_width;
+        return dt.equal(py::dtype::of<float>()) ? table<float>().panel_width : table<double>().panel_width;
     });
 
     py::class_<Packed>(m, "PackedWeights")

@@ -120,7 +120,7 @@ struct Common {
         G = rnnfast::cell_info(cell).gates;
         if (!py::isinstance<py::array>(bs)) throw py::type_error("batch_sizes: expected a 1-D int64 NumPy array");
         const py::array b = bs;
-        if (b.ndim() != 1 || !b.dtype().is(py::dtype::of<int64_t>()))
+        if (b.ndim() != 1 || !py::isinstance<py::array_t<int64_t>>(b))
             throw py::type_error("batch_sizes: expected a 1-D int64 NumPy array");
         for (py::ssize_t t = 0; t < b.shape(0); ++t) batch_sizes.push_back(*static_cast<const int64_t*>(b.data(t)));
         T = static_cast<int>(batch_sizes.size());

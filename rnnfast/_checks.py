@@ -1,0 +1,121 @@
+"""The argument rules shared by the layers and the cells (torch.nn's rules where torch has them).
+
+One place decides what a size, a dtype, a seed, a dropout probability and an input array may be, so that
+``rnnfast.LSTM`` and ``rnnfast.LSTMCell`` accept and refuse the same things with the same messages:
+
+* sizes are ints (not bools), bounded below as torch bounds them and above by :data:`MAX_SIZE` and
+  :data:`MAX_LAYERS`; a module whose parameters could not fit in memory is refused (MemoryError) before
+  anything is allocated;
+* ``dtype=None`` means float32, torch's default dtype (``torch.get_default_dtype()``);
+* ``seed`` is None, an int (not a bool) or a ``numpy.random.Generator``;
+* ``dropout`` is a real number in [0, 1] (torch's range; 1 drops every inter-layer activation);
+* an input array may be an ndarray subclass such as ``np.matrix`` (used as the plain array it holds), but
+  not a masked array (the mask would be ignored silently).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import os
+
+import numpy as np
+
+from .module import check_array
+
+# Each size of a layer or cell at most this: the kernels index rows with 32-bit counts in places, and no
+# size near it could be allocated anyway.
+MAX_SIZE = 2**31 - 1
+# More layers than this is not a network anyone trains; it bounds the constructor's Python work (each layer
+# is a few parameter objects) so that a typo such as num_layers=10**6 fails at once instead of hanging.
+MAX_LAYERS = 10_000
+
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_size(name: str, value, minimum: int = 1, maximum: int = MAX_SIZE) -> int:
+    """value as an int in [minimum, maximum]; TypeError (not an int, or a bool) or ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        what = "greater than zero" if minimum == 1 else f">= {minimum}"
+        raise ValueError(f"{name} must be {what}, got {value}")
+    if value > maximum:
+        raise ValueError(f"{name} must be at most {maximum}, got {value}")
+    return int(value)
+
+
+def check_dtype(dtype) -> np.dtype:
+    """float32 or float64 as a numpy dtype; None means float32 (torch's default dtype)."""
+    if dtype is None:
+        return _DTYPES[0]
+    try:
+        dt = np.dtype(dtype)
+    except (TypeError, ValueError):
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if dt not in _DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def check_seed(seed) -> np.random.Generator:
+    """The generator a seed stands for: None (fresh entropy), an int >= 0 (not a bool) or a Generator."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if seed is not None and (isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral)):
+        raise TypeError(f"seed must be None, an int or a numpy.random.Generator, got {type(seed).__name__}")
+    if seed is not None and seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    return np.random.default_rng(None if seed is None else int(seed))
+
+
+def check_dropout(value) -> float:
+    """A dropout probability: a real number in [0, 1] (torch's range), as a float."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"dropout must be a number in [0, 1], got {type(value).__name__}")
+    if not 0 <= value <= 1:  # also refuses NaN
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {value!r}")
+    return float(value)
+
+
+def _memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not on a POSIX system
+        return None
+
+
+def check_parameter_memory(owner: str, count: int, dtype: np.dtype, sizes: str) -> None:
+    """MemoryError, before anything is allocated, when `count` parameters (and as many gradients) of `dtype`
+    cannot fit in the machine's memory. sizes: the arguments that decided it, for the message."""
+    need = 2 * count * np.dtype(dtype).itemsize
+    have = _memory_bytes()
+    if have is not None and need > have:
+        raise MemoryError(f"{owner}({sizes}): the parameters and their gradients would take "
+                          f"{need / 2**30:.1f} GiB, more than this machine's {have / 2**30:.1f} GiB of memory")
+
+
+def canonical(a):
+    """`a`, or a view of it, whose dtype object is NumPy's own float32/float64 singleton. Unpickled arrays
+    carry an equal but distinct dtype object, which the compiled kernels (comparing dtypes by identity) would
+    refuse with a confusing "expected float32, got float32"."""
+    if isinstance(a, np.ndarray) and a.dtype in _DTYPES and a.dtype.isnative:
+        want = np.dtype(a.dtype.type)
+        if a.dtype is not want:
+            return a.view(want)
+    return a
+
+
+def check_input_array(value, name: str, dtype, owner: str) -> np.ndarray:
+    """An input of the module's dtype (see module.check_array); an ndarray subclass such as np.matrix is
+    used as the plain ndarray it holds, a masked array is refused."""
+    if isinstance(value, np.ndarray) and type(value) is not np.ndarray:
+        if isinstance(value, np.ma.MaskedArray):
+            raise TypeError(f"{name}: masked arrays are not supported (the mask would be ignored); pass "
+                            f"{name}.filled(...) or a plain numpy.ndarray")
+        value = np.asarray(value)  # np.matrix and friends: the same memory, as a plain ndarray
+    return canonical(check_array(value, name, dtype, owner))
+
+
+def uniform_bound(hidden_size: int) -> float:
+    """torch.nn's initialisation bound 1/sqrt(hidden_size) (0 for hidden_size=0, where nothing is drawn)."""
+    return 1.0 / math.sqrt(hidden_size) if hidden_size else 0.0
