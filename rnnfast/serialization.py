@@ -249,6 +249,12 @@ def save(module, path):
     meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **described, "rnnfast_version": __version__}
     arrays[METADATA_KEY] = np.array(json.dumps(meta, sort_keys=True))
 
+    write_npz_atomically(path, arrays)
+
+
+def write_npz_atomically(path, arrays):
+    """np.savez(path, **arrays) so that ``path`` holds either its old content or the complete new archive,
+    never a part (see the module doc; also used for training checkpoints). path: a str file name."""
     directory = os.path.dirname(os.path.abspath(path))
     base = os.path.basename(path)
     _remove_stale_temporaries(directory, base)
