@@ -201,6 +201,7 @@ class Module:
         args, kwargs = self.__dict__.get("_init_args", ((), {}))
         try:
             bound = inspect.signature(type(self).__init__).bind(None, *args, **kwargs)
+            bound.apply_defaults()  # recorded explicitly: a later default must not change a saved model
         except TypeError as e:  # pragma: no cover - the constructor accepted these arguments
             raise TypeError(f"{type(self).__name__}: cannot name its constructor arguments ({e}); "
                             "define get_config()") from None

@@ -33,8 +33,8 @@ returns the module in training mode, like a new one). Nothing in the file is eve
 that is not an ``rnnfast.Module`` subclass is refused. Before anything is built or read into memory, the
 arrays' declared shapes and dtypes (from the ``.npy`` headers) are checked: each must fit in the file (a
 small file declaring a huge member is refused), an ``RNN``/``LSTM``/``GRU``'s arguments must not imply
-more parameter values than the file holds, and an integer argument of any other class (seeds aside) may
-not exceed the number of values the file holds plus 1024. So a crafted few-KB file fails fast with
+far more parameter values than the file holds (twice as many plus 65536), and an integer argument of any
+other class (seeds aside) may not exceed the number of values the file holds plus 1024. So a crafted few-KB file fails fast with
 ValueError instead of allocating gigabytes. A file that is not such an archive (truncated, another format,
 another format version, missing or mis-shaped arrays) raises ValueError saying what is wrong.
 """
@@ -70,6 +70,8 @@ _GATES = {"RNN": 1, "LSTM": 4, "GRU": 3}
 # An integer constructor argument may exceed the number of values the file holds by at most this much
 # (small counts such as a kernel size or a maximum length need no weights).
 _INT_SLACK = 1024
+# A layer whose arguments imply more than twice the values the file holds, plus this, is not built.
+_BUILD_SLACK = 1 << 16
 _MAX_DEPTH = 32  # nesting of sub-module configs
 
 
@@ -416,9 +418,12 @@ def _build(record, path, budget, depth=0):
     if cls_name in _CLASSES:
         cls, kwargs = _check_layer_args(cls_name, args, path)
         n = _layer_values(cls_name, args)
-        if n is not None and n > budget - _INT_SLACK:
+        held = budget - _INT_SLACK
+        # Far more than the file holds: refused before building. Near it: built, and the per-array comparison
+        # names what is missing.
+        if n is not None and n > 2 * held + _BUILD_SLACK:
             raise _bad(path, f"{cls_name}({', '.join(f'{k}={v!r}' for k, v in args.items())}) has {n} parameter "
-                             f"values, more than the file's {budget - _INT_SLACK}")
+                             f"values, far more than the file's {held}")
         pos = []
         kwargs["seed"] = 0
     else:
