@@ -141,6 +141,11 @@ def load_checkpoint(path, model, optimizer):
         raise ValueError(f"checkpoint {path!r} is damaged or not an rnnfast checkpoint ({type(e).__name__}: {e})") \
             from None
     model_sd = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
+    params = dict(model.named_parameters())
+    if sorted(model_sd) != sorted(params) or any(model_sd[k].shape != p.data.shape for k, p in params.items()):
+        raise ValueError(f"checkpoint {path!r} does not fit this model: it holds "
+                         f"{ {k: v.shape for k, v in model_sd.items()} }, the model "
+                         f"{ {k: p.data.shape for k, p in params.items()} }")
     states = [dict(sc) for sc in meta["optim_scalars"]]
     if len(states) != len(optimizer.params):
         raise ValueError(f"checkpoint {path!r}: optimizer state for {len(states)} parameters, this optimizer has "
@@ -153,10 +158,8 @@ def load_checkpoint(path, model, optimizer):
     if set(gens) != set(meta["generators"]):
         raise ValueError(f"checkpoint {path!r}: random generators {sorted(meta['generators'])} do not match the "
                          f"model's {sorted(gens)}")
-    try:
-        model.load_state_dict(model_sd)
-    except ValueError as e:
-        raise ValueError(f"checkpoint {path!r} does not fit this model: {e}") from None
+    # Everything checked: from here on nothing can fail half-way.
+    model.load_state_dict(model_sd)
     hyper = dict(meta["optim_hyper"])
     if "betas" in hyper:
         hyper["betas"] = tuple(hyper["betas"])
