@@ -18,24 +18,6 @@ import rnnfast
 from rnnfast import data, datasets, losses, nn, optim, train
 
 
-class Forecaster(rnnfast.Module):
-    """LSTM over a window (B, T, 1) -> a linear head on the last step -> the next value (B, 1)."""
-
-    def __init__(self, hidden_size=32, seed=0):
-        super().__init__()
-        self.lstm = rnnfast.LSTM(1, hidden_size, batch_first=True, dtype=np.float64, seed=seed)
-        self.head = nn.Linear(hidden_size, 1, dtype=np.float64, seed=seed)
-
-    def forward(self, x):
-        y, _ = self.lstm(x)
-        self._y_shape = y.shape
-        return self.head(nn.last_step(y, batch_first=True))
-
-    def backward(self, dpred):
-        dlast = self.head.backward(dpred)
-        self.lstm.backward(nn.last_step_backward(dlast, self._y_shape, batch_first=True))
-
-
 def demo(epochs=60, progress=True, window=20, seed=0):
     """Trains the forecaster on yearly sunspots (1700-2008, the last 20% held out in time order); returns
     (test MAE, baseline MAE, seconds per epoch)."""
@@ -47,7 +29,8 @@ def demo(epochs=60, progress=True, window=20, seed=0):
     y = y[:, 0]  # (N, 1): the next year
     n_train = len(train_part) - window
     (x_tr, y_tr), (x_te, y_te) = (x[:n_train], y[:n_train]), (x[n_train:], y[n_train:])
-    model = Forecaster(seed=seed)
+    model = nn.ManyToOne(rnnfast.LSTM(1, 32, batch_first=True, dtype=np.float64, seed=seed),
+                         nn.Linear(32, 1, dtype=np.float64, seed=seed))
     opt = optim.Adam(model.parameters(), lr=1e-2)
     sched = optim.CosineAnnealingLR(opt, T_max=epochs)
     t0 = time.perf_counter()

@@ -21,7 +21,7 @@ from .layers import _check_dtype, _check_size
 from .module import Module, Parameter, check_array
 
 __all__ = ["Linear", "Embedding", "Dropout", "Conv1d", "Sequential", "Tanh", "ReLU", "Sigmoid", "LeakyReLU",
-           "Identity", "last_step", "last_step_backward"]
+           "Identity", "ManyToOne", "last_step", "last_step_backward"]
 
 
 def _rng(seed):
@@ -370,6 +370,41 @@ class Sequential(Module):
 
 
 # ============================================================================ many-to-one
+
+
+class ManyToOne(Module):
+    """A recurrent layer read to its end, then a head on each sequence's last valid step:
+    x (T, B, I) (or (B, T, I) when the layer is batch_first) with optional lengths -> head(last output).
+    E.g. ``ManyToOne(rnnfast.LSTM(1, 32, batch_first=True), Linear(32, 1))`` for forecasting, or a GRU and a
+    Linear to class logits for classification. backward(dpred) returns dx."""
+
+    def __init__(self, rnn, head):
+        super().__init__()
+        if not isinstance(rnn, Module) or not hasattr(rnn, "batch_first"):
+            raise TypeError(f"rnn: expected an rnnfast RNN, LSTM or GRU, got {type(rnn).__name__}")
+        if not isinstance(head, Module):
+            raise TypeError(f"head: expected an rnnfast.Module, got {type(head).__name__}")
+        self.rnn, self.head = rnn, head
+        self._records = []
+
+    def forward(self, x, lengths=None):
+        y, _ = self.rnn(x, lengths=lengths)
+        if self.training:
+            self._records.append((y.shape, lengths))
+        return self.head(last_step(y, lengths, self.rnn.batch_first))
+
+    def backward(self, dpred):
+        if not self._records:
+            raise RuntimeError("ManyToOne.backward: no recorded forward to differentiate")
+        shape, lengths = self._records.pop()
+        dlast = self.head.backward(dpred)
+        dx, _ = self.rnn.backward(last_step_backward(dlast, shape, lengths, self.rnn.batch_first))
+        return dx
+
+    def _drop_caches(self) -> None:
+        super()._drop_caches()
+        self._records.clear()
+
 
 
 def last_step(y, lengths=None, batch_first=False):

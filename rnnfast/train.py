@@ -3,10 +3,12 @@ early stopping, a progress bar, checkpoints that resume to the same result, trun
 ``evaluate`` and ``predict``.
 
 The model is any ``rnnfast.Module`` with ``pred = model(x)`` (``model(x, lengths)`` when the data has
-lengths) and ``model.backward(grad)``; the loss is a function ``loss(pred, target)`` (``loss(pred, target,
-lengths)`` with lengths) returning ``(value, grad)``, e.g. ``rnnfast.losses.mse``. Data is a tuple
-``(inputs, targets)`` or ``(inputs, targets, lengths)`` of arrays whose first axis is the example axis
-(batch-first: build the recurrent layers with ``batch_first=True`` or transpose inside the model).
+lengths) and ``model.backward(grad)``; the loss is a function ``loss(pred, target)`` returning
+``(value, grad)``, e.g. ``rnnfast.losses.mse``. Data is a tuple ``(inputs, targets)`` or ``(inputs, targets,
+lengths)`` of arrays whose first axis is the example axis (batch-first: build the recurrent layers with
+``batch_first=True`` or transpose inside the model). Per-step class targets of padded sequences are padded
+with -100, which ``rnnfast.losses.cross_entropy`` ignores (its ``ignore_index``, as torch's):
+``rnnfast.data.pad_sequences(tags, batch_first=True, padding_value=-100)``.
 """
 from __future__ import annotations
 
@@ -50,7 +52,7 @@ def _run_batch(model, loss, batch, train):
     x, y = batch[0], batch[1]
     extra = batch[2:]
     pred = model(x, *extra)
-    value, grad = loss(pred, y, *extra)
+    value, grad = loss(pred, y)
     if train and math.isfinite(value):
         model.backward(grad)
     return value, pred
