@@ -94,7 +94,7 @@ def digit_accuracy(pred, truth):
 def main(argv=None):
     args = parse_args(__doc__.split("\n\n")[0], argv, "seq2seq.png")
     rng = np.random.default_rng(args.seed)
-    max_digits, n_train, epochs = (5, 2000, 4) if args.quick else (10, 40000, 25)
+    max_digits, n_train, epochs = (5, 2000, 4) if args.quick else (10, 20000, 15)
     srcs, tgts = make_pairs(n_train, max_digits, rng)
     test_srcs, test_tgts = make_pairs(1000, max_digits, rng)
     model = Seq2Seq(16, 64 if args.quick else 128, seed=args.seed)

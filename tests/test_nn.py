@@ -185,3 +185,24 @@ def test_bad_input_names_the_argument():
         nn.Conv1d(1, 1, 5, dtype=np.float64)(np.zeros((1, 1, 3)))
     with pytest.raises(TypeError, match="modules\\[1\\]"):
         nn.Sequential(nn.Tanh(), "relu")
+
+
+def test_many_to_one_equals_the_hand_written_composition():
+    rng = np.random.default_rng(6)
+    x, lengths = rng.standard_normal((4, 7, 3)), np.array([7, 2, 5, 1])
+    dpred = rng.standard_normal((4, 2))
+    a = nn.ManyToOne(rnnfast.LSTM(3, 5, batch_first=True, dtype=np.float64, seed=1),
+                     nn.Linear(5, 2, dtype=np.float64, seed=1))
+    lstm = rnnfast.LSTM(3, 5, batch_first=True, dtype=np.float64, seed=1)
+    head = nn.Linear(5, 2, dtype=np.float64, seed=1)
+    y, _ = lstm(x, lengths=lengths)
+    want = head(nn.last_step(y, lengths, batch_first=True))
+    dx_want, _ = lstm.backward(nn.last_step_backward(head.backward(dpred), y.shape, lengths, batch_first=True))
+    np.testing.assert_array_equal(a(x, lengths), want)
+    np.testing.assert_array_equal(a.backward(dpred), dx_want)
+    for (k, p), q in zip(a.named_parameters(), list(lstm.parameters()) + list(head.parameters())):
+        np.testing.assert_array_equal(p.grad, q.grad, err_msg=k)
+    with pytest.raises(RuntimeError, match="no recorded forward"):
+        a.backward(dpred)
+    with pytest.raises(TypeError, match="rnn"):
+        nn.ManyToOne(nn.Linear(2, 2), nn.Linear(2, 2))
