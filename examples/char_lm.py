@@ -18,10 +18,10 @@ import rnnfast
 from rnnfast import losses, nn, optim, train
 
 try:
-    from common import parse_args, pyplot, report, save_figure
+    from common import parse_args, report
 except ImportError:
     sys.path.insert(0, __import__("os").path.dirname(__file__))
-    from common import parse_args, pyplot, report, save_figure
+    from common import parse_args, report
 
 MODULES = ["collections", "json", "argparse", "functools", "itertools", "textwrap", "string", "re", "os",
            "pathlib", "random", "statistics", "datetime", "fractions", "decimal", "heapq", "bisect", "csv",

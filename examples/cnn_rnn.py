@@ -15,10 +15,10 @@ import rnnfast
 from rnnfast import data, datasets, losses, nn, optim, train
 
 try:
-    from common import parse_args, pyplot, report, save_figure
+    from common import parse_args, plot_forecast, report
 except ImportError:
     sys.path.insert(0, __import__("os").path.dirname(__file__))
-    from common import parse_args, pyplot, report, save_figure
+    from common import parse_args, plot_forecast, report
 
 
 class ConvLSTM(rnnfast.Module):
@@ -63,17 +63,8 @@ def main(argv=None):
     mae, naive_mae = float(np.mean(np.abs(pred - truth))), float(np.mean(np.abs(naive - truth)))
     print(f"trained {epochs} epochs in {seconds:.1f} s")
     better = report("sunspots, Conv1d+LSTM", "test MAE", mae, "naive last-value MAE", naive_mae)
-    plt = pyplot() if args.plot else None
-    if plt is not None:
-        t = years[len(years) - len(truth):]
-        fig, ax = plt.subplots(figsize=(9, 4))
-        ax.plot(t, truth, label="observed")
-        ax.plot(t, pred, label=f"Conv1d+LSTM (MAE {mae:.1f})")
-        ax.plot(t, naive, label=f"last value (MAE {naive_mae:.1f})", alpha=0.6)
-        ax.set_ylabel("sunspot activity")
-        ax.set_title("next-year forecast, test years")
-        ax.legend()
-        save_figure(fig, args.plot)
+    plot_forecast(args.plot, years[len(years) - len(truth):], truth, pred, naive, "Conv1d+LSTM", "sunspot activity",
+                  "next-year forecast, test years")
     return {"metric": mae, "baseline": naive_mae, "better": better, "seconds": seconds}
 
 

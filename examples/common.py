@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+import numpy as np
+
 
 def parse_args(description, argv=None, plot_name=None):
     """--quick (a few seconds, as CI runs it) or the full run; --seed; --plot FILE (default: plot_name in the
@@ -46,3 +48,19 @@ def report(name, metric, value, baseline_name, baseline, lower_is_better=True):
     print(f"{name}: {metric} {value:.4g} vs {baseline_name} {baseline:.4g} -> "
           f"{'beats' if better else 'does NOT beat'} the baseline")
     return better
+
+
+def plot_forecast(path, t, truth, pred, naive, model_name, ylabel, title):
+    """Truth, the model's forecast and the naive one over the test period, with their MAEs in the legend."""
+    plt = pyplot()
+    if plt is None or path is None:
+        return
+    mae = lambda p: float(np.mean(np.abs(p - truth)))  # noqa: E731
+    fig, ax = plt.subplots(figsize=(9, 4))
+    ax.plot(t, truth, label="observed", lw=1)
+    ax.plot(t, pred, label=f"{model_name} (MAE {mae(pred):.2f})", lw=1)
+    ax.plot(t, naive, label=f"naive last value (MAE {mae(naive):.2f})", lw=1, alpha=0.6)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    save_figure(fig, path)

@@ -18,10 +18,10 @@ import rnnfast
 from rnnfast import data, datasets, losses, nn, optim, train
 
 try:
-    from common import parse_args, pyplot, report, save_figure
+    from common import parse_args, plot_forecast, report
 except ImportError:  # run from elsewhere: examples/ is not on the path
     sys.path.insert(0, __import__("os").path.dirname(__file__))
-    from common import parse_args, pyplot, report, save_figure
+    from common import parse_args, plot_forecast, report
 
 
 def forecaster(hidden_size, seed):
@@ -63,17 +63,8 @@ def main(argv=None):
     naive = float(np.mean(np.abs(last_te - truth)))
     print(f"trained {len(history['epoch'])} epochs in {seconds:.1f} s")
     better = report(f"CO2, {horizon} weeks ahead", "test MAE (ppm)", mae, "naive last-value MAE", naive)
-    plt = pyplot() if args.plot else None
-    if plt is not None:
-        t = dates[len(dates) - len(truth):]
-        fig, ax = plt.subplots(figsize=(9, 4))
-        ax.plot(t, truth, label="measured", lw=1)
-        ax.plot(t, pred, label=f"LSTM, {horizon} weeks ahead (MAE {mae:.2f})", lw=1)
-        ax.plot(t, last_te, label=f"naive last value (MAE {naive:.2f})", lw=1, alpha=0.6)
-        ax.set_ylabel("CO2 (ppm)")
-        ax.set_title("Mauna Loa CO2, test period")
-        ax.legend()
-        save_figure(fig, args.plot)
+    plot_forecast(args.plot, dates[len(dates) - len(truth):], truth, pred, last_te, f"LSTM, {horizon} weeks ahead",
+                  "CO2 (ppm)", "Mauna Loa CO2, test period")
     return {"metric": mae, "baseline": naive, "better": better, "seconds": seconds}
 
 

@@ -23,15 +23,17 @@ def _pair(torch, seed=0):
     return ours, theirs, rng
 
 
+def _set_same_grads(torch, ours, theirs, rng):
+    """The same random gradient into each of our parameters and its torch twin."""
+    _set_same_grads(torch, ours, theirs, rng)
+
+
 def _run(torch, make_ours, make_theirs, steps=STEPS, sched=None):
     ours, theirs, rng = _pair(torch)
     o, t = make_ours(ours), make_theirs(theirs)
     so, st = (sched(o, t) if sched else (None, None))
     for _ in range(steps):
-        for p, tp in zip(ours, theirs):
-            g = rng.standard_normal(p.data.shape)
-            p.grad[...] = g
-            tp.grad = torch.tensor(g.copy())
+        _set_same_grads(torch, ours, theirs, rng)
         o.step()
         t.step()
         if so is not None:
@@ -105,10 +107,7 @@ def test_state_dict_round_trip_continues_identically():
 def test_clip_grad_norm_matches_torch(norm_type, max_norm):
     torch = require_torch()
     ours, theirs, rng = _pair(torch, 7)
-    for p, tp in zip(ours, theirs):
-        g = rng.standard_normal(p.data.shape)
-        p.grad[...] = g
-        tp.grad = torch.tensor(g.copy())
+    _set_same_grads(torch, ours, theirs, rng)
     total = rnnfast.clip_grad_norm_(ours, max_norm, norm_type)
     want = torch.nn.utils.clip_grad_norm_(theirs, max_norm, norm_type)
     assert abs(total - float(want)) <= 1e-12 * float(want)
@@ -119,10 +118,7 @@ def test_clip_grad_norm_matches_torch(norm_type, max_norm):
 def test_clip_grad_value_matches_torch():
     torch = require_torch()
     ours, theirs, rng = _pair(torch, 8)
-    for p, tp in zip(ours, theirs):
-        g = rng.standard_normal(p.data.shape)
-        p.grad[...] = g
-        tp.grad = torch.tensor(g.copy())
+    _set_same_grads(torch, ours, theirs, rng)
     rnnfast.clip_grad_value_(ours, 0.3)
     torch.nn.utils.clip_grad_value_(theirs, 0.3)
     for p, tp in zip(ours, theirs):
