@@ -133,22 +133,27 @@ def test_assignment_rules():
 
 
 def test_to_cpu_drops_every_submodules_caches(monkeypatch):
+    m = Classifier()
     calls = []
-    monkeypatch.setattr(Module, "_drop_caches", lambda self: calls.append(type(self).__name__))
+    for name, sub in m.named_modules():  # instance attributes: whatever _drop_caches each class defines
+        sub._drop_caches = lambda name=name: calls.append(name)
     # A stand-in CuPy (identity conversions), so that to() runs its whole path on any machine.
     fake = types.ModuleType("cupy")
     fake.asarray = fake.asnumpy = lambda a: a
     monkeypatch.setitem(sys.modules, "cupy", fake)
-    Classifier().to("cpu")
-    assert calls == ["Classifier", "GRU", "Linear"]
+    assert m.to("cpu") is m
+    assert calls == ["", "gru", "head"]
 
 
 def test_drop_caches_default_clears_packed_weights_and_saved_forward():
-    m = Classifier()
-    m(np.zeros((1, 2, 3)))
-    assert m.gru._packed and m.gru._saved is not None
-    m.gru._drop_caches()
-    assert m.gru._packed == {} and m.gru._saved is None
+    class Cached(Module):
+        def __init__(self):
+            super().__init__()
+            self._packed, self._packed_ih, self._saved = {"ih": 1}, object(), object()
+
+    m = Cached()
+    m._drop_caches()
+    assert m._packed == {} and m._packed_ih is None and m._saved is None
 
 
 @pytest.mark.parametrize("bad", [np.zeros((4, 5), "timedelta64[s]"), np.zeros((4, 5), "datetime64[s]"),
