@@ -25,7 +25,10 @@ def _pair(torch, seed=0):
 
 def _set_same_grads(torch, ours, theirs, rng):
     """The same random gradient into each of our parameters and its torch twin."""
-    _set_same_grads(torch, ours, theirs, rng)
+    for p, tp in zip(ours, theirs):
+        g = rng.standard_normal(p.data.shape)
+        p.grad[...] = g
+        tp.grad = torch.tensor(g.copy())
 
 
 def _run(torch, make_ours, make_theirs, steps=STEPS, sched=None):
