@@ -269,7 +269,8 @@ def fit(model, loss, train, val=None, *, optimizer, epochs=10, batch_size=32, sh
                 optimizer.zero_grad()
                 total += value * len(idx) / len(pieces)
             seen += len(idx)
-            bar.set_postfix(loss=f"{total / seen:.4g}", ex_per_s=f"{seen / (time.perf_counter() - t0):.0f}")
+            bar.set_postfix(loss=f"{total / seen:.4g}", ex_per_s=f"{seen / (time.perf_counter() - t0):.0f}",
+                            refresh=False)  # drawn with the next update, with the current count
         bar.close()
         train_loss = total / seen
         val_loss = evaluate(model, loss, val, batch_size=max(batch_size, 256)) if val is not None else None
