@@ -30,7 +30,8 @@ hour are removed).
 
 ``load(path)`` rebuilds the module with the recorded constructor arguments and loads the arrays (it
 returns the module in training mode, like a new one). Nothing in the file is ever unpickled, and a class
-that is not an ``rnnfast.Module`` subclass is refused. Before anything is built or read into memory, the
+that is not an ``rnnfast.Module`` subclass is refused; finding the class imports the module the file names
+(as unpickling would), so load files from sources you trust with the code on your path. Before anything is built or read into memory, the
 arrays' declared shapes and dtypes (from the ``.npy`` headers) are checked: each must fit in the file (a
 small file declaring a huge member is refused), an ``RNN``/``LSTM``/``GRU``'s arguments must not imply
 far more parameter values than the file holds (twice as many plus 65536), and an integer argument of any
