@@ -46,16 +46,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from .functional import GATES
 from .layers import GRU, LSTM, RNN
 from .serialization import FORMAT_NAME, FORMAT_VERSION, METADATA_KEY, load, save  # noqa: F401 - re-exported
 
 __all__ = ["from_keras", "to_keras", "save", "load", "METADATA_KEY", "FORMAT_NAME", "FORMAT_VERSION"]
 
-METADATA_KEY = "__rnnfast_metadata__"
-FORMAT_NAME = "rnnfast"
-FORMAT_VERSION = 1
-
-_KINDS = {"rnn": 1, "lstm": 4, "gru": 3}
+# Gates per Keras layer kind, as the kernels define them (csrc/common/cells.h through functional.GATES).
+_KINDS = {"rnn": GATES["rnn_tanh"], "lstm": GATES["lstm"], "gru": GATES["gru"]}
 
 
 # =========================================================================================== helpers

@@ -17,17 +17,11 @@ import numbers
 import numpy as np
 
 from .functional import _xp
-from .layers import _check_dtype, _check_size
+from ._checks import check_dtype as _check_dtype, check_seed as _rng, check_size as _check_size
 from .module import Module, Parameter, check_array
 
 __all__ = ["Linear", "Embedding", "Dropout", "Conv1d", "Sequential", "Tanh", "ReLU", "Sigmoid", "LeakyReLU",
            "Identity", "ManyToOne", "last_step", "last_step_backward"]
-
-
-def _rng(seed):
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (np.random.Generator, numbers.Integral))):
-        raise TypeError(f"seed must be None, an int or a numpy.random.Generator, got {type(seed).__name__}")
-    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
 
 class _Recorded(Module):

@@ -52,6 +52,7 @@ import time
 
 import numpy as np
 
+from .functional import GATES
 from .layers import GRU, LSTM, RNN
 from .module import Module
 
@@ -67,7 +68,7 @@ FORMAT_NAME = "rnnfast"
 FORMAT_VERSION = 1
 
 _CLASSES = {"RNN": RNN, "LSTM": LSTM, "GRU": GRU}
-_GATES = {"RNN": 1, "LSTM": 4, "GRU": 3}
+_GATES = {"RNN": GATES["rnn_tanh"], "LSTM": GATES["lstm"], "GRU": GATES["gru"]}  # from csrc/common/cells.h
 # An integer constructor argument may exceed the number of values the file holds by at most this much
 # (small counts such as a kernel size or a maximum length need no weights).
 _INT_SLACK = 1024
