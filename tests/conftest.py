@@ -280,3 +280,14 @@ def poison_outputs(monkeypatch):
 
     monkeypatch.setattr(functional, "poison_outputs", True)
     return True
+
+
+def central_difference(loss, a, index, eps=1e-6):
+    """(loss(a[index] + eps) - loss(a[index] - eps)) / (2 eps), with a[index] restored afterwards."""
+    old = a[index]
+    a[index] = old + eps
+    up = loss()
+    a[index] = old - eps
+    down = loss()
+    a[index] = old
+    return (up - down) / (2 * eps)

@@ -113,8 +113,7 @@ void recurrence_backward(const BwdArgs<T>& a, int requested_threads) {
             walk_backward<T, G>(a, steps, t, s, S, dhg_all, sums, true, [&](const auto& sv, const auto& gr, int b, int u,
                                                                       int col) {
                 using V = ValueOf<decltype(sv)>;
-                V dh = ld<V>(dhr + col);
-                if (a.dy) dh = dh + ld<V>(a.dy + steps.row(t, b) * H + u);
+                const V dh = dh_total<V>(a, steps.row(t, b), u, dhr + col);
                 V dc = kCellState ? ld<V>(dcs + col) : V{};
                 st(dhr + col, Cell::template backward<MathFor<T, decltype(sv)>, V>(sv, dh, dc, gr));
                 if (kCellState) st(dcs + col, dc);

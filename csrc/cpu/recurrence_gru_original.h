@@ -74,8 +74,7 @@ void gru_original_backward(const BwdArgs<T>& a, int requested_threads) {
             walk_backward<T, G>(a, steps, t, s, S, nullptr, sums, true, [&](const auto& sv, const auto& gr, int b, int u,
                                                                       int col) {
                 using V = ValueOf<decltype(sv)>;
-                V dh = ld<V>(dhr + col);
-                if (a.dy) dh = dh + ld<V>(a.dy + steps.row(t, b) * H + u);
+                const V dh = dh_total<V>(a, steps.row(t, b), u, dhr + col);
                 st(dhr + col, Cell::backward_output<MathFor<T, decltype(sv)>, V>(sv, dh, gr));
             });
             barrier.wait(tid);

@@ -270,6 +270,13 @@ void walk_forward(const FwdArgs<T>& a, const Steps& steps, int t, const Slice<T>
     }
 }
 
+// The whole gradient w.r.t. h_t of a token row's units: the carry from step t+1 (or dh_n) plus dy.
+template <typename V, typename T>
+inline V dh_total(const BwdArgs<T>& a, ptrdiff_t row, int u, const T* carry) {
+    const V dh = ld<V>(carry);
+    return a.dy ? dh + ld<V>(a.dy + row * a.H + u) : dh;
+}
+
 // Backward: calls f(sv, gr, b, u, col) for every row b of step t and every unit u of the thread (col = its
 // column in the [rows][width] carries), with the saved forward (S workspace slots a row) and the gradient
 // writers: dxg, dhg (null: the cell's recurrent gradients are dxg's) and the bias sums. h_{t-1} and h_t are
