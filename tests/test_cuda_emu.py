@@ -69,6 +69,15 @@ def test_emulated_kernels_match_reference(cell, cls, kw, path, units, cuda_optio
         assert_close(P[name].grad, g[key], TOL, name + ".grad")
 
 
+def _stack_pair(cell, cls, I, H, seed, kw):
+    """(state size, kernel cell name, a float32 two-layer bidirectional stack, its float64 twin with the same
+    weights): the stacks the CUDA kernels are checked against the CPU kernels with."""
+    m32 = cls(I, H, num_layers=2, bidirectional=True, seed=seed, **kw)
+    m64 = cls(I, H, num_layers=2, bidirectional=True, dtype=np.float64, **kw)
+    m64.load_state_dict(m32.state_dict())
+    return kw.get("proj_size", H), "lstm" if cell == "lstm_proj" else cell, m32, m64
+
+
 @pytest.mark.parametrize("cell,cls,kw", CELLS + TWO_PHASE, ids=[c[0] for c in CELLS + TWO_PHASE])
 @pytest.mark.parametrize("path", [1, 2])
 def test_emulated_stacks_with_lengths_match_cpu_layers(cell, cls, kw, path, cuda_options):
@@ -77,11 +86,7 @@ def test_emulated_stacks_with_lengths_match_cpu_layers(cell, cls, kw, path, cuda
     cuda_options.update(path=path, units_per_block=2, threads=32)
     rng = np.random.default_rng(path)
     T, B, I, H = 5, 4, 3, 6
-    S = kw.get("proj_size", H)
-    cell = "lstm" if cell == "lstm_proj" else cell
-    m32 = cls(I, H, num_layers=2, bidirectional=True, seed=2, **kw)
-    m64 = cls(I, H, num_layers=2, bidirectional=True, dtype=np.float64, **kw)
-    m64.load_state_dict(m32.state_dict())
+    S, cell, m32, m64 = _stack_pair(cell, cls, I, H, 2, kw)
     lengths = np.array([3, 5, 1, 4])
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     h0, dhn = (rng.standard_normal((4, B, S)).astype(np.float32) for _ in range(2))
@@ -173,11 +178,7 @@ def test_gpu_kernels_match_cpu_layers(cell, cls, kw, path, cuda_options):
     cuda_options.update(path=path, units_per_block=0, threads=128)
     rng = np.random.default_rng(1)
     T, B, I, H = 7, 5, 16, 96
-    S = kw.get("proj_size", H)
-    cell = "lstm" if cell == "lstm_proj" else cell
-    m = cls(I, H, num_layers=2, bidirectional=True, seed=3, **kw)
-    cpu = cls(I, H, num_layers=2, bidirectional=True, dtype=np.float64, **kw)
-    cpu.load_state_dict(m.state_dict())
+    S, cell, m, cpu = _stack_pair(cell, cls, I, H, 3, kw)
     m.to("cuda")
     lengths = np.array([7, 2, 1, 5, 7])
     x = rng.standard_normal((T, B, I)).astype(np.float32)
