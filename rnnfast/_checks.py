@@ -106,13 +106,8 @@ def canonical(a):
 
 
 def check_input_array(value, name: str, dtype, owner: str) -> np.ndarray:
-    """An input of the module's dtype (see module.check_array); an ndarray subclass such as np.matrix is
-    used as the plain ndarray it holds, a masked array is refused."""
-    if isinstance(value, np.ndarray) and type(value) is not np.ndarray:
-        if isinstance(value, np.ma.MaskedArray):
-            raise TypeError(f"{name}: masked arrays are not supported (the mask would be ignored); pass "
-                            f"{name}.filled(...) or a plain numpy.ndarray")
-        value = np.asarray(value)  # np.matrix and friends: the same memory, as a plain ndarray
+    """An input of the module's dtype (see module.check_array, which also takes np.matrix as the plain ndarray it
+    holds and refuses masked arrays), with NumPy's own dtype object."""
     return canonical(check_array(value, name, dtype, owner))
 
 

@@ -21,9 +21,14 @@ def _float_array(a, name):
     return a
 
 
-def _same_shape(pred, target, pred_name="input"):
+def _same_shape(pred, target, pred_name="input", name="target"):
+    """target must be a real-valued array of pred's shape: TypeError or ValueError naming it otherwise."""
+    if not hasattr(target, "dtype") or not hasattr(target, "shape"):
+        raise TypeError(f"{name}: expected a numpy (or cupy) array, got {type(target).__name__}")
+    if target.dtype.kind not in "biuf":
+        raise TypeError(f"{name}: expected a real-valued array, got dtype {target.dtype}")
     if target.shape != pred.shape:
-        raise ValueError(f"target: expected the shape of {pred_name} {pred.shape}, got {target.shape} "
+        raise ValueError(f"{name}: expected the shape of {pred_name} {pred.shape}, got {target.shape} "
                          "(mismatched batch sizes?)")
 
 
@@ -123,6 +128,6 @@ def bce_with_logits(logits, target, weight=None):
     sig = xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
     grad = (sig - t) / n
     if weight is not None:
-        _same_shape(x, weight, "logits")
+        _same_shape(x, weight, "logits", "weight")
         per, grad = per * weight, grad * weight
     return (float(per.sum() / n) if x.size else float("nan")), grad.astype(x.dtype, copy=False)

@@ -76,11 +76,14 @@ class Linear(_Recorded):
         self.in_features = _check_size("in_features", in_features)
         self.out_features = _check_size("out_features", out_features)
         self.dtype = _check_dtype(dtype)
-        self.bias = bool(bias)
+        # As torch's: .bias is the bias array (None without one), not the constructor's flag.
+        self._has_bias = bool(bias)
+        if not self._has_bias:
+            self.bias = None
         rng = _rng(seed)
         k = 1.0 / math.sqrt(self.in_features)
         self._params["weight"] = Parameter(rng.uniform(-k, k, (self.out_features, self.in_features)).astype(self.dtype))
-        if self.bias:
+        if self._has_bias:
             self._params["bias"] = Parameter(rng.uniform(-k, k, (self.out_features,)).astype(self.dtype))
 
     def forward(self, x):
@@ -88,7 +91,7 @@ class Linear(_Recorded):
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x: expected {self.in_features} features in the last dimension, got shape {x.shape}")
         y = x @ self._params["weight"].data.T
-        if self.bias:
+        if self._has_bias:
             y += self._params["bias"].data
         self._push(x.copy())
         return y
@@ -98,12 +101,12 @@ class Linear(_Recorded):
         dy = self._check_dy(dy, x.shape[:-1] + (self.out_features,))
         x2, dy2 = x.reshape(-1, self.in_features), dy.reshape(-1, self.out_features)
         self._params["weight"].grad += dy2.T @ x2
-        if self.bias:
+        if self._has_bias:
             self._params["bias"].grad += dy2.sum(axis=0)
         return dy @ self._params["weight"].data
 
     def extra_repr(self):
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self._has_bias}"
 
 
 class Embedding(_Recorded):
@@ -207,12 +210,15 @@ class Conv1d(_Recorded):
         self.padding = _check_size("padding", padding, minimum=0)
         self.dilation = _check_size("dilation", dilation)
         self.dtype = _check_dtype(dtype)
-        self.bias = bool(bias)
+        # As torch's: .bias is the bias array (None without one), not the constructor's flag.
+        self._has_bias = bool(bias)
+        if not self._has_bias:
+            self.bias = None
         rng = _rng(seed)
         k = 1.0 / math.sqrt(self.in_channels * self.kernel_size)
         shape = (self.out_channels, self.in_channels, self.kernel_size)
         self._params["weight"] = Parameter(rng.uniform(-k, k, shape).astype(self.dtype))
-        if self.bias:
+        if self._has_bias:
             self._params["bias"] = Parameter(rng.uniform(-k, k, (self.out_channels,)).astype(self.dtype))
 
     def _taps(self, L):
@@ -234,7 +240,7 @@ class Conv1d(_Recorded):
         xpad = xp.pad(x, ((0, 0), (0, 0), (self.padding, self.padding)))
         cols = xpad[:, :, taps]  # (N, C_in, k, L_out)
         y = xp.einsum("ock,nckl->nol", self._params["weight"].data, cols, optimize=True)
-        if self.bias:
+        if self._has_bias:
             y += self._params["bias"].data[:, None]
         self._push((cols, x.shape, taps))
         return y
@@ -244,7 +250,7 @@ class Conv1d(_Recorded):
         dy = self._check_dy(dy, (x_shape[0], self.out_channels, taps.shape[1]))
         xp = _xp(dy)
         self._params["weight"].grad += xp.einsum("nol,nckl->ock", dy, cols, optimize=True)
-        if self.bias:
+        if self._has_bias:
             self._params["bias"].grad += dy.sum(axis=(0, 2))
         dcols = xp.einsum("ock,nol->nckl", self._params["weight"].data, dy, optimize=True)
         dxpad = xp.zeros((x_shape[0], x_shape[1], x_shape[2] + 2 * self.padding), dtype=self.dtype)

@@ -309,6 +309,93 @@ def run_keras(case):
     return "ok-checked"
 
 
+# --------------------------------------------------------------------------- training utilities
+LOSS_ARGS = ("pred", "input", "logits", "target", "weight", "mask", "lengths", "loss")
+
+
+def run_loss(case):
+    """rnnfast.losses: (loss, grad) against the NumPy formula of torch's mean reduction, where well-formed."""
+    seed = case["seed"]
+    pred, target = make_array(case["pred"], seed), make_array(case["target"], seed + 1)
+    if case["kind"] == "cross_entropy" and isinstance(target, np.ndarray) and target.dtype.kind == "f":
+        target = np.abs(target * 2).astype(np.int64) if case.get("int_target", True) else target
+    snap = _snapshot([pred, target])
+    fn = getattr(rnnfast.losses, case["kind"])
+    loss, grad = fn(pred, target)
+    _check_unmodified(snap)
+    p = np.asarray(pred, np.float64)
+    if np.shape(grad) != p.shape:
+        raise Bad(f"BAD-wrong-shape grad: {np.shape(grad)} vs {p.shape}")
+    if not np.isfinite(p).all():
+        return "ok"
+    t = np.asarray(target, np.float64)
+    if case["kind"] == "mse":
+        want = np.mean((p - t) ** 2) if p.size else np.nan
+    elif case["kind"] == "bce_with_logits":
+        want = np.mean(np.logaddexp(0, p) - t * p) if p.size else np.nan
+    else:
+        if p.ndim != 2 or not p.size:
+            return "ok"
+        z = p - p.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        want = -np.mean(logp[np.arange(p.shape[0]), t.astype(int)])
+    _same(loss, want, 1e-5 if np.asarray(pred).dtype == np.float32 else 1e-10, "loss")
+    return "ok-checked"
+
+
+LINEAR_ARGS = ("in_features", "out_features", "x", "dy", "dtype", "seed", "input")
+
+
+def run_linear(case):
+    """rnnfast.nn.Linear forward and backward against NumPy, any leading shape."""
+    m = rnnfast.nn.Linear(case["in_features"], case["out_features"], dtype=case["dtype"], seed=case["seed"])
+    x = make_array(case["x"], case["seed"] + 1)
+    snap = _snapshot([x])
+    y = m(x)
+    _check_unmodified(snap)
+    W, b = (np.asarray(v, np.float64) for v in (m.weight, m.bias))
+    xa = np.asarray(x, np.float64)
+    tol = 1e-5 if m.dtype == np.float32 else 1e-10
+    _same(y, xa @ W.T + b, tol, "y")
+    dy = make_array(case["dy"], case["seed"] + 2)
+    dx = m.backward(dy)
+    dya = np.asarray(dy, np.float64)
+    _same(dx, dya @ W, tol, "dx")
+    _same(m._params["weight"].grad, dya.reshape(-1, W.shape[0]).T @ xa.reshape(-1, W.shape[1]), tol * 10, "dW")
+    return "ok-checked"
+
+
+TORCH_ARGS = ("input", "hx", "x", "h0", "c0", "input_size", "hidden_size", "num_layers", "dtype", "batch_first",
+              "bidirectional", "lengths", "float32", "float64")
+
+
+def run_torch_lstm(case):
+    """rnnfast.torch.LSTM against torch.nn.LSTM with the same weights: outputs and the input's gradient."""
+    import torch
+    import rnnfast.torch as rt
+    dt = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+          "int64": torch.int64}[case["dtype"]]
+    kw = dict(num_layers=case["num_layers"], batch_first=case["batch_first"], bidirectional=case["bidirectional"])
+    torch.manual_seed(case["seed"])
+    ours = rt.LSTM(case["input_size"], case["hidden_size"], **kw, dtype=torch.float64)
+    ref = torch.nn.LSTM(case["input_size"], case["hidden_size"], **kw, dtype=torch.float64)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.as_tensor(make_array(case["x"], case["seed"] + 1)).to(dt)
+    if case["noncontiguous"] and x.dim() >= 2:
+        x = x.transpose(0, 1).contiguous().transpose(0, 1)
+    x.requires_grad_(x.is_floating_point())
+    y = ours(x)[0]
+    if dt != torch.float64:
+        return "ok"
+    xr = x.detach().clone().requires_grad_(True)
+    yr = ref(xr)[0]
+    _same(y.detach().numpy(), yr.detach().numpy(), 1e-9, "y")
+    y.sum().backward()
+    yr.sum().backward()
+    _same(x.grad.numpy(), xr.grad.numpy(), 1e-9, "dx")
+    return "ok-checked"
+
+
 def run__selftest(case):
     """For test_fuzz's check of the harness itself: die as a crashing kernel would, or hang."""
     import os
@@ -320,7 +407,7 @@ def run__selftest(case):
 
 
 ARGS = {"_selftest": (), "layer": LAYER_ARGS, "cell": CELL_ARGS, "matmul": MATMUL_ARGS, "set_num_threads": THREADS_ARGS,
-        "keras": KERAS_ARGS}
+        "keras": KERAS_ARGS, "loss": LOSS_ARGS, "linear": LINEAR_ARGS, "torch_lstm": TORCH_ARGS}
 
 
 def run(case):

@@ -8,8 +8,9 @@ TypeError, RuntimeError or MemoryError whose message names an argument, within C
 fails the test; hypothesis then shrinks the case, which the failure message prints.
 
 Entry points: layers (RNN tanh/relu, LSTM, GRU both forms, through functional), cells, rnnfast.matmul,
-set_num_threads, and the Keras half of rnnfast.io. To add one (the training utilities, the torch adapter):
-write run_<name>(case) and <NAME>_ARGS in fuzz_worker.py, a strategy here, and a test calling _fuzz.
+set_num_threads, the Keras half of rnnfast.io, the losses, nn.Linear and the torch adapter (rnnfast.torch.LSTM
+against torch.nn.LSTM). To add one: write run_<name>(case) and <NAME>_ARGS in fuzz_worker.py, a strategy here,
+and a test calling _fuzz.
 
 The cases are the same on every run (derandomize) unless RNNFAST_FUZZ_RANDOM=1; RNNFAST_FUZZ_SCALE scales
 the number of cases (default 1: just over 2,000). The counts by outcome are printed at the end of the run.
@@ -30,7 +31,8 @@ from hypothesis import strategies as st  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 CASE_SECONDS = 30.0  # the time bound of one case (generous: CI also runs the suite under AddressSanitizer)
 SCALE = float(os.environ.get("RNNFAST_FUZZ_SCALE", "1"))
-COUNTS = {"layer": 800, "cell": 500, "matmul": 400, "set_num_threads": 100, "keras": 250}
+COUNTS = {"layer": 800, "cell": 500, "matmul": 400, "set_num_threads": 100, "keras": 250, "loss": 250, "linear": 150,
+          "torch_lstm": 100}
 MIN_CASES = 2000
 
 OUTCOMES = collections.Counter()
@@ -289,6 +291,60 @@ def test_fuzz_set_num_threads(case):
 @given(keras_cases())
 def test_fuzz_keras_io(case):
     _fuzz("keras", case)
+
+
+@st.composite
+def loss_cases(draw):
+    kind = draw(st.sampled_from(["mse", "cross_entropy", "bce_with_logits"]))
+    dt = draw(FLOATS)
+    shape = [draw(st.integers(0, 4)), draw(st.integers(1, 4))]
+    target_shape = shape[:1] if kind == "cross_entropy" else shape
+    return {"kind": kind, "seed": draw(st.integers(0, 1000)), "pred": array(draw, shape, dt),
+            "target": array(draw, target_shape, dt if kind != "cross_entropy" else "float64",
+                            layouts=st.sampled_from(["c", "c", "f", "list"])),
+            "int_target": draw(st.booleans()) or kind != "cross_entropy"}
+
+
+@st.composite
+def linear_cases(draw):
+    I, O = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    dt = draw(FLOATS)
+    lead = draw(st.lists(st.integers(0, 3), min_size=1, max_size=2))
+    return {"in_features": pick(draw, st.just(I), BAD_SIZES), "out_features": pick(draw, st.just(O), BAD_SIZES),
+            "dtype": pick(draw, st.just(dt), BAD_CTOR_DTYPES), "seed": draw(st.integers(0, 1000)),
+            "x": array(draw, lead + [I], dt), "dy": array(draw, lead + [O], dt)}
+
+
+@st.composite
+def torch_lstm_cases(draw):
+    I, H = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    T, B = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    shape = draw(st.sampled_from([[T, B, I], [T, I]]))
+    return {"input_size": I, "hidden_size": H, "num_layers": draw(st.integers(1, 2)),
+            "batch_first": draw(st.booleans()), "bidirectional": draw(st.booleans()),
+            "seed": draw(st.integers(0, 1000)), "noncontiguous": draw(st.booleans()),
+            "dtype": pick(draw, st.just("float64"), st.sampled_from(["float32", "float16", "int64"]), one_in=4),
+            "x": {"shape": pick(draw, st.just(shape), SHAPES), "dtype": "float64", "fill": draw(FILLS),
+                  "layout": "c"}}
+
+
+@_settings("loss")
+@given(loss_cases())
+def test_fuzz_losses(case):
+    _fuzz("loss", case)
+
+
+@_settings("linear")
+@given(linear_cases())
+def test_fuzz_linear(case):
+    _fuzz("linear", case)
+
+
+@_settings("torch_lstm")
+@given(torch_lstm_cases())
+def test_fuzz_torch_adapter(case):
+    pytest.importorskip("torch")
+    _fuzz("torch_lstm", case)
 
 
 def test_harness_counts_a_crash_and_a_timeout_and_goes_on(monkeypatch):
