@@ -55,6 +55,18 @@ class _Recorded(Module):
                                "training-mode call records one, each backward consumes one)")
         return self._records.pop()
 
+    def _init_weights(self, shape, fan_in, bias, seed):
+        """weight of `shape` and, with bias, a bias of shape[0], both U(-1/sqrt(fan_in), 1/sqrt(fan_in)) as
+        torch draws them. As torch's, .bias is then the bias array (None without one), not the flag."""
+        self._has_bias = bool(bias)
+        if not self._has_bias:
+            self.bias = None
+        rng = _rng(seed)
+        k = 1.0 / math.sqrt(fan_in)
+        self._params["weight"] = Parameter(rng.uniform(-k, k, shape).astype(self.dtype))
+        if self._has_bias:
+            self._params["bias"] = Parameter(rng.uniform(-k, k, (shape[0],)).astype(self.dtype))
+
     def _check_dy(self, dy, shape):
         dy = check_array(dy, "dy", self.dtype, "module")
         if dy.shape != shape:
@@ -76,15 +88,7 @@ class Linear(_Recorded):
         self.in_features = _check_size("in_features", in_features)
         self.out_features = _check_size("out_features", out_features)
         self.dtype = _check_dtype(dtype)
-        # As torch's: .bias is the bias array (None without one), not the constructor's flag.
-        self._has_bias = bool(bias)
-        if not self._has_bias:
-            self.bias = None
-        rng = _rng(seed)
-        k = 1.0 / math.sqrt(self.in_features)
-        self._params["weight"] = Parameter(rng.uniform(-k, k, (self.out_features, self.in_features)).astype(self.dtype))
-        if self._has_bias:
-            self._params["bias"] = Parameter(rng.uniform(-k, k, (self.out_features,)).astype(self.dtype))
+        self._init_weights((self.out_features, self.in_features), self.in_features, bias, seed)
 
     def forward(self, x):
         x = check_array(x, "x", self.dtype, "module")
@@ -210,16 +214,8 @@ class Conv1d(_Recorded):
         self.padding = _check_size("padding", padding, minimum=0)
         self.dilation = _check_size("dilation", dilation)
         self.dtype = _check_dtype(dtype)
-        # As torch's: .bias is the bias array (None without one), not the constructor's flag.
-        self._has_bias = bool(bias)
-        if not self._has_bias:
-            self.bias = None
-        rng = _rng(seed)
-        k = 1.0 / math.sqrt(self.in_channels * self.kernel_size)
-        shape = (self.out_channels, self.in_channels, self.kernel_size)
-        self._params["weight"] = Parameter(rng.uniform(-k, k, shape).astype(self.dtype))
-        if self._has_bias:
-            self._params["bias"] = Parameter(rng.uniform(-k, k, (self.out_channels,)).astype(self.dtype))
+        self._init_weights((self.out_channels, self.in_channels, self.kernel_size),
+                           self.in_channels * self.kernel_size, bias, seed)
 
     def _taps(self, L):
         """(kernel_size, L_out) positions in the padded input that each output reads."""
