@@ -8,7 +8,9 @@ functional.py writes the data flow once against this interface:
     backward_call(...) / run_backward(calls)    its BPTT
     addmm(out, a, b), matmul(a, b, out)          the weight-gradient and dx GEMMs
     bias_grads(dxg, dhg, grads)                  what the kernels leave of the bias gradients
-    recurrent_weights(lw)                        what a call takes as W_hh / W_hr: packed (CPU) or as is (CUDA)
+    recurrent_weights(packed_hh, packed_hr, w_hh, w_hr)   what a call takes as W_hh / W_hr: packed (CPU) or
+                                                           as is (CUDA)
+    saved_weights(weight_hh, weight_hr)          what a training forward keeps of them for its backward
 
 Both backends validate every call in C++ (shapes, dtypes, contiguity, writability) with messages naming the
 argument; these classes only allocate and route.
@@ -37,6 +39,11 @@ class CpuKernels:
     @staticmethod
     def recurrent_weights(packed_hh, packed_hr, w_hh, w_hr):
         return packed_hh, packed_hr
+
+    @staticmethod
+    def saved_weights(weight_hh, weight_hr):
+        """Packed weights are immutable (a changed parameter is packed anew), so backward keeps them as they are."""
+        return weight_hh, weight_hr
 
     forward_call = staticmethod(_C.ForwardCall)
 
@@ -86,6 +93,11 @@ class CudaKernels:
             raise ValueError("w_hh: the CUDA kernels need W_hh")
         return w_hh, w_hr
 
+    @staticmethod
+    def saved_weights(weight_hh, weight_hr):
+        """The live parameters may change before backward: it keeps copies."""
+        return weight_hh.copy(), None if weight_hr is None else weight_hr.copy()
+
     def forward_call(self, **kw):
         return self.module.ForwardCall(**kw)
 
@@ -114,10 +126,8 @@ class CudaKernels:
     def addmm(out, a, b):
         out += a @ b
 
-    @staticmethod
-    def matmul(a, b, out):
-        out[...] = a @ b
-        return out
+    def matmul(self, a, b, out):
+        return self.xp.matmul(a, b, out=out)
 
     @staticmethod
     def bias_grads(dxg, dhg, grads):

@@ -68,7 +68,7 @@ def _scratch(kernels, key, shape, dtype):
 
 def _xp(a):
     """The array namespace of a (NumPy, or CuPy for device arrays)."""
-    if type(a).__module__.split(".")[0] == "cupy":
+    if backend.is_cupy_array(a):
         import cupy
         return cupy
     return np
@@ -222,7 +222,7 @@ def _forward_setup(kernels, cell, x, h0, c0, w_ih, b_ih, b_hh, packed_ih, packed
     G = GATES[cell]
     H = w_ih.shape[0] // G
     S = h0.shape[1]
-    projection = S != H or w_hr is not None or packed_hr is not None
+    projection = w_hr is not None or packed_hr is not None
     dtype = x.dtype
     weight_hh, weight_hr = kernels.recurrent_weights(packed, packed_hr, w_hh, w_hr)
     xp = kernels.project(x, w_ih, packed_ih, _scratch(kernels, ("xp", slot), (N, G * H), dtype))
@@ -237,11 +237,8 @@ def _forward_setup(kernels, cell, x, h0, c0, w_ih, b_ih, b_hh, packed_ih, packed
     def finish():
         saved = None
         if training:
-            if kernels.reuses_scratch:  # packed weights are immutable; raw ones may change before backward
-                kept = weight_hh, weight_hr
-            else:
-                kept = weight_hh.copy(), None if weight_hr is None else weight_hr.copy()
-            saved = Saved(kernels, cell, shape3, batch_sizes, prev_index, x, h0, c0, w_ih.copy(), *kept, y, ws, H)
+            saved = Saved(kernels, cell, shape3, batch_sizes, prev_index, x, h0, c0, w_ih.copy(),
+                          *kernels.saved_weights(weight_hh, weight_hr), y, ws, H)
         return (y.reshape(*shape3, S) if shape3 else y), h_n, c_n, saved
 
     return call, finish
@@ -370,12 +367,12 @@ def stack_forward(cell, x_tm, h0, c0, weights, plan: Plan, directions, training,
     B = plan.B
     H, S = weights[0][0].w_hh.shape[0] // GATES[cell], weights[0][0].w_hh.shape[1]
     dtype = x_tm.dtype
-    xpm = _xp(x_tm)
+    kernels = kernels_for(x_tm, h0, c0, *(v for lw in weights for w in lw for v in (w.w_ih, w.w_hh, w.w_hr)))
+    xpm = kernels.xp
     lstm = cell == "lstm"
     h_n = xpm.empty((L * directions, B, S), dtype=dtype)
     c_n = xpm.empty((L * directions, B, H), dtype=dtype) if lstm else None
     saved = StackSaved(plan, directions) if training else None
-    kernels = kernels_for(x_tm, h0, c0, *(v for lw in weights for w in lw for v in (w.w_ih, w.w_hh, w.w_hr)))
     tokens = plan.gather(x_tm)
     prev_index = plan.prev_index
     for layer in range(L):
@@ -431,7 +428,8 @@ def stack_backward(saved: StackSaved, weights, dy_tm, dh_n, dc_n):
     H, S = weights[0][0].w_hh.shape[0] // GATES[cell], weights[0][0].w_hh.shape[1]
     lstm = cell == "lstm"
     dtype = saved.layers[0][0].x.dtype
-    xpm = _xp(saved.layers[0][0].x)
+    kernels = saved.layers[0][0].kernels
+    xpm = kernels.xp
     dh0 = xpm.empty((L * D, B, S), dtype=dtype)
     dc0 = xpm.empty((L * D, B, H), dtype=dtype) if lstm else None
     dtok = plan.gather(dy_tm) if dy_tm is not None else None
@@ -449,8 +447,7 @@ def stack_backward(saved: StackSaved, weights, dy_tm, dh_n, dc_n):
             dhn = plan.sort_rows(dh_n[k]) if dh_n is not None else None
             dcn = plan.sort_rows(dc_n[k]) if (dc_n is not None and lstm) else None
             setups.append(_backward_setup(saved.layers[layer][d], dyd, dhn, dcn, weights[layer][d].grads, slot=d))
-        _run(saved.layers[0][0].kernels.run_backward, [call for call, _ in setups],
-             _directions_together(saved.layers[0][0].kernels, weights[layer]))
+        _run(kernels.run_backward, [call for call, _ in setups], _directions_together(kernels, weights[layer]))
         results = [finish() for _, finish in setups]
         for d, (dxd, dh0_k, dc0_k) in enumerate(results):
             k = layer * D + d
