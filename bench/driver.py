@@ -7,7 +7,7 @@ import traceback
 
 import numpy as np
 
-from . import cases as case_sets, machine, report, targets
+from . import cases as case_sets, floor, machine, report, targets
 from .lengths import lengths_section
 from .measure import Bench
 from .onnx_models import engine_versions
@@ -61,6 +61,18 @@ def header(b, rnnfast_err, versions):
           f"5 ms) after {t.warmup} warm-up(s), one library at a time; reference: median of up to "
           f"{b.args.ref_repeats} run(s), no warm-up; train = forward + backward, grads zeroed outside the timed region")
     return info
+
+
+def print_floor(b, roof):
+    """The floor of each inference case (bench/floor.py), beside rnnfast's time."""
+    if b.rnnfast is None or not roof or b.args.dtype != "float32":
+        return
+    from rnnfast import _C
+    fl = floor.Floor(_C, b.nthreads, roof, machine.core_round_trip_ns() if b.nthreads > 1 else 0.0)
+    print("\nFloor of each inference run (bench/floor.py): per step, the busiest thread's W_hh bytes over its "
+          "measured read bandwidth at that footprint (or its multiply-adds at the roofline, whichever is longer) "
+          "plus one core-to-core round trip; plus the input GEMM at the roofline:")
+    print(floor.table(b.rows, fl, report.markdown, report.fmt_ms))
 
 
 def print_roofline(b):
@@ -168,6 +180,7 @@ def run(args, blas_note=None):
         print("\nInference engines (native LSTM/GRU/RNN operators, same weights, float32, "
               f"{b.nthreads} intra-op threads):")
         print(report.engine_table(b.rows))
+        print_floor(b, roof)
     if args.sweep:
         print_sweep(b)
 

@@ -72,6 +72,9 @@ struct Isa {
     const char* name;
     Table<float> f32;
     Table<double> f64;
+    // GB/s of `threads` threads each reading its own `bytes` with this build's vector loads (best of `reps`
+    // passes): the cache bandwidth the batch-1 floor is counted against (bench/floor.py).
+    double (*read_gbps)(size_t bytes, int threads, int reps);
 };
 
 // The kernels of the widest instruction-set library this processor runs (RNNFAST_ISA=avx2|generic asks for
@@ -86,7 +89,7 @@ bool equal_bytes(const void* a, const void* b, size_t n, int threads);
 double core_round_trip_ns(int iterations);
 
 // Bumped whenever Isa, Table or a call struct changes: a library of another version is refused.
-constexpr int kAbiVersion = 2;
+constexpr int kAbiVersion = 3;
 
 }  // namespace rnnfast::cpu
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "kernels.h"
+#include "probe.h"
 #include "recurrence.h"
 #include "recurrence_gru_original.h"
 #include "recurrence_lstm_proj.h"
@@ -105,6 +106,6 @@ rnnfast::cpu::Table<T> make_table() {
 }  // namespace
 
 extern "C" __attribute__((visibility("default"))) const rnnfast::cpu::Isa* rnnfast_cpu_kernels(int abi) {
-    static const rnnfast::cpu::Isa table{RNNFAST_ISA_NAME, make_table<float>(), make_table<double>()};
+    static const rnnfast::cpu::Isa table{RNNFAST_ISA_NAME, make_table<float>(), make_table<double>(), &read_gbps};
     return abi == rnnfast::cpu::kAbiVersion ? &table : nullptr;
 }

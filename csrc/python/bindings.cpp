@@ -400,6 +400,16 @@ PYBIND11_MODULE(_C, m) {
         return rnnfast::cpu::core_round_trip_ns(iterations);
     }, py::arg("iterations") = 100000,
           "Round trip of a cache line between two kernel threads (ns): the floor of one step's barrier.");
+    m.def("read_bandwidth_gbps", [](py::ssize_t bytes, int threads, int reps) {
+        if (bytes < 1) throw py::value_error("bytes: expected a positive integer");
+        if (threads < 1 || threads > 256) throw py::value_error("threads: expected 1..256");
+        if (reps < 1) throw py::value_error("reps: expected a positive integer");
+        const auto& isa = rnnfast::cpu::select();
+        py::gil_scoped_release nogil;
+        return isa.read_gbps(static_cast<size_t>(bytes), threads, reps);
+    }, py::arg("bytes"), py::arg("threads") = 1, py::arg("reps") = 20,
+          "GB/s of `threads` kernel threads each reading its own buffer of `bytes` (best of `reps` passes): the "
+          "cache bandwidth at that footprint, with the kernels' vector loads.");
     m.def("panel_width", [](const py::dtype& dt) {
         return dt.equal(py::dtype::of<float>()) ? table<float>().panel_width : table<double>().panel_width;
     });
