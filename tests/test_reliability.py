@@ -86,6 +86,31 @@ def test_matmul_reads_views_with_byte_strides_correctly(dtype, which):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1500, 70, 300), (70, 1500, 300), (300, 300, 1300), (97, 600, 13)])
+@pytest.mark.parametrize("transposed_a", [False, True])
+def test_matmul_is_bit_identical_for_every_thread_count_and_split(dtype, shape, transposed_a):
+    # The GEMM splits C by rows or by columns depending on its shape and the team; a sum's order must not
+    # depend on either (results reproducible whatever the thread count), and the values must be right.
+    M, N, K = shape
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((K, M)).astype(dtype).T if transposed_a else rng.standard_normal((M, K)).astype(dtype)
+    b = rng.standard_normal((K, N)).astype(dtype)
+    before = rnnfast.get_num_threads()
+    results = []
+    try:
+        for n, exact in ((1, False), (2, True), (3, True)):
+            rnnfast.set_num_threads(n, exact=exact)
+            out = np.full((M, N), np.nan, dtype)  # poisoned: an unwritten element fails
+            results.append(rnnfast.matmul(a, b, out=out))
+    finally:
+        rnnfast.set_num_threads(before)
+    np.testing.assert_allclose(results[0], a.astype(np.float64) @ b, rtol=1e-4 if dtype == np.float32 else 1e-11,
+                               atol=1e-3 if dtype == np.float32 else 1e-10)
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_matmul_refuses_out_with_byte_strides(dtype):
     item = np.dtype(dtype).itemsize
     buf = np.zeros(5 * (3 * item + 1) + 1, np.uint8)
