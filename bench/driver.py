@@ -100,7 +100,7 @@ def sweep_estimate(b, cases, roof):
     return flops * runs / (roof * 1e9)
 
 
-def print_sweep(b):
+def print_sweep(b, roof):
     print()
     for cell in ("lstm", "gru"):
         rows = [r for r in b.rows if r["cell"] == cell]
@@ -109,6 +109,10 @@ def print_sweep(b):
         grid, ratios = report.ratio_grid(rows, cell, ("torch",), b.args.modes)
         print(f"\n{cell.upper()}, T=100, I=H: torch time / rnnfast time ({b.nthreads} threads)\n{grid}")
         print(f"  {report.summary(ratios)}")
+        if roof:
+            for lib in ("torch", "rnnfast"):
+                grid, _ = report.roofline_grid(rows, cell, lib, roof, b.args.modes)
+                print(f"\n{cell.upper()}: {lib}'s GFLOP/s as a share of the roofline ({roof:.0f} GFLOP/s)\n{grid}")
         if "infer" in b.args.modes and any(r.get(f"{e}_s") for r in rows for e in ("onnxruntime", "openvino")):
             grid, ratios = report.ratio_grid(rows, cell, report.ENGINES, ["infer"])
             print(f"\n{cell.upper()} inference: fastest of torch/ONNX Runtime/OpenVINO time / rnnfast time\n{grid}")
@@ -182,7 +186,7 @@ def run(args, blas_note=None):
         print(report.engine_table(b.rows))
         print_floor(b, roof)
     if args.sweep:
-        print_sweep(b)
+        print_sweep(b, roof)
 
     lengths_rows = []
     if rnnfast is not None and not args.no_lengths:

@@ -78,21 +78,36 @@ def engine_table(rows):
 def ratio_grid(rows, cell, others, modes):
     """A sweep grid for one cell: a line per H, a column per (B, mode) of the full-size cases, each the ratio
     (fastest of `others`) / rnnfast; and the ratios themselves."""
+    return value_grid(rows, cell, modes, lambda r: speedup(r, others)[0], "{:.2f}")
+
+
+def roofline_grid(rows, cell, lib, roof, modes):
+    """The same grid of `lib`'s GFLOP/s as a percentage of the run's roofline: where torch already runs near
+    it, no float32 kernel can be much faster than torch."""
+    def pct(r):
+        s = r.get(f"{lib}_s")
+        return 100.0 * r["flops"] / s / 1e9 / roof if s and roof else None
+    return value_grid(rows, cell, modes, pct, "{:.0f}%")
+
+
+def value_grid(rows, cell, modes, value, fmt):
+    """A line per H, a column per (B, mode) of the full-size cases, each value(row) formatted with fmt; and the
+    values themselves."""
     by = {(r["case_obj"].original.H, r["case_obj"].original.B, r["mode"]): r for r in rows if r["cell"] == cell}
     Hs = sorted({k[0] for k in by})
     Bs = sorted({k[1] for k in by})
     head = ["H"] + [f"B={B} {'inf' if m == 'infer' else m}" for B in Bs for m in modes]
-    lines, ratios = [], []
+    lines, values = [], []
     for H in Hs:
         line = [str(H)]
         for B in Bs:
             for m in modes:
-                ratio = speedup(by[(H, B, m)], others)[0] if (H, B, m) in by else None
-                line.append(f"{ratio:.2f}" if ratio else "-")
-                if ratio:
-                    ratios.append(ratio)
+                v = value(by[(H, B, m)]) if (H, B, m) in by else None
+                line.append(fmt.format(v) if v else "-")
+                if v:
+                    values.append(v)
         lines.append(line)
-    return markdown(head, lines, left=1), ratios
+    return markdown(head, lines, left=1), values
 
 
 def summary(ratios):
