@@ -50,8 +50,10 @@ void lstm_proj_forward(const FwdArgs<T>& a, int requested_threads) {
                 st(m_all.data() + static_cast<ptrdiff_t>(b) * H + u, m);
             });
             barrier.wait(tid);
-            // h_t = m_t W_hr^T for the thread's slice of P, written straight into y.
-            forward_product(a.wr, 1, H, sp, 0, 1, m_all.data(), H, Bt, 0, H, a.y + steps.row(t, 0) * P, P, false, P);
+            // h_t = m_t W_hr^T for the thread's slice of P, written straight into y (from its column sp.lo:
+            // forward_product writes the slice's first block at acc).
+            forward_product(a.wr, 1, H, sp, 0, 1, m_all.data(), H, Bt, 0, H, a.y + steps.row(t, 0) * P + sp.lo, P, false,
+                            P);
             barrier.wait(tid);
         }
         copy_final_states(a, steps, P, sp.lo, sp.hi);
