@@ -43,6 +43,7 @@ void recurrence_forward(const FwdArgs<T>& a, int requested_threads) {
     const Biases<T> bias(a.b_ih, a.b_hh, G * H);
     // Per thread: gate sums [B][G][width] and, for the LSTM, the cell state [B][width].
     TeamScratch<T> scratch(static_cast<ptrdiff_t>(B) * (G + kCellState) * Slice<T>::blocks(H) * Tile<T>::NR, nt);
+    Bf16Product<T> bf16(a.wf_bf16, G, H, B, nt);
 
     run_team(nt, [&](int tid, int team, Barrier& barrier) {
         const Slice<T> s(H, tid, team);
@@ -55,7 +56,8 @@ void recurrence_forward(const FwdArgs<T>& a, int requested_threads) {
         };
         // Split the product around the crossing only while the thread's weights stay in L1: measured here,
         // LSTM H=64 B=1 gains 2.4x from it at two threads, while H=256 (weights streamed from L2) loses 30%.
-        const bool split = static_cast<size_t>(G) * s.width * H * sizeof(T) <= 48 * 1024;
+        // (Not with bf16 weights: the state is rounded whole, once it is complete.)
+        const bool split = !bf16 && static_cast<size_t>(G) * s.width * H * sizeof(T) <= 48 * 1024;
         uint64_t epoch = 0;
         for (int t = 0; t < a.T_; ++t) {
             const int Bt = steps.rows(t);
@@ -63,7 +65,10 @@ void recurrence_forward(const FwdArgs<T>& a, int requested_threads) {
             const T* h_prev = t == 0 ? a.h0 : a.y + steps.row(t - 1, 0) * H;
             if (t == 0 || team == 1 || !split) {
                 if (t > 0) barrier.wait_for(tid, epoch);
-                product(h_prev, Bt, 0, H, false);
+                if (bf16)
+                    bf16(tid, s, 0, G, h_prev, H, Bt, acc, ldc);
+                else
+                    product(h_prev, Bt, 0, H, false);
             } else {
                 // The thread's own units of h_{t-1} are ready: multiply them while the others finish theirs.
                 // (The sum's order then depends on the split: results are identical run to run for a thread
