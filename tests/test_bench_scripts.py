@@ -80,6 +80,17 @@ def test_cpu_bench_bf16_option_prints_its_own_table_only(tmp_path):
     assert bad.returncode == 2 and "--bf16" in bad.stderr
 
 
+def test_bf16_accuracy_script_prints_its_table(tmp_path):
+    out = run([os.path.join(ROOT, "bench", "bf16_accuracy.py"), "--quick"], cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith(("| LSTM", "| GRU"))]
+    assert len(rows) == 6, out.stdout
+    for line in rows:
+        steps, max_abs, rel = (float(c) for c in line.strip("|").split("|")[2:5])
+        # h0 = 0: the first step has no recurrent product; later ones differ, by bf16's order of magnitude.
+        assert (max_abs == 0) if steps == 1 else (1e-6 < rel < 1e-2), line
+
+
 def test_cpu_bench_reports_no_case_for_a_filter_that_matches_none(tmp_path):
     out = run([os.path.join(ROOT, "bench", "bench_cpu.py"), "--quick", "--cases", "no such case"], cwd=tmp_path)
     assert out.returncode == 2 and "no case matches" in out.stdout, out.stdout + out.stderr
