@@ -9,7 +9,8 @@
 //   bs    [T]           active rows per step; B = bs[0]
 //   xp    [N, G*H]      W_ih x_t for every token (no bias: the kernel adds b_ih)
 //   h0    [B, H]        initial hidden state;  c0 [B, H] initial cell state (LSTM)
-//   wf    packed W_hh for the forward product, panels (unit block, gate): see packing.h
+//   wf    packed W_hh for the forward product, panels (unit block, gate): see packing.h; or null and
+//         wf_bf16, the same panels in bf16 pairs (inference with bfloat16 weights: gemm_bf16.h)
 //   wb    packed W_hh for the backward product, panels (unit block):      see packing.h
 //   b_ih, b_hh [G*H] or null
 //   y     [N, H]        outputs h_t (also the h_{t-1} that the next step reads)
