@@ -6,6 +6,7 @@ inputs, same thread count, each library timed in its own block.
     python bench/bench_cpu.py --sweep                 # issue 8's grid as ratio tables
     python bench/bench_cpu.py --quick                 # a smoke test on tiny sizes, a few seconds
     python bench/bench_cpu.py --threads 1 --no-reference --json /tmp/bench.json
+    python bench/bench_cpu.py --modes infer --bf16    # also the opt-in bfloat16 weights, in a table of their own
 
 Modes:
   infer  eval() forward (torch: module.eval() under torch.no_grad(); ONNX Runtime and OpenVINO: their native
@@ -64,6 +65,11 @@ def parse_args(argv=None):
     p.add_argument("--no-engines", action="store_true", help="skip ONNX Runtime and OpenVINO")
     p.add_argument("--no-roofline", action="store_true", help="skip the GEMM roofline")
     p.add_argument("--no-lengths", action="store_true", help="skip the variable-length comparison")
+    p.add_argument("--bf16", action="store_true",
+                   help="also time rnnfast with bfloat16 recurrent weights (set_inference_weights('bfloat16'); "
+                        "inference, float32 layers): an opt-in reduced-precision mode, shown in a table of its own "
+                        "with its speed-up and its difference from rnnfast's float32 output, never in the float32 "
+                        "tables, ratios, targets or agreement checks")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON to PATH")
     a = p.parse_args(argv)
@@ -86,6 +92,9 @@ def parse_args(argv=None):
             p.error(f"--cells: unknown cell {c!r} (expected lstm, gru and/or rnn)")
     if a.threads is not None and a.threads < 1:
         p.error("--threads must be >= 1")
+    if a.bf16 and (a.dtype != "float32" or "infer" not in a.modes or a.no_rnnfast):
+        p.error("--bf16 times rnnfast's float32 layers in inference: it needs --dtype float32, the infer mode "
+                "and rnnfast")
     return a
 
 

@@ -185,6 +185,11 @@ def run(args, blas_note=None):
               f"{b.nthreads} intra-op threads):")
         print(report.engine_table(b.rows))
         print_floor(b, roof)
+    if args.bf16:
+        print("\nOpt-in reduced precision: rnnfast with bfloat16 recurrent weights (set_inference_weights("
+              "'bfloat16'): W_hh and h_{t-1} rounded to bf16, float32 sums and everything else float32), inference, "
+              f"{b.nthreads} threads; not part of the float32 comparisons above:")
+        print(report.bf16_table(b.rows) or "  (no inference row)")
     if args.sweep:
         print_sweep(b, roof)
 

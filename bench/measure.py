@@ -5,8 +5,8 @@ import traceback
 import numpy as np
 
 from .report import LIBRARIES, progress
-from .runners import (EngineMismatch, EngineRunner, ReferenceRunner, RnnfastRunner, TorchRunner, max_rel_diff,
-                      numpy_weights)
+from .runners import (EngineMismatch, EngineRunner, ReferenceRunner, RnnfastBf16Runner, RnnfastRunner, TorchRunner,
+                      max_rel_diff, numpy_weights)
 from .timing import Timing, time_runs, time_slow
 
 
@@ -23,9 +23,16 @@ class Bench:
         self.rows, self.checks, self.errors = [], [], []
         self.mismatches = []
 
+    def libraries(self):
+        """The libraries of this run: LIBRARIES, and rnnfast_bf16 with --bf16 (its own table, never compared
+        with the float32 ones)."""
+        return LIBRARIES + (("rnnfast_bf16",) if self.args.bf16 else ())
+
     def skipped(self, lib):
         """Why `lib` does not run in this bench at all, or None."""
         a = self.args
+        if lib == "rnnfast_bf16":
+            return None if a.bf16 and self.rnnfast else "skipped"
         if lib == "rnnfast":
             return "skipped" if a.no_rnnfast else None if self.rnnfast else "n/a"
         if lib == "torch":
@@ -40,7 +47,7 @@ class Bench:
 
     def build(self, case):
         """{library: runner, or the text of why there is none}, built from one set of weights."""
-        runs = {lib: self.skipped(lib) for lib in LIBRARIES}
+        runs = {lib: self.skipped(lib) for lib in self.libraries()}
 
         def make(lib, fn):
             if runs[lib] is None:
@@ -51,6 +58,8 @@ class Bench:
                     self.errors.append((case.name, "setup", lib, traceback.format_exc()))
 
         make("rnnfast", lambda: RnnfastRunner(self.rnnfast, case, self.dtype, self.args.seed))
+        if "rnnfast_bf16" in runs:
+            make("rnnfast_bf16", lambda: RnnfastBf16Runner(self.rnnfast, case, self.dtype, self.args.seed))
         rf = runs["rnnfast"]
         state = rf.state() if not isinstance(rf, (str, type(None))) else \
             numpy_weights(case, self.dtype, self.args.seed)
@@ -107,8 +116,10 @@ class Bench:
                     if isinstance(e, EngineMismatch):
                         self.mismatches.append(f"{case.name} [{mode}]: {e}")
             self.agreement(case, mode, outs, grads)
+            if "rnnfast_bf16" in outs and "rnnfast" in outs:  # reported with its times, not as an agreement
+                row["rnnfast_bf16_diff"] = max_rel_diff(outs["rnnfast_bf16"], outs["rnnfast"])
             self.rows.append(row)
-            progress(row, [lib for lib in LIBRARIES if runs[lib] not in ("skipped", "not installed")])
+            progress(row, [lib for lib in runs if runs[lib] not in ("skipped", "not installed")])
 
     def agreement(self, case, mode, outs, grads):
         what = "y" if mode == "infer" else "dx"

@@ -75,6 +75,24 @@ def engine_table(rows):
     return markdown(head, out, left=1) if out else ""
 
 
+def bf16_table(rows):
+    """Inference with rnnfast's opt-in bfloat16 recurrent weights next to its float32 run and torch's: times,
+    speed-ups and the output's difference from rnnfast's float32 y, max|a-b| / max(1, max|b|)."""
+    out = []
+    for r in rows:
+        if r["mode"] != "infer" or (r.get("rnnfast_bf16_s") is None and r.get("rnnfast_bf16_err") in NOT_RUN):
+            continue
+        s16, s32, st = r.get("rnnfast_bf16_s"), r.get("rnnfast_s"), r.get("torch_s")
+        diff = r.get("rnnfast_bf16_diff")
+        out.append([r["case"], cell_text(s16, r.get("rnnfast_bf16_err"), 24), cell_text(s32, r["rnnfast_err"], 24),
+                    f"{s32 / s16:.2f}x" if s16 and s32 else "", cell_text(st, r["torch_err"], 24),
+                    f"{st / s16:.2f}x" if s16 and st else "",
+                    diff if isinstance(diff, str) else f"{diff:.1e}" if diff is not None else ""])
+    head = ["case", "rnnfast-bf16 ms", "rnnfast float32 ms", "vs float32", "torch float32 ms", "vs torch",
+            "y vs float32 (max rel diff)"]
+    return markdown(head, out, left=1) if out else ""
+
+
 def ratio_grid(rows, cell, others, modes):
     """A sweep grid for one cell: a line per H, a column per (B, mode) of the full-size cases, each the ratio
     (fastest of `others`) / rnnfast; and the ratios themselves."""

@@ -68,6 +68,20 @@ class RnnfastRunner:
                    result=lambda dx: (np.array(dx, copy=True), grads()))
 
 
+class RnnfastBf16Runner(RnnfastRunner):
+    """rnnfast with bfloat16 recurrent weights (opt-in, reduced precision): the same weights as the float32
+    runner (same seed), inference only."""
+
+    name = "rnnfast_bf16"
+
+    def __init__(self, rnnfast, case, dtype, seed):
+        super().__init__(rnnfast, case, dtype, seed)
+        self.model.set_inference_weights("bfloat16")
+
+    def job(self, mode, x, dy):
+        return super().job(mode, x, dy) if mode == "infer" else None
+
+
 class TorchRunner:
     name = "torch"
 

@@ -63,7 +63,8 @@ def info():
         kernels = "not compiled in this build"
     return [f"rnnfast {rnnfast.__version__} ({os.path.dirname(rnnfast.__file__)})",
             f"python {sys.version.split()[0]}, numpy {np.__version__}",
-            f"CPU kernels: SIMD ISA {rnnfast.isa()}, {rnnfast.get_num_threads()} threads",
+            f"CPU kernels: SIMD ISA {rnnfast.isa()}, {rnnfast.get_num_threads()} threads; bfloat16 inference "
+            f"weights {'on AVX512_BF16' if backend.bf16_native() else 'emulated (no AVX512_BF16)'}",
             f"CUDA kernels: {kernels}; CUDA: {cuda}"]
 
 

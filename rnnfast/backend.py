@@ -13,7 +13,7 @@ import numpy as np
 
 from . import _C, _checks
 
-__all__ = ["set_num_threads", "get_num_threads", "matmul", "isa", "use_backend", "current_backend"]
+__all__ = ["set_num_threads", "get_num_threads", "matmul", "isa", "bf16_native", "use_backend", "current_backend"]
 
 
 def _default_threads() -> int:
@@ -71,6 +71,12 @@ def _threads_arg() -> int:
 def isa() -> str:
     """The instruction-set build of the CPU kernels in use: 'avx512', 'avx2' or 'generic'."""
     return _C.isa()
+
+
+def bf16_native() -> bool:
+    """Whether the bfloat16 inference weights (a layer's set_inference_weights) run on AVX512_BF16's
+    instructions here; False: on their exact emulation (the same results, slower products)."""
+    return _C.bf16_native()
 
 
 def _whole_items(arr: np.ndarray) -> bool:

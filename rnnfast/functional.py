@@ -74,12 +74,15 @@ def _xp(a):
     return np
 
 
-def packed_weights(w: np.ndarray, gates: int, cached: "_C.PackedWeights | None") -> "_C.PackedWeights":
-    """A weight packed for the kernels (gates=G: a W_hh; gates=0: a W_ih for x @ W_ih^T). Reuses `cached`
-    only while it still holds exactly these bytes, so an in-place update is never served stale."""
-    if cached is not None and cached.matches(w, backend._threads_arg()):
+def packed_weights(w: np.ndarray, gates: int, cached: "_C.PackedWeights | None",
+                   bfloat16: bool = False) -> "_C.PackedWeights":
+    """A weight packed for the kernels (gates=G: a W_hh; gates=0: a W_ih for x @ W_ih^T; bfloat16: a float32
+    W_hh rounded to bf16 for inference forwards, see layers' set_inference_weights). Reuses `cached` only
+    while it is of that kind and still holds exactly these bytes, so an in-place update is never served
+    stale."""
+    if cached is not None and cached.bfloat16 == bfloat16 and cached.matches(w, backend._threads_arg()):
         return cached
-    return _C.PackedWeights(w, gates)
+    return _C.PackedWeights(w, gates, bfloat16)
 
 
 # ----------------------------------------------------------------------------------------------- tokens

@@ -26,6 +26,9 @@ DType = Union[None, str, type, np.dtype]
 # What a training forward with an empty batch (B=0) keeps: there is nothing to differentiate.
 _EMPTY_BATCH = "empty batch"
 
+# The recurrent weights an inference forward may read (set_inference_weights).
+INFERENCE_WEIGHTS = ("float32", "bfloat16")
+
 _ARGS_DOC = """
     Args:
         input_size: features of x (>= 1).
@@ -44,8 +47,9 @@ _ARGS_DOC = """
 
 
 class _RNNBase(DropsCachesWhenPickled, Module):
-    """Pickling and copy.deepcopy (at any time) keep the parameters, their gradients, the arguments and the
-    generator; the packed weights and the record of the last training forward are dropped."""
+    """Pickling and copy.deepcopy (at any time) keep the parameters, their gradients, the arguments, the
+    generator and the choice of inference weights (``set_inference_weights``); the packed weights and the
+    record of the last training forward are dropped."""
 
     _CACHES = ("_packed", "_saved", "_layout", "_last_call")
     _cell: str  # set by subclasses: "rnn_tanh", "rnn_relu", "lstm", "gru"
@@ -122,9 +126,52 @@ class _RNNBase(DropsCachesWhenPickled, Module):
         """Features of h (and of each direction's output): proj_size when there is one, else hidden_size."""
         return self.proj_size or self.hidden_size
 
-    def _layer_weights(self, pack=True):
+    # -------------------------------------------------------------------------------- inference weights
+    @property
+    def inference_weights(self) -> str:
+        """The recurrent weights inference forwards read: "float32" (default) or "bfloat16" (see
+        ``set_inference_weights``)."""
+        return self.__dict__.get("_inference_weights", "float32")
+
+    def set_inference_weights(self, dtype: str):
+        """Chooses the recurrent weights W_hh that inference forwards read: "float32" (the default) or
+        "bfloat16", an opt-in reduced-precision mode of float32 layers on the CPU. Returns the layer.
+
+        With "bfloat16", every forward that records nothing for backward (in ``eval()`` mode, or inside
+        ``rnnfast.no_grad()``) multiplies W_hh rounded to bfloat16 (round to nearest even) by h_{t-1} rounded
+        to bfloat16 once per step, summing in float32; everything else stays float32: the input projection
+        W_ih x, the biases, the gates and the states (and an LSTM projection W_hr). W_hh is read in half the
+        bytes, which is what a small-batch step waits for: see README ("bfloat16 inference weights") for the
+        speed and the error against float32 (about 1e-3 relative on the outputs of LSTM/GRU layers).
+        A training forward (``train()`` mode, outside ``no_grad``) ignores the choice and runs float32, so its
+        backward differentiates exactly what it computed. The parameters themselves stay float32: the bf16
+        copy is packed from them at the first inference forward and again whenever they change.
+
+        Processors with AVX512_BF16 (Intel Sapphire Rapids and later, AMD Zen 4 and later) run it with
+        vdpbf16ps; the others compute the same sums exactly without it (same rounding, same order of
+        operations), so the choice never fails and never changes numerics with the processor
+        (``rnnfast.backend.bf16_native()`` tells which). The CUDA kernels do not have it: a layer on CUDA
+        raises RuntimeError at an inference forward in this mode.
+
+        Kept by pickling, copy.deepcopy and rnnfast.save / load.
+
+        Raises TypeError when dtype is not a str or when the layer is not float32 (for "bfloat16"),
+        ValueError for another name.
+        """
+        if not isinstance(dtype, str):
+            raise TypeError(f"dtype: expected 'float32' or 'bfloat16' (a str), got {type(dtype).__name__}")
+        if dtype not in INFERENCE_WEIGHTS:
+            raise ValueError(f"dtype: expected 'float32' or 'bfloat16', got {dtype!r}")
+        if dtype == "bfloat16" and self.dtype != np.float32:
+            raise TypeError(f"dtype: bfloat16 inference weights are for float32 layers; this "
+                            f"{type(self).__name__} is {self.dtype}")
+        self.__dict__["_inference_weights"] = dtype
+        return self
+
+    def _layer_weights(self, pack=True, bfloat16=False):
         """[layer][direction] -> functional.LayerWeights over the live parameters (packing refreshed, for the
-        CPU kernels; the CUDA kernels read the weights as they are)."""
+        CPU kernels; the CUDA kernels read the weights as they are). bfloat16: W_hh packed as bf16 (for an
+        inference forward), cached apart from its float32 packing, which training forwards keep using."""
         G = functional.GATES[self._cell]
         out = []
         for layer in range(self.num_layers):
@@ -136,8 +183,9 @@ class _RNNBase(DropsCachesWhenPickled, Module):
                 ih = hh = hr = None
                 if pack:
                     ih = functional.packed_weights(p["weight_ih"].data, 0, self._packed.get("ih" + sfx))
-                    hh = functional.packed_weights(p["weight_hh"].data, G, self._packed.get("hh" + sfx))
-                    self._packed["ih" + sfx], self._packed["hh" + sfx] = ih, hh
+                    key = ("hh_bf16" if bfloat16 else "hh") + sfx
+                    hh = functional.packed_weights(p["weight_hh"].data, G, self._packed.get(key), bfloat16)
+                    self._packed["ih" + sfx], self._packed[key] = ih, hh
                 if pack and p["weight_hr"] is not None:
                     hr = functional.packed_weights(p["weight_hr"].data, 1, self._packed.get("hr" + sfx))
                     self._packed["hr" + sfx] = hr
@@ -222,6 +270,10 @@ class _RNNBase(DropsCachesWhenPickled, Module):
         c0 = self._check_state(c0, "c0", B, batched, self.hidden_size) if self._cell == "lstm" else None
         device = backend.device_kernels(x_tm, h0, c0, *(p.data for p in self._params.values()))
         record = self.training and is_grad_enabled()
+        bfloat16 = not record and self.inference_weights == "bfloat16"
+        if bfloat16 and device is not None:
+            raise RuntimeError(f"{type(self).__name__}: bfloat16 inference weights are a mode of the CPU kernels; "
+                               "this layer runs on CUDA (set_inference_weights('float32') to run it there)")
         # This call replaces the record of the previous one (torch: each forward builds its own graph, and a
         # backward differentiates the forward whose outputs it is given, which here is the latest call).
         self._saved = self._layout = None
@@ -233,7 +285,7 @@ class _RNNBase(DropsCachesWhenPickled, Module):
             plan = functional.Plan(T, B, lengths)
             if record and plan.dense:
                 x_tm = x_tm.copy(order="C")  # backward must see the input of this forward
-            weights = self._layer_weights(pack=device is None)
+            weights = self._layer_weights(pack=device is None, bfloat16=bfloat16)
             # Training mode inside no_grad still drops out (as torch); what the kernels keep is then let go.
             y, h_n, c_n, saved = functional.stack_forward(self._cell, x_tm, h0, c0, weights, plan,
                                                           self._directions, self.training, self.dropout, self._rng)

@@ -10,6 +10,9 @@ string::
               "proj_size": ... (LSTM), "nonlinearity": ... (RNN), "linear_before_reset": ... (GRU)},
      "rnnfast_version": "0.1.0"}
 
+plus ``"inference_weights": "bfloat16"`` when the layer was set to that mode (``set_inference_weights``;
+absent for the default "float32", so such files are exactly as before).
+
 An ``RNN``/``LSTM``/``GRU`` is recorded under its short class name as above. Any other ``rnnfast.Module``
 (a model of your own, ``rnnfast.nn.Sequential``, a cell, ...) is recorded as ``"class":
 "package.module:QualName"`` with ``"args"`` the keyword arguments of its ``get_config()``: by default the
@@ -53,7 +56,7 @@ import time
 import numpy as np
 
 from .functional import GATES
-from .layers import GRU, LSTM, RNN
+from .layers import GRU, INFERENCE_WEIGHTS, LSTM, RNN
 from .module import Module
 
 try:
@@ -143,7 +146,12 @@ def _describe(module):
     """{"class": ..., "args": ...} of any rnnfast.Module (see the module doc)."""
     cls = type(module)
     if cls in _CLASSES.values():
-        return {"class": cls.__name__, "args": _layer_args(module)}
+        record = {"class": cls.__name__, "args": _layer_args(module)}
+        # Only when not the default: files of float32 layers stay as before, and a reader that does not
+        # know the key loads the layer as float32.
+        if module.inference_weights != "float32":
+            record["inference_weights"] = module.inference_weights
+        return record
     if "<locals>" in cls.__qualname__ or _resolve(cls.__module__, cls.__qualname__) is not cls:
         raise TypeError(f"module: class {_class_path(cls)} cannot be found by its name (defined inside a function?); "
                         "rnnfast.load could not rebuild it")
@@ -428,6 +436,9 @@ def _build(record, path, budget, depth=0):
                              f"values, far more than the file's {held}")
         pos = []
         kwargs["seed"] = 0
+        inference_weights = record.get("inference_weights", "float32")
+        if inference_weights not in INFERENCE_WEIGHTS:
+            raise _bad(path, f"inference_weights={inference_weights!r} is not one of {list(INFERENCE_WEIGHTS)}")
     else:
         m = re.fullmatch(r"([A-Za-z_][\w.]*):([A-Za-z_][\w.]*)", cls_name) if isinstance(cls_name, str) else None
         cls = _resolve(m.group(1), m.group(2)) if m else None
@@ -446,7 +457,10 @@ def _build(record, path, budget, depth=0):
             else:
                 kwargs[k] = v
     try:
-        return cls(*pos, **kwargs)
+        module = cls(*pos, **kwargs)
+        if cls_name in _CLASSES:
+            module.set_inference_weights(inference_weights)
+        return module
     except (TypeError, ValueError, NotImplementedError) as e:
         raise _bad(path, f"this rnnfast cannot build {cls.__name__}({kwargs}): {e}") from None
 

@@ -54,6 +54,43 @@ def test_cpu_bench_sweep_runs_as_a_module_and_prints_the_ratio_grid():
     assert not any("*" in line for line in agreement_lines(out.stdout))
 
 
+def test_cpu_bench_bf16_option_prints_its_own_table_only(tmp_path):
+    """--bf16 adds rnnfast's opt-in bfloat16 weights in a table of their own, labelled, with a speed-up and a
+    difference for every inference case; the float32 tables and agreement checks are those of a plain run."""
+    require_torch()
+    out = run([os.path.join(ROOT, "bench", "bench_cpu.py"), "--quick", "--bf16", "--no-engines", "--no-lengths",
+               "--json", str(tmp_path / "b.json")], cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Opt-in reduced precision" in out.stdout, out.stdout
+    table = out.stdout.split("Opt-in reduced precision", 1)[1].split("\n\n", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith(("| LSTM", "| GRU", "| RNN"))]
+    assert len(rows) == 5, table
+    for line in rows:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert len(cells) == 7 and cells[3].endswith("x") and cells[5].endswith("x"), line
+        assert 1e-6 < float(cells[6]) < 1e-2, line  # bf16 differs from float32, and not by much
+    main = out.stdout.split("| case | mode | rnnfast ms |", 1)[1].split("\n\n", 1)[0]
+    assert "bf16" not in main
+    assert not any("bf16" in line for line in agreement_lines(out.stdout))
+    import json
+    results = json.load(open(tmp_path / "b.json"))["results"]
+    assert all(r["rnnfast_bf16_s"] for r in results if r["mode"] == "infer")
+    assert all(r["rnnfast_bf16_s"] is None for r in results if r["mode"] == "train")
+    bad = run([os.path.join(ROOT, "bench", "bench_cpu.py"), "--quick", "--bf16", "--dtype", "float64"], cwd=tmp_path)
+    assert bad.returncode == 2 and "--bf16" in bad.stderr
+
+
+def test_bf16_accuracy_script_prints_its_table(tmp_path):
+    out = run([os.path.join(ROOT, "bench", "bf16_accuracy.py"), "--quick"], cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith(("| LSTM", "| GRU"))]
+    assert len(rows) == 6, out.stdout
+    for line in rows:
+        steps, max_abs, rel = (float(c) for c in line.strip("|").split("|")[2:5])
+        # h0 = 0: the first step has no recurrent product; later ones differ, by bf16's order of magnitude.
+        assert (max_abs == 0) if steps == 1 else (1e-6 < rel < 1e-2), line
+
+
 def test_cpu_bench_reports_no_case_for_a_filter_that_matches_none(tmp_path):
     out = run([os.path.join(ROOT, "bench", "bench_cpu.py"), "--quick", "--cases", "no such case"], cwd=tmp_path)
     assert out.returncode == 2 and "no case matches" in out.stdout, out.stdout + out.stderr

@@ -17,6 +17,9 @@ struct ForwardCall {
     T *y, *h_n, *c_n, *ws;  // ws null in inference
     int P = 0;              // LSTM proj_size (0: none); then h0, y, h_n have P features
     const T* wr = nullptr;  // W_hr (P, H) packed forward (panels over P)
+    // Inference with bfloat16 recurrent weights (float32 only): W_hh packed by Bf16Kernels::pack_forward,
+    // read instead of wf (then null) by the per-step product, whose state is rounded to bf16 each step.
+    const uint32_t* wf_bf16 = nullptr;
 };
 
 template <typename T>
@@ -68,10 +71,23 @@ struct Table {
     void (*gemm_packed)(const PackedGemmCall<T>&, int threads);
 };
 
+// The bfloat16 inference weights of float32 layers (gemm_bf16.h): W_hh (G*H, K) as pairs of bf16 values
+// (two consecutive k in one 32-bit word), panels as pack_forward's; float32 accumulation.
+struct Bf16Kernels {
+    // 1 when this processor runs vdpbf16ps; 0 when the library computes the same products without it
+    // (bit for bit: same rounding, same order of fused multiply-adds).
+    int native;
+    ptrdiff_t (*packed_size_forward)(int G, int H, int K);  // in 32-bit words
+    void (*pack_forward)(const float* w, int G, int H, int K, uint32_t* out);
+    // out[i] = x[i] rounded to bf16 (nearest even; denormals to zero, as the instructions do), the bits.
+    void (*round)(const float* x, ptrdiff_t n, uint16_t* out);
+};
+
 struct Isa {
     const char* name;
     Table<float> f32;
     Table<double> f64;
+    Bf16Kernels bf16;
     // GB/s of `threads` threads each reading its own `bytes` with this build's vector loads (best of `reps`
     // passes): the cache bandwidth the batch-1 floor is counted against (bench/floor.py).
     double (*read_gbps)(size_t bytes, int threads, int reps);
@@ -89,7 +105,7 @@ bool equal_bytes(const void* a, const void* b, size_t n, int threads);
 double core_round_trip_ns(int iterations);
 
 // Bumped whenever Isa, Table or a call struct changes: a library of another version is refused.
-constexpr int kAbiVersion = 3;
+constexpr int kAbiVersion = 4;
 
 }  // namespace rnnfast::cpu
 

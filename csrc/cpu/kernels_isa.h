@@ -111,6 +111,9 @@ rnnfast::cpu::Table<T> make_table() {
 }  // namespace
 
 extern "C" __attribute__((visibility("default"))) const rnnfast::cpu::Isa* rnnfast_cpu_kernels(int abi) {
-    static const rnnfast::cpu::Isa table{RNNFAST_ISA_NAME, make_table<float>(), make_table<double>(), &read_gbps};
+    static const rnnfast::cpu::Isa table{RNNFAST_ISA_NAME, make_table<float>(), make_table<double>(),
+                                         {bf16_runs_natively() ? 1 : 0, &packed_size_forward_bf16, &pack_forward_bf16,
+                                          &round_bf16},
+                                         &read_gbps};
     return abi == rnnfast::cpu::kAbiVersion ? &table : nullptr;
 }

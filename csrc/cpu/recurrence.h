@@ -9,7 +9,8 @@
 //   bs    [T]           active rows per step; B = bs[0]
 //   xp    [N, G*H]      W_ih x_t for every token (no bias: the kernel adds b_ih)
 //   h0    [B, H]        initial hidden state;  c0 [B, H] initial cell state (LSTM)
-//   wf    packed W_hh for the forward product, panels (unit block, gate): see packing.h
+//   wf    packed W_hh for the forward product, panels (unit block, gate): see packing.h; or null and
+//         wf_bf16, the same panels in bf16 pairs (inference with bfloat16 weights: gemm_bf16.h)
 //   wb    packed W_hh for the backward product, panels (unit block):      see packing.h
 //   b_ih, b_hh [G*H] or null
 //   y     [N, H]        outputs h_t (also the h_{t-1} that the next step reads)
@@ -43,6 +44,7 @@ void recurrence_forward(const FwdArgs<T>& a, int requested_threads) {
     const Biases<T> bias(a.b_ih, a.b_hh, G * H);
     // Per thread: gate sums [B][G][width] and, for the LSTM, the cell state [B][width].
     TeamScratch<T> scratch(static_cast<ptrdiff_t>(B) * (G + kCellState) * Slice<T>::blocks(H) * Tile<T>::NR, nt);
+    Bf16Product<T> bf16(a.wf_bf16, G, H, B, nt);
 
     run_team(nt, [&](int tid, int team, Barrier& barrier) {
         const Slice<T> s(H, tid, team);
@@ -55,7 +57,8 @@ void recurrence_forward(const FwdArgs<T>& a, int requested_threads) {
         };
         // Split the product around the crossing only while the thread's weights stay in L1: measured here,
         // LSTM H=64 B=1 gains 2.4x from it at two threads, while H=256 (weights streamed from L2) loses 30%.
-        const bool split = static_cast<size_t>(G) * s.width * H * sizeof(T) <= 48 * 1024;
+        // (Not with bf16 weights: the state is rounded whole, once it is complete.)
+        const bool split = !bf16 && static_cast<size_t>(G) * s.width * H * sizeof(T) <= 48 * 1024;
         uint64_t epoch = 0;
         for (int t = 0; t < a.T_; ++t) {
             const int Bt = steps.rows(t);
@@ -63,7 +66,10 @@ void recurrence_forward(const FwdArgs<T>& a, int requested_threads) {
             const T* h_prev = t == 0 ? a.h0 : a.y + steps.row(t - 1, 0) * H;
             if (t == 0 || team == 1 || !split) {
                 if (t > 0) barrier.wait_for(tid, epoch);
-                product(h_prev, Bt, 0, H, false);
+                if (bf16)
+                    bf16(tid, s, 0, G, h_prev, H, Bt, acc, ldc);
+                else
+                    product(h_prev, Bt, 0, H, false);
             } else {
                 // The thread's own units of h_{t-1} are ready: multiply them while the others finish theirs.
                 // (The sum's order then depends on the split: results are identical run to run for a thread

@@ -22,6 +22,7 @@ void gru_original_forward(const FwdArgs<T>& a, int requested_threads) {
     const Biases<T> bias(a.b_ih, a.b_hh, G * H);
     std::vector<T> rh_all(static_cast<size_t>(B) * H);  // r*h of the step, every unit: what W_hn multiplies
     TeamScratch<T> scratch(static_cast<ptrdiff_t>(B) * G * Slice<T>::blocks(H) * Tile<T>::NR, nt);  // gate sums
+    Bf16Product<T> bf16(a.wf_bf16, G, H, B, nt);
 
     run_team(nt, [&](int tid, int team, Barrier& barrier) {
         const Slice<T> s(H, tid, team);
@@ -30,7 +31,10 @@ void gru_original_forward(const FwdArgs<T>& a, int requested_threads) {
         for (int t = 0; t < a.T_; ++t) {
             const int Bt = steps.rows(t);
             const T* h_prev = t == 0 ? a.h0 : a.y + steps.row(t - 1, 0) * H;
-            forward_product(a.wf, G, H, s, 0, 2, h_prev, H, Bt, 0, H, acc, ldc, false);
+            if (bf16)
+                bf16(tid, s, 0, 2, h_prev, H, Bt, acc, ldc);
+            else
+                forward_product(a.wf, G, H, s, 0, 2, h_prev, H, Bt, 0, H, acc, ldc, false);
             walk_forward<T, G>(a, steps, t, s, bias, acc, ldc, h_prev, S, [&](const auto& in, const auto& ws, int b,
                                                                               int u, int col) {
                 using V = ValueOf<decltype(in)>;
@@ -39,7 +43,10 @@ void gru_original_forward(const FwdArgs<T>& a, int requested_threads) {
                 st(acc + b * ldc + s.width + col, z);  // z waits for phase 2 in its consumed gate sum
             });
             barrier.wait(tid);
-            forward_product(a.wf, G, H, s, 2, 3, rh_all.data(), H, Bt, 0, H, acc + 2 * s.width, ldc, false);
+            if (bf16)
+                bf16(tid, s, 2, 3, rh_all.data(), H, Bt, acc + 2 * s.width, ldc);
+            else
+                forward_product(a.wf, G, H, s, 2, 3, rh_all.data(), H, Bt, 0, H, acc + 2 * s.width, ldc, false);
             walk_forward<T, G>(a, steps, t, s, bias, acc, ldc, h_prev, S, [&](const auto& in, const auto& ws, int b,
                                                                               int u, int col) {
                 using V = ValueOf<decltype(in)>;

@@ -29,6 +29,7 @@ void lstm_proj_forward(const FwdArgs<T>& a, int requested_threads) {
     std::vector<T> m_all(static_cast<size_t>(B) * H);  // m_t of the step, every unit: what W_hr multiplies
     // Per thread: gate sums [B][G][width] and the cell state [B][width].
     TeamScratch<T> scratch(static_cast<ptrdiff_t>(B) * (G + 1) * Slice<T>::blocks(H) * Tile<T>::NR, nt);
+    Bf16Product<T> bf16(a.wf_bf16, G, P, B, nt);  // W_hh only: W_hr stays float32
 
     run_team(nt, [&](int tid, int team, Barrier& barrier) {
         const Slice<T> s(H, tid, team), sp(P, tid, team);
@@ -39,7 +40,10 @@ void lstm_proj_forward(const FwdArgs<T>& a, int requested_threads) {
         for (int t = 0; t < a.T_; ++t) {
             const int Bt = steps.rows(t);
             const T* h_prev = t == 0 ? a.h0 : a.y + steps.row(t - 1, 0) * P;
-            forward_product(a.wf, G, P, s, 0, G, h_prev, P, Bt, 0, P, acc, ldc, false);
+            if (bf16)
+                bf16(tid, s, 0, G, h_prev, P, Bt, acc, ldc);
+            else
+                forward_product(a.wf, G, P, s, 0, G, h_prev, P, Bt, 0, P, acc, ldc, false);
             walk_forward<T, G>(a, steps, t, s, bias, acc, ldc, nullptr, S, [&](const auto& in, const auto& ws, int b,
                                                                               int u, int col) {
                 using V = ValueOf<decltype(in)>;
@@ -50,8 +54,10 @@ void lstm_proj_forward(const FwdArgs<T>& a, int requested_threads) {
                 st(m_all.data() + static_cast<ptrdiff_t>(b) * H + u, m);
             });
             barrier.wait(tid);
-            // h_t = m_t W_hr^T for the thread's slice of P, written straight into y.
-            forward_product(a.wr, 1, H, sp, 0, 1, m_all.data(), H, Bt, 0, H, a.y + steps.row(t, 0) * P, P, false, P);
+            // h_t = m_t W_hr^T for the thread's slice of P, written straight into y (from its column sp.lo:
+            // forward_product writes the slice's first block at acc).
+            forward_product(a.wr, 1, H, sp, 0, 1, m_all.data(), H, Bt, 0, H, a.y + steps.row(t, 0) * P + sp.lo, P, false,
+                            P);
             barrier.wait(tid);
         }
         copy_final_states(a, steps, P, sp.lo, sp.hi);

@@ -15,6 +15,7 @@
 
 #include "../common/cells.h"
 #include "gemm.h"
+#include "gemm_bf16.h"
 #include "kernels.h"
 #include "threads.h"
 
@@ -148,6 +149,33 @@ void forward_product(const T* wf, int G, int K, const Slice<T>& s, int g0, int g
                            accumulate);
         }
 }
+
+// The product of the bfloat16 inference mode (ForwardCall::wf_bf16 set; float32 only), in place of
+// forward_product over the whole state: each thread rounds the state it multiplies to bf16 into a buffer of
+// its own (all of it: cheaper than another barrier), then multiplies the bf16 panels (gemm_bf16.h).
+// Inactive (false) for float32 weights.
+template <typename T>
+struct Bf16Product {
+    const uint32_t* w;
+    int G, K;
+    ptrdiff_t Kp, per_thread;
+    std::vector<uint32_t> rows;  // per thread: B rows of Kp pairs
+    Bf16Product(const uint32_t* w_, int G_, int K_, int B, int threads)
+        : w(std::is_same<T, float>::value ? w_ : nullptr), G(G_), K(K_), Kp(bf16_pairs(K_)),
+          per_thread(static_cast<ptrdiff_t>(B) * Kp), rows(w ? static_cast<size_t>(per_thread) * threads : 0) {}
+    explicit operator bool() const { return w != nullptr; }
+
+    // acc[b][(g - g0) * width + j] = src[b][0:K] . W[g*size + lo + j][0:K] for gates [g0, g1), the thread's
+    // units and rows b < Bt; src row stride ld.
+    void operator()(int tid, const Slice<T>& s, int g0, int g1, const T* src, ptrdiff_t ld, int Bt, T* acc,
+                    ptrdiff_t ldc) {
+        if constexpr (std::is_same<T, float>::value) {
+            uint32_t* hb = rows.data() + per_thread * tid;
+            convert_rows_bf16(src, ld, Bt, K, hb);
+            forward_product_bf16(w, G, Kp, s.b0, s.b1, s.width, g0, g1, hb, Bt, acc, ldc);
+        }
+    }
+};
 
 // dst[b][j] (+)= dg[b][r0 : r0+K] . W[r0 : r0+K][lo + j] for the thread's columns, W packed backward
 // (pack_backward: panels of NR columns over R rows); rows b < Bt; dg row stride ld, dst row stride ldd.

@@ -95,12 +95,17 @@ const Table<double>& table<double>() { return rnnfast::cpu::select().f64; }
 
 // Weights packed for the kernels, with a copy of the source so that a changed weight is never served stale.
 // gates > 0: a recurrent W_hh (G*H, H) in the recurrence kernels' layouts; gates == 0: any (N, K) matrix w
-// packed as the right operand of x @ w^T (a layer's W_ih).
+// packed as the right operand of x @ w^T (a layer's W_ih). bfloat16: a float32 W_hh rounded to bf16 for the
+// inference forwards of that mode (gemm_bf16.h); it has no backward layout.
 class Packed {
   public:
-    Packed(py::array w, int gates) : gates_(gates) {
+    Packed(py::array w, int gates, bool bfloat16) : gates_(gates), bf16_(bfloat16) {
         dtype_ = dtype_of(w, "weight");
         if (gates < 0) throw py::value_error("gates: expected >= 0");
+        if (bf16_ && dtype_ != DType::f32)
+            throw py::type_error("weight: bfloat16 packing takes a float32 weight, got " +
+                                 py::str(w.dtype()).cast<std::string>());
+        if (bf16_ && gates == 0) throw py::value_error("gates: bfloat16 packing is for a recurrent weight (gates > 0)");
         if (w.ndim() != 2 || w.shape(0) < 1 || w.shape(1) < 1 || (gates > 0 && w.shape(0) % gates != 0))
             throw py::value_error("weight: expected shape " + std::string(gates ? "(G*H, K) with G=" + std::to_string(gates)
                                                                                  : "(N, K)") + ", got " + shape_str(w));
@@ -108,7 +113,9 @@ class Packed {
         rows_ = w.shape(0);
         cols_ = w.shape(1);
         source_.assign(static_cast<const char*>(w.data()), static_cast<const char*>(w.data()) + w.nbytes());
-        if (dtype_ == DType::f32) build<float>(); else build<double>();
+        if (bf16_) build_bf16();
+        else if (dtype_ == DType::f32) build<float>();
+        else build<double>();
     }
 
     // True when w has the same dtype, shape and bytes as the packed source.
@@ -121,11 +128,15 @@ class Packed {
     }
 
     template <typename T>
-    const T* forward_panels() const { return reinterpret_cast<const T*>(fwd_.get()); }
+    const T* forward_panels() const { return bf16_ ? nullptr : reinterpret_cast<const T*>(fwd_.get()); }
+    const uint32_t* bf16_panels() const { return bf16_ ? reinterpret_cast<const uint32_t*>(fwd_.get()) : nullptr; }
 
     // The backward layout is built on first use: inference never pays for it.
     template <typename T>
     const T* backward_panels() {
+        if (bf16_)
+            throw py::value_error("weight_hh: packed as bfloat16, which only inference forwards read; a backward "
+                                  "needs the float32 packing its training forward used");
         std::call_once(bwd_once_, [this] {
             bwd_ = alloc(sizeof(T) * table<T>().packed_size_backward(gates_, hidden(), state()));
             table<T>().pack_backward(reinterpret_cast<const T*>(source_.data()), gates_, hidden(), state(),
@@ -141,6 +152,7 @@ class Packed {
     py::ssize_t rows() const { return rows_; }
     py::ssize_t cols() const { return cols_; }
     DType dtype() const { return dtype_; }
+    bool bfloat16() const { return bf16_; }
 
   private:
     struct Free { void operator()(void* p) const { std::free(p); } };
@@ -149,6 +161,12 @@ class Packed {
         void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
         if (!p) throw std::bad_alloc();
         return Buf(p);
+    }
+    void build_bf16() {
+        const rnnfast::cpu::Bf16Kernels& k = rnnfast::cpu::select().bf16;
+        fwd_ = alloc(sizeof(uint32_t) * k.packed_size_forward(gates_, hidden(), state()));
+        k.pack_forward(reinterpret_cast<const float*>(source_.data()), gates_, hidden(), state(),
+                       reinterpret_cast<uint32_t*>(fwd_.get()));
     }
     template <typename T>
     void build() {
@@ -164,6 +182,7 @@ class Packed {
     }
 
     int gates_;
+    bool bf16_;
     py::ssize_t rows_, cols_;
     DType dtype_;
     std::vector<char> source_;
@@ -244,6 +263,7 @@ rnnfast::cpu::ForwardCall<T> forward_call(int cell, const py::array& bs, const p
     c.h0 = in_ptr<T>(h0, "h0", {B, S});
     c.c0 = in_ptr<T>(c0, "c0", {B, H}, !lstm);
     c.wf = w.forward_panels<T>();
+    c.wf_bf16 = w.bf16_panels();
     c.b_ih = in_ptr<T>(b_ih, "b_ih", {G * H}, true);
     c.b_hh = in_ptr<T>(b_hh, "b_hh", {G * H}, true);
     c.y = out_ptr<T>(y, "y", {N, S});
@@ -251,6 +271,7 @@ rnnfast::cpu::ForwardCall<T> forward_call(int cell, const py::array& bs, const p
     c.c_n = out_ptr<T>(c_n, "c_n", {B, H}, !lstm);
     c.ws = out_ptr<T>(ws, "ws", {N, rnnfast::workspace_slots(cell, P > 0) * H}, true);
     c.P = P;
+    if (P && wr->bfloat16()) throw py::value_error("weight_hr: the projection is read as float32 in every mode");
     c.wr = P ? wr->forward_panels<T>() : nullptr;
     return c;
 }
@@ -410,16 +431,26 @@ PYBIND11_MODULE(_C, m) {
     }, py::arg("bytes"), py::arg("threads") = 1, py::arg("reps") = 20,
           "GB/s of `threads` kernel threads each reading its own buffer of `bytes` (best of `reps` passes): the "
           "cache bandwidth at that footprint, with the kernels' vector loads.");
+    m.def("bf16_native", [] { return rnnfast::cpu::select().bf16.native != 0; },
+          "Whether the bfloat16 products run on AVX512_BF16 here (else on their exact emulation).");
+    m.def("bf16_round", [](const py::array& x) {
+              const float* p = in_ptr<float>(x, "x", {x.size()});
+              py::array_t<uint16_t> out(x.size());
+              rnnfast::cpu::select().bf16.round(p, x.size(), out.mutable_data());
+              return out;
+          }, py::arg("x"), "The bits of a 1-D float32 array rounded to bf16 as the kernels round (tests).");
     m.def("panel_width", [](const py::dtype& dt) {
         return dt.equal(py::dtype::of<float>()) ? table<float>().panel_width : table<double>().panel_width;
     });
 
     py::class_<Packed>(m, "PackedWeights")
-        .def(py::init<py::array, int>(), py::arg("weight"), py::arg("gates"),
-             "Packs a recurrent weight_hh (gates = G) or, with gates=0, a matrix w for x @ w^T.")
+        .def(py::init<py::array, int, bool>(), py::arg("weight"), py::arg("gates"), py::arg("bfloat16") = false,
+             "Packs a recurrent weight_hh (gates = G) or, with gates=0, a matrix w for x @ w^T. bfloat16=True: a "
+             "float32 weight_hh rounded to bf16 for inference forwards (no backward).")
         .def("matches", &Packed::matches, py::arg("weight"), py::arg("threads") = 1,
              "True when weight still equals (same dtype, shape and bytes) the weights that were packed.")
         .def_property_readonly("gates", &Packed::gates)
+        .def_property_readonly("bfloat16", &Packed::bfloat16)
         .def_property_readonly("hidden_size", &Packed::hidden)
         .def_property_readonly("state_size", &Packed::state);
 
