@@ -5,11 +5,18 @@
 //     C (+)= A * Bp
 // where A is read through two strides (A[i][k] = a[i*a_rs + k*a_ks], so a row-major matrix, its transpose,
 // or a packed MR-row block all work) and Bp is a packed panel of NR columns: Bp[k*NR + j].
-// The summation order of an element depends only on K and on the tile height m, never on the thread
-// partition, so results are identical for every thread count.
+//
+// What may vary from one processor to another is a runtime choice among compiled variants (GemmVariant:
+// the tile height MR, the size of the row block kept in L2, the loop order); rnnfast/_tuning.py times them
+// at first use. The panel width NR stays fixed per instruction set: packed weight layouts, the recurrences'
+// thread split (Slice) and their scratch depend on it. None of the variants changes a single bit of a
+// result: an element's sum runs over k in one order whatever the tile it falls in (see ku_for), K is cut
+// into the same KC blocks, and the thread partition only moves whole elements. So results are identical
+// for every variant and every thread count of the GEMMs.
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <vector>
 
@@ -27,13 +34,83 @@ struct Tile {
     static constexpr int NV = 2;             // vectors per panel row
     static constexpr int NR = NV * W;        // panel width in columns
 #if RNNFAST_VBYTES >= 64
-    static constexpr int MR = 12;            // 24 accumulators of 32 zmm registers
+    static constexpr int MR_MAX = 14;        // 28 accumulators + 2 panel vectors + 1 broadcast of 32 zmm
 #else
-    static constexpr int MR = 4;             // 8 accumulators of 16 ymm/xmm registers
+    static constexpr int MR_MAX = 6;         // 12 accumulators + 2 + 1 of 16 ymm/xmm registers
 #endif
 };
 
-// KU interleaved accumulator sets hide the FMA latency when the tile is short (batch 1 or 2).
+// One way to run the GEMMs. mr: micro-tile height (2*mr accumulators); a_block: bytes of A that
+// gemm_rows_panels keeps in L2 while the panels pass over them (and the packed A block of gemm_block);
+// tiles_outer: gemm_rows_panels walks tiles outside panels (an A tile stays in L1 while the panels stream
+// from L2) instead of panels outside tiles (a panel stays in L1 across the tiles of a block).
+struct GemmVariant {
+    const char* name;
+    int mr;
+    int a_block;
+    bool tiles_outer;
+};
+
+// The compiled variants; the first is the default (RNNFAST_TUNE=0), the one rnnfast shipped before the
+// tuner: 12x32 on AVX-512, 4-row tiles elsewhere.
+#if RNNFAST_VBYTES >= 64
+#define RNNFAST_NR_F "32"
+#define RNNFAST_NR_D "16"
+#define RNNFAST_VARIANTS(NR)                                                                                  \
+    {"12x" NR, 12, 128 << 10, false}, {"8x" NR, 8, 128 << 10, false}, {"14x" NR, 14, 128 << 10, false},     \
+    {"12x" NR "/big", 12, 512 << 10, false}, {"12x" NR "/tiles", 12, 128 << 10, true},                      \
+    {"8x" NR "/tiles", 8, 128 << 10, true}
+#elif RNNFAST_VBYTES >= 32
+#define RNNFAST_NR_F "16"
+#define RNNFAST_NR_D "8"
+#define RNNFAST_VARIANTS(NR)                                                                                  \
+    {"4x" NR, 4, 128 << 10, false}, {"6x" NR, 6, 128 << 10, false}, {"4x" NR "/big", 4, 512 << 10, false}, \
+    {"6x" NR "/tiles", 6, 128 << 10, true}
+#else
+#define RNNFAST_NR_F "8"
+#define RNNFAST_NR_D "4"
+#define RNNFAST_VARIANTS(NR)                                                                                  \
+    {"4x" NR, 4, 128 << 10, false}, {"6x" NR, 6, 128 << 10, false}, {"4x" NR "/big", 4, 512 << 10, false}, \
+    {"6x" NR "/tiles", 6, 128 << 10, true}
+#endif
+
+template <typename T>
+struct Variants;
+template <>
+struct Variants<float> {
+    static constexpr GemmVariant list[] = {RNNFAST_VARIANTS(RNNFAST_NR_F)};
+    static constexpr int count = sizeof(list) / sizeof(list[0]);
+};
+template <>
+struct Variants<double> {
+    static constexpr GemmVariant list[] = {RNNFAST_VARIANTS(RNNFAST_NR_D)};
+    static constexpr int count = sizeof(list) / sizeof(list[0]);
+};
+#undef RNNFAST_VARIANTS
+#undef RNNFAST_NR_F
+#undef RNNFAST_NR_D
+
+// The variants in force in this process: one for the time-parallel GEMMs, one (only its mr matters) for the
+// per-step recurrent products. Set by the tuner; a kernel call reads them once. Any value gives the same
+// results, so a change while another thread computes changes nothing but its speed.
+template <typename T>
+std::atomic<int>& chosen_variant(int which) {
+    static std::atomic<int> gemm{0}, step{0};
+    return which == 0 ? gemm : step;
+}
+
+// The variant a call asked for (index >= 0), or the one in force (index < 0; which: 0 GEMM, 1 step).
+template <typename T>
+const GemmVariant& variant_of(int index, int which) {
+    if (index < 0 || index >= Variants<T>::count) index = chosen_variant<T>(which).load(std::memory_order_relaxed);
+    return Variants<T>::list[index];
+}
+
+// Interleaved accumulator sets hide the FMA latency of a product with 1 or 2 rows (a batch-1 or 2 step).
+// They change the order of each sum, so they are decided by the whole product's row count, never by the
+// height of a tile: a row left over in a short last tile sums exactly as it would in a full one.
+inline int ku_for(ptrdiff_t rows) { return rows == 1 ? 4 : rows == 2 ? 2 : 1; }
+
 template <typename T, int M_, int KU>
 inline void ukernel_impl(ptrdiff_t K, const T* __restrict a, ptrdiff_t a_rs, ptrdiff_t a_ks,
                          const T* __restrict bp, T* __restrict c, ptrdiff_t ldc, int n, bool accumulate) {
@@ -51,8 +128,8 @@ inline void ukernel_impl(ptrdiff_t K, const T* __restrict a, ptrdiff_t a_rs, ptr
 #pragma GCC unroll 64
         for (int u = 0; u < KU; ++u) {
             const T* bk = bp + (k + u) * NR;
-            // Short tiles stream the panel from L2 with little reuse: fetch rows ahead into L1.
-            if (M_ <= 2)
+            // Short products stream the panel from L2 with little reuse: fetch rows ahead into L1.
+            if (KU > 1)
 #pragma GCC unroll 4
                 for (int v = 0; v < NR * static_cast<int>(sizeof(T)); v += 64)
                     __builtin_prefetch(reinterpret_cast<const char*>(bk + RNNFAST_PF * NR) + v);
@@ -104,24 +181,20 @@ inline void ukernel_impl(ptrdiff_t K, const T* __restrict a, ptrdiff_t a_rs, ptr
     }
 }
 
-template <typename T, int M_>
-inline void ukernel_m(ptrdiff_t K, const T* a, ptrdiff_t a_rs, ptrdiff_t a_ks, const T* bp, T* c,
-                      ptrdiff_t ldc, int n, bool accumulate) {
-    constexpr int KU = M_ == 1 ? 4 : (M_ == 2 ? 2 : 1);
-    ukernel_impl<T, M_, KU>(K, a, a_rs, a_ks, bp, c, ldc, n, accumulate);
-}
-
-// m rows (1..MR) of A times one panel.
+// m rows (1..MR_MAX) of A times one panel; ku = ku_for(rows of the whole product), so ku > 1 only where the
+// product is that one tile.
 template <typename T>
-inline void ukernel(int m, ptrdiff_t K, const T* a, ptrdiff_t a_rs, ptrdiff_t a_ks, const T* bp, T* c,
+inline void ukernel(int m, int ku, ptrdiff_t K, const T* a, ptrdiff_t a_rs, ptrdiff_t a_ks, const T* bp, T* c,
                     ptrdiff_t ldc, int n, bool accumulate) {
+    if (ku == 4 && m == 1) return ukernel_impl<T, 1, 4>(K, a, a_rs, a_ks, bp, c, ldc, n, accumulate);
+    if (ku == 2 && m == 2) return ukernel_impl<T, 2, 2>(K, a, a_rs, a_ks, bp, c, ldc, n, accumulate);
     switch (m) {
 #define RNNFAST_UK(MM) \
-    case MM: ukernel_m<T, MM>(K, a, a_rs, a_ks, bp, c, ldc, n, accumulate); return;
-        RNNFAST_UK(1) RNNFAST_UK(2) RNNFAST_UK(3) RNNFAST_UK(4)
+    case MM: ukernel_impl<T, MM, 1>(K, a, a_rs, a_ks, bp, c, ldc, n, accumulate); return;
+        RNNFAST_UK(1) RNNFAST_UK(2) RNNFAST_UK(3) RNNFAST_UK(4) RNNFAST_UK(5) RNNFAST_UK(6)
 #if RNNFAST_VBYTES >= 64
-        RNNFAST_UK(5) RNNFAST_UK(6) RNNFAST_UK(7) RNNFAST_UK(8)
-        RNNFAST_UK(9) RNNFAST_UK(10) RNNFAST_UK(11) RNNFAST_UK(12)
+        RNNFAST_UK(7) RNNFAST_UK(8) RNNFAST_UK(9) RNNFAST_UK(10) RNNFAST_UK(11) RNNFAST_UK(12)
+        RNNFAST_UK(13) RNNFAST_UK(14)
 #endif
 #undef RNNFAST_UK
         default: return;
@@ -129,21 +202,29 @@ inline void ukernel(int m, ptrdiff_t K, const T* a, ptrdiff_t a_rs, ptrdiff_t a_
 }
 
 // C[0:rows, 0:cols] (+)= A * Bp, A read in place (row i at a + i*a_rs), Bp consecutive panels of K*NR
-// (a matrix packed once, e.g. a layer's W_ih^T). Rows go in blocks that stay in L2 while every panel
-// passes over them; a panel stays in L1 across the tiles of a block.
+// (a matrix packed once, e.g. a layer's W_ih^T). Rows go in blocks of about v.a_block bytes that stay in L2
+// while every panel passes over them. ku: ku_for(the whole product's rows).
 template <typename T>
-inline void gemm_rows_panels(ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t K, const T* a, ptrdiff_t a_rs,
-                             ptrdiff_t a_ks, const T* bp, T* c, ptrdiff_t ldc, bool accumulate) {
-    constexpr int NR = Tile<T>::NR, MR = Tile<T>::MR;
-    const ptrdiff_t MC = std::max<ptrdiff_t>(MR, (128 * 1024 / sizeof(T) / std::max<ptrdiff_t>(K, 1)) / MR * MR);
+inline void gemm_rows_panels(const GemmVariant& v, int ku, ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t K,
+                             const T* a, ptrdiff_t a_rs, ptrdiff_t a_ks, const T* bp, T* c, ptrdiff_t ldc,
+                             bool accumulate) {
+    constexpr int NR = Tile<T>::NR;
+    const int MR = v.mr;
+    const ptrdiff_t MC =
+        std::max<ptrdiff_t>(MR, (static_cast<ptrdiff_t>(v.a_block) / sizeof(T) / std::max<ptrdiff_t>(K, 1)) / MR * MR);
+    auto tile = [&](ptrdiff_t i, ptrdiff_t j, ptrdiff_t i_end) {
+        ukernel<T>(static_cast<int>(std::min<ptrdiff_t>(MR, i_end - i)), ku, K, a + i * a_rs, a_rs, a_ks,
+                   bp + (j / NR) * K * NR, c + i * ldc + j, ldc, static_cast<int>(std::min<ptrdiff_t>(NR, cols - j)),
+                   accumulate);
+    };
     for (ptrdiff_t i0 = 0; i0 < rows; i0 += MC) {
-        const ptrdiff_t mc = std::min(MC, rows - i0);
-        for (ptrdiff_t j = 0; j < cols; j += NR) {
-            const T* panel = bp + (j / NR) * K * NR;
-            const int n = static_cast<int>(std::min<ptrdiff_t>(NR, cols - j));
-            for (ptrdiff_t i = i0; i < i0 + mc; i += MR)
-                ukernel<T>(static_cast<int>(std::min<ptrdiff_t>(MR, i0 + mc - i)), K, a + i * a_rs, a_rs, a_ks,
-                           panel, c + i * ldc + j, ldc, n, accumulate);
+        const ptrdiff_t i1 = std::min(rows, i0 + MC);
+        if (v.tiles_outer) {
+            for (ptrdiff_t i = i0; i < i1; i += MR)
+                for (ptrdiff_t j = 0; j < cols; j += NR) tile(i, j, i1);
+        } else {
+            for (ptrdiff_t j = 0; j < cols; j += NR)
+                for (ptrdiff_t i = i0; i < i1; i += MR) tile(i, j, i1);
         }
     }
 }
@@ -181,23 +262,29 @@ inline void pack_panels(const T* b, ptrdiff_t b_ks, ptrdiff_t b_ns, ptrdiff_t k0
 
 inline ptrdiff_t round_up(ptrdiff_t x, ptrdiff_t m) { return (x + m - 1) / m * m; }
 
-// One thread's share of C[m0:m1, n0:n1] (+)= A B with blocking for the caches.
-// A(i,k) = a[i*a_rs + k*a_ks], B(k,j) = b[k*b_ks + j*b_ns]. C row-major with ldc.
 // Packing buffers of one thread of gemm_block, allocated before the threads start (nothing may throw inside
-// a parallel region).
+// a parallel region). KC is fixed: it decides where each sum is cut into partial sums added into C.
 template <typename T>
 struct GemmBuffers {
-    static constexpr ptrdiff_t KC = 256, NC = 512, MC = Tile<T>::MR * 16;
-    std::vector<T> b = std::vector<T>(static_cast<size_t>(KC * NC));
-    std::vector<T> a = std::vector<T>(static_cast<size_t>(KC * MC));
+    static constexpr ptrdiff_t KC = 256, NC = 512;
+    ptrdiff_t mc;  // rows of the packed A block: about v.a_block bytes (at least 16 tiles), whole tiles
+    std::vector<T> b, a;
+    explicit GemmBuffers(const GemmVariant& v)
+        : mc(std::max<ptrdiff_t>(16, v.a_block / static_cast<ptrdiff_t>(sizeof(T) * KC) / v.mr) * v.mr),
+          b(static_cast<size_t>(KC * NC)),
+          a(static_cast<size_t>(KC * mc)) {}
 };
 
+// One thread's share of C[m0:m1, n0:n1] (+)= A B with blocking for the caches.
+// A(i,k) = a[i*a_rs + k*a_ks], B(k,j) = b[k*b_ks + j*b_ns]. C row-major with ldc. ku: ku_for(all rows of C).
 template <typename T>
-void gemm_block(ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t n0, ptrdiff_t n1, ptrdiff_t K, const T* a, ptrdiff_t a_rs,
-                ptrdiff_t a_ks, const T* b, ptrdiff_t b_ks, ptrdiff_t b_ns, T* c, ptrdiff_t ldc, bool accumulate,
-                GemmBuffers<T>& buf) {
-    constexpr int NR = Tile<T>::NR, MR = Tile<T>::MR;
-    constexpr ptrdiff_t KC = GemmBuffers<T>::KC, NC = GemmBuffers<T>::NC, MC = GemmBuffers<T>::MC;
+void gemm_block(const GemmVariant& v, int ku, ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t n0, ptrdiff_t n1, ptrdiff_t K,
+                const T* a, ptrdiff_t a_rs, ptrdiff_t a_ks, const T* b, ptrdiff_t b_ks, ptrdiff_t b_ns, T* c,
+                ptrdiff_t ldc, bool accumulate, GemmBuffers<T>& buf) {
+    constexpr int NR = Tile<T>::NR;
+    constexpr ptrdiff_t KC = GemmBuffers<T>::KC, NC = GemmBuffers<T>::NC;
+    const int MR = v.mr;
+    const ptrdiff_t MC = buf.mc;
     if (m1 <= m0 || n1 <= n0) return;
     std::vector<T>& bbuf = buf.b;
     std::vector<T>& abuf = buf.a;
@@ -227,7 +314,7 @@ void gemm_block(ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t n0, ptrdiff_t n1, ptrdiff_
                     const int n = static_cast<int>(std::min<ptrdiff_t>(NR, nc - j));
                     for (ptrdiff_t i0 = 0; i0 < mc; i0 += MR) {
                         const int mr = static_cast<int>(std::min<ptrdiff_t>(MR, mc - i0));
-                        ukernel<T>(mr, kc, abuf.data() + (i0 / MR) * kc * MR, 1, MR, panel,
+                        ukernel<T>(mr, ku, kc, abuf.data() + (i0 / MR) * kc * MR, 1, MR, panel,
                                    c + (ic + i0) * ldc + jc + j, ldc, n, acc);
                     }
                 }

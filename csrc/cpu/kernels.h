@@ -41,6 +41,7 @@ struct GemmCall {
     const T* b; ptrdiff_t b_ks, b_ns;
     T* c; ptrdiff_t ldc;
     bool accumulate;
+    int variant = -1;  // index of the GEMM variant to run (the tuner's timings), -1: the one in force
 };
 
 // C (+)= A Bp, where Bp holds a matrix B (K x N) packed by pack_matrix (panels of NR columns).
@@ -51,6 +52,15 @@ struct PackedGemmCall {
     const T* bp;
     T* c; ptrdiff_t ldc;
     bool accumulate;
+    int variant = -1;  // as in GemmCall
+};
+
+// A compiled way to run the GEMMs (csrc/cpu/gemm.h: GemmVariant). Every variant gives the same bits.
+struct VariantInfo {
+    const char* name;  // "<MR>x<NR>", then "/big" (a larger row block in L2) or "/tiles" (tiles outside panels)
+    int mr;            // micro-tile rows
+    int a_block;       // bytes of A kept in L2 per block
+    bool tiles_outer;
 };
 
 template <typename T>
@@ -69,6 +79,12 @@ struct Table {
     // Packs B(k, n) = w[n*K + k] (B = w^T for a row-major w of shape (N, K)) into panels; size N_pad*K.
     void (*pack_matrix_t)(const T* w, ptrdiff_t N, ptrdiff_t K, T* out);
     void (*gemm_packed)(const PackedGemmCall<T>&, int threads);
+    // The GEMM variants (the first is the default) and the two in force: which = 0 for the time-parallel
+    // GEMMs, 1 for the recurrences' per-step products (only its mr counts there).
+    int variant_count;
+    VariantInfo (*variant_info)(int index);
+    int (*chosen_variant)(int which);
+    void (*choose_variant)(int which, int index);  // an index out of range is ignored
 };
 
 // The bfloat16 inference weights of float32 layers (gemm_bf16.h): W_hh (G*H, K) as pairs of bf16 values

@@ -33,7 +33,9 @@ void backward_entry(const rnnfast::cpu::BackwardCall<T>& c, int threads) {
 // each of two threads pack the whole 52 MB dG, and ran at 248 GFLOP/s. The split never changes a sum's order.
 template <typename T>
 void gemm_entry(const rnnfast::cpu::GemmCall<T>& g, int threads) {
-    constexpr int NR = Tile<T>::NR, MR = Tile<T>::MR;
+    constexpr int NR = Tile<T>::NR;
+    const GemmVariant& v = variant_of<T>(g.variant, 0);
+    const int MR = v.mr, ku = ku_for(g.M);
     const double flops = 2.0 * g.M * g.N * g.K;
     int nt = threads < 0 ? -threads : std::max(1, std::min<int>(threads, static_cast<int>(flops / 2e6)));
     const bool cols_enough = g.N >= static_cast<ptrdiff_t>(nt) * 4 * NR;
@@ -41,15 +43,15 @@ void gemm_entry(const rnnfast::cpu::GemmCall<T>& g, int threads) {
     const bool by_cols = cols_enough && (g.N >= g.M || !rows_enough);
     const ptrdiff_t units = by_cols ? (g.N + NR - 1) / NR : (g.M + MR - 1) / MR;
     nt = static_cast<int>(std::max<ptrdiff_t>(1, std::min<ptrdiff_t>(nt, units)));
-    std::vector<GemmBuffers<T>> buffers(static_cast<size_t>(nt));
+    std::vector<GemmBuffers<T>> buffers(static_cast<size_t>(nt), GemmBuffers<T>(v));
     run_team(nt, [&](int tid, int team, Barrier&) {
         const ptrdiff_t q0 = units * tid / team, q1 = units * (tid + 1) / team;
         if (by_cols)
-            gemm_block<T>(0, g.M, q0 * NR, std::min(g.N, q1 * NR), g.K, g.a, g.a_rs, g.a_ks, g.b, g.b_ks, g.b_ns,
-                          g.c, g.ldc, g.accumulate, buffers[static_cast<size_t>(tid)]);
+            gemm_block<T>(v, ku, 0, g.M, q0 * NR, std::min(g.N, q1 * NR), g.K, g.a, g.a_rs, g.a_ks, g.b, g.b_ks,
+                          g.b_ns, g.c, g.ldc, g.accumulate, buffers[static_cast<size_t>(tid)]);
         else
-            gemm_block<T>(q0 * MR, std::min(g.M, q1 * MR), 0, g.N, g.K, g.a, g.a_rs, g.a_ks, g.b, g.b_ks, g.b_ns,
-                          g.c, g.ldc, g.accumulate, buffers[static_cast<size_t>(tid)]);
+            gemm_block<T>(v, ku, q0 * MR, std::min(g.M, q1 * MR), 0, g.N, g.K, g.a, g.a_rs, g.a_ks, g.b, g.b_ks,
+                          g.b_ns, g.c, g.ldc, g.accumulate, buffers[static_cast<size_t>(tid)]);
     });
 }
 
@@ -60,7 +62,9 @@ void pack_matrix_t_entry(const T* w, ptrdiff_t N, ptrdiff_t K, T* out) {
 
 template <typename T>
 void gemm_packed_entry(const rnnfast::cpu::PackedGemmCall<T>& g, int threads) {
-    constexpr int NR = Tile<T>::NR, MR = Tile<T>::MR;
+    constexpr int NR = Tile<T>::NR;
+    const GemmVariant& v = variant_of<T>(g.variant, 0);
+    const int MR = v.mr, ku = ku_for(g.M);
     const double flops = 2.0 * g.M * g.N * g.K;
     int nt = threads < 0 ? -threads : std::max(1, std::min<int>(threads, static_cast<int>(flops / 2e6)));
     const ptrdiff_t panels = (g.N + NR - 1) / NR, tiles = (g.M + MR - 1) / MR;
@@ -70,12 +74,29 @@ void gemm_packed_entry(const rnnfast::cpu::PackedGemmCall<T>& g, int threads) {
     run_team(nt, [&](int tid, int team, Barrier&) {
         const ptrdiff_t q0 = units * tid / team, q1 = units * (tid + 1) / team;
         if (by_cols)
-            gemm_rows_panels<T>(g.M, std::min(g.N, q1 * NR) - q0 * NR, g.K, g.a, g.a_rs, g.a_ks, g.bp + q0 * NR * g.K,
-                                g.c + q0 * NR, g.ldc, g.accumulate);
+            gemm_rows_panels<T>(v, ku, g.M, std::min(g.N, q1 * NR) - q0 * NR, g.K, g.a, g.a_rs, g.a_ks,
+                                g.bp + q0 * NR * g.K, g.c + q0 * NR, g.ldc, g.accumulate);
         else
-            gemm_rows_panels<T>(std::min(g.M, q1 * MR) - q0 * MR, g.N, g.K, g.a + q0 * MR * g.a_rs, g.a_rs, g.a_ks,
-                                g.bp, g.c + q0 * MR * g.ldc, g.ldc, g.accumulate);
+            gemm_rows_panels<T>(v, ku, std::min(g.M, q1 * MR) - q0 * MR, g.N, g.K, g.a + q0 * MR * g.a_rs, g.a_rs,
+                                g.a_ks, g.bp, g.c + q0 * MR * g.ldc, g.ldc, g.accumulate);
     });
+}
+
+template <typename T>
+rnnfast::cpu::VariantInfo variant_info(int index) {
+    if (index < 0 || index >= Variants<T>::count) return {nullptr, 0, 0, false};
+    const GemmVariant& v = Variants<T>::list[index];
+    return {v.name, v.mr, v.a_block, v.tiles_outer};
+}
+
+template <typename T>
+int chosen_variant_entry(int which) {
+    return chosen_variant<T>(which != 0).load(std::memory_order_relaxed);
+}
+
+template <typename T>
+void choose_variant_entry(int which, int index) {
+    if (index >= 0 && index < Variants<T>::count) chosen_variant<T>(which != 0).store(index, std::memory_order_relaxed);
 }
 
 // n == 1: the call with up to `threads` threads; n > 1: the calls at once, one thread each (a thread takes
@@ -105,7 +126,8 @@ void backward_many(const rnnfast::cpu::BackwardCall<T>* calls, int n, int thread
 template <typename T>
 rnnfast::cpu::Table<T> make_table() {
     return {Tile<T>::NR, &packed_size_forward<T>, &packed_size_backward<T>, &pack_forward<T>, &pack_backward<T>,
-            &forward_many<T>, &backward_many<T>, &gemm_entry<T>, &pack_matrix_t_entry<T>, &gemm_packed_entry<T>};
+            &forward_many<T>, &backward_many<T>, &gemm_entry<T>, &pack_matrix_t_entry<T>, &gemm_packed_entry<T>,
+            Variants<T>::count, &variant_info<T>, &chosen_variant_entry<T>, &choose_variant_entry<T>};
 }
 
 }  // namespace

@@ -137,7 +137,8 @@ struct BiasSums {
 template <typename T>
 void forward_product(const T* wf, int G, int K, const Slice<T>& s, int g0, int g1, const T* src, ptrdiff_t ld,
                      int Bt, int k0, int k1, T* acc, ptrdiff_t ldc, bool accumulate, int cols = 1 << 30) {
-    constexpr int NR = Tile<T>::NR, MR = Tile<T>::MR;
+    constexpr int NR = Tile<T>::NR;
+    const int MR = variant_of<T>(-1, 1).mr, ku = ku_for(Bt);
     if (k1 <= k0) return;
     for (int ub = s.b0; ub < s.b1; ++ub)
         for (int g = g0; g < g1; ++g) {
@@ -145,7 +146,7 @@ void forward_product(const T* wf, int G, int K, const Slice<T>& s, int g0, int g
             T* c = acc + (g - g0) * s.width + (ub - s.b0) * NR;
             const int n = std::min(NR, cols - ub * NR);
             for (int b = 0; b < Bt; b += MR)
-                ukernel<T>(std::min(MR, Bt - b), k1 - k0, src + b * ld + k0, ld, 1, panel, c + b * ldc, ldc, n,
+                ukernel<T>(std::min(MR, Bt - b), ku, k1 - k0, src + b * ld + k0, ld, 1, panel, c + b * ldc, ldc, n,
                            accumulate);
         }
 }
@@ -183,12 +184,13 @@ struct Bf16Product {
 template <typename T>
 void backward_product(const T* wb, ptrdiff_t R, const Slice<T>& s, const T* dg, ptrdiff_t ld, ptrdiff_t r0,
                       ptrdiff_t K, int Bt, T* dst, ptrdiff_t ldd, bool accumulate, int cols = 1 << 30) {
-    constexpr int NR = Tile<T>::NR, MR = Tile<T>::MR;
+    constexpr int NR = Tile<T>::NR;
+    const int MR = variant_of<T>(-1, 1).mr, ku = ku_for(Bt);
     for (int kb = s.b0; kb < s.b1; ++kb) {
         const T* panel = wb + kb * R * NR + r0 * NR;
         const int n = std::min(NR, cols - kb * NR);
         for (int b = 0; b < Bt; b += MR)
-            ukernel<T>(std::min(MR, Bt - b), K, dg + b * ld + r0, ld, 1, panel, dst + b * ldd + (kb - s.b0) * NR,
+            ukernel<T>(std::min(MR, Bt - b), ku, K, dg + b * ld + r0, ld, 1, panel, dst + b * ldd + (kb - s.b0) * NR,
                        ldd, n, accumulate);
     }
 }

@@ -367,7 +367,7 @@ void run(const std::vector<Object*>& calls, int threads, bool forward) {
 }
 
 template <typename T>
-void gemm_t(const py::array& a, const py::array& b, const py::array& c, bool accumulate, int threads) {
+void gemm_t(const py::array& a, const py::array& b, const py::array& c, bool accumulate, int threads, int variant) {
     if (a.ndim() != 2 || b.ndim() != 2 || c.ndim() != 2)
         throw py::value_error("gemm: a, b and c must be 2-D");
     const py::ssize_t M = a.shape(0), K = a.shape(1), N = b.shape(1);
@@ -383,13 +383,14 @@ void gemm_t(const py::array& a, const py::array& b, const py::array& c, bool acc
     rnnfast::cpu::GemmCall<T> g{M, N, K,
                                 static_cast<const T*>(a.data()), a.strides(0) / s, a.strides(1) / s,
                                 static_cast<const T*>(b.data()), b.strides(0) / s, b.strides(1) / s,
-                                static_cast<T*>(const_cast<void*>(c.data())), c.strides(0) / s, accumulate};
+                                static_cast<T*>(const_cast<void*>(c.data())), c.strides(0) / s, accumulate,
+                                variant};
     py::gil_scoped_release nogil;
     table<T>().gemm(g, threads);
 }
 
 template <typename T>
-void gemm_packed_t(const py::array& a, Packed& w, const py::array& c, bool accumulate, int threads) {
+void gemm_packed_t(const py::array& a, Packed& w, const py::array& c, bool accumulate, int threads, int variant) {
     if (w.gates() != 0) throw py::value_error("weight: packed as a recurrent matrix, not for gemm_packed");
     if (a.ndim() != 2 || c.ndim() != 2) throw py::value_error("gemm_packed: a and c must be 2-D");
     const py::ssize_t M = a.shape(0), K = a.shape(1), N = w.rows();
@@ -404,9 +405,40 @@ void gemm_packed_t(const py::array& a, Packed& w, const py::array& c, bool accum
     const py::ssize_t s = sizeof(T);
     rnnfast::cpu::PackedGemmCall<T> g{M, N, K, static_cast<const T*>(a.data()), a.strides(0) / s, a.strides(1) / s,
                                       w.forward_panels<T>(), static_cast<T*>(const_cast<void*>(c.data())),
-                                      c.strides(0) / s, accumulate};
+                                      c.strides(0) / s, accumulate, variant};
     py::gil_scoped_release nogil;
     table<T>().gemm_packed(g, threads);
+}
+
+// variant: -1 (the variant in force) or an index of gemm_variants(dtype).
+template <typename T>
+int check_variant(int variant) {
+    if (variant < -1 || variant >= table<T>().variant_count)
+        throw py::value_error("variant: expected -1 or an index below " + std::to_string(table<T>().variant_count) +
+                              ", got " + std::to_string(variant));
+    return variant;
+}
+
+int check_variant(DType dt, int variant) {
+    return dt == DType::f32 ? check_variant<float>(variant) : check_variant<double>(variant);
+}
+
+DType dtype_arg(const py::object& dtype) {
+    const py::dtype dt = py::dtype::from_args(dtype);
+    if (dt.equal(py::dtype::of<float>())) return DType::f32;
+    if (dt.equal(py::dtype::of<double>())) return DType::f64;
+    throw py::type_error("dtype: expected float32 or float64, got " + py::str(dt).cast<std::string>());
+}
+
+template <typename T>
+py::list variants_of() {
+    py::list out;
+    for (int i = 0; i < table<T>().variant_count; ++i) {
+        const rnnfast::cpu::VariantInfo v = table<T>().variant_info(i);
+        out.append(py::dict(py::arg("name") = v.name, py::arg("mr") = v.mr, py::arg("nr") = table<T>().panel_width,
+                            py::arg("a_block") = v.a_block, py::arg("tiles_outer") = v.tiles_outer));
+    }
+    return out;
 }
 
 }  // namespace
@@ -455,14 +487,45 @@ PYBIND11_MODULE(_C, m) {
         .def_property_readonly("state_size", &Packed::state);
 
     m.def("gemm_packed",
-          [](const py::array& a, Packed& w, const py::array& c, bool accumulate, int threads) {
+          [](const py::array& a, Packed& w, const py::array& c, bool accumulate, int threads, int variant) {
               check_threads(threads);
               if (dtype_of(a, "a") != w.dtype()) throw py::type_error("a: dtype differs from the weight's");
-              if (w.dtype() == DType::f32) gemm_packed_t<float>(a, w, c, accumulate, threads);
-              else gemm_packed_t<double>(a, w, c, accumulate, threads);
+              check_variant(w.dtype(), variant);
+              if (w.dtype() == DType::f32) gemm_packed_t<float>(a, w, c, accumulate, threads, variant);
+              else gemm_packed_t<double>(a, w, c, accumulate, threads, variant);
           },
           py::arg("a"), py::arg("weight"), py::arg("c"), py::arg("accumulate") = false, py::arg("threads") = 1,
-          "c = a @ weight^T (or +=) with weight packed by PackedWeights(weight, 0).");
+          py::arg("variant") = -1,
+          "c = a @ weight^T (or +=) with weight packed by PackedWeights(weight, 0); variant: an index of "
+          "gemm_variants (the tuner's timings), -1 for the one in force.");
+
+    m.def("gemm_variants", [](const py::object& dtype) {
+        return dtype_arg(dtype) == DType::f32 ? variants_of<float>() : variants_of<double>();
+    }, py::arg("dtype"),
+          "The compiled GEMM variants of this build for a dtype (the first is the default): name, mr, nr, a_block "
+          "(bytes of A per L2 block), tiles_outer. Every variant gives the same bits.");
+    m.def("chosen_gemm_variants", [](const py::object& dtype) {
+        const DType dt = dtype_arg(dtype);
+        auto get = [&](int which) {
+            return dt == DType::f32 ? table<float>().chosen_variant(which) : table<double>().chosen_variant(which);
+        };
+        return py::make_tuple(get(0), get(1));
+    }, py::arg("dtype"), "(GEMM variant, per-step product variant) in force for a dtype, as indices.");
+    m.def("choose_gemm_variants", [](const py::object& dtype, int gemm, int step) {
+        const DType dt = dtype_arg(dtype);
+        if (gemm < 0 || step < 0) throw py::value_error("choose_gemm_variants: expected indices >= 0");
+        check_variant(dt, gemm);
+        check_variant(dt, step);
+        if (dt == DType::f32) {
+            table<float>().choose_variant(0, gemm);
+            table<float>().choose_variant(1, step);
+        } else {
+            table<double>().choose_variant(0, gemm);
+            table<double>().choose_variant(1, step);
+        }
+    }, py::arg("dtype"), py::arg("gemm"), py::arg("step"),
+          "Sets the variants the time-parallel GEMMs and the per-step recurrent products of a dtype run "
+          "(rnnfast/_tuning.py does, once per process).");
 
     m.def("cell_info", [] {
         py::dict out;
@@ -544,11 +607,15 @@ PYBIND11_MODULE(_C, m) {
           py::arg("calls"), py::arg("threads"), "Runs BackwardCalls, as forward runs ForwardCalls.");
 
     m.def("gemm",
-          [](const py::array& a, const py::array& b, const py::array& c, bool accumulate, int threads) {
+          [](const py::array& a, const py::array& b, const py::array& c, bool accumulate, int threads, int variant) {
               check_threads(threads);
-              if (dtype_of(a, "a") == DType::f32) gemm_t<float>(a, b, c, accumulate, threads);
-              else gemm_t<double>(a, b, c, accumulate, threads);
+              const DType dt = dtype_of(a, "a");
+              check_variant(dt, variant);
+              if (dt == DType::f32) gemm_t<float>(a, b, c, accumulate, threads, variant);
+              else gemm_t<double>(a, b, c, accumulate, threads, variant);
           },
           py::arg("a"), py::arg("b"), py::arg("c"), py::arg("accumulate") = false, py::arg("threads") = 1,
-          "c = a @ b, or c += a @ b with accumulate=True. a and b may be any strided 2-D views.");
+          py::arg("variant") = -1,
+          "c = a @ b, or c += a @ b with accumulate=True. a and b may be any strided 2-D views. variant: as in "
+          "gemm_packed.");
 }
