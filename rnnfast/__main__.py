@@ -2,7 +2,7 @@
 minute) and print its test error against the naive last-value baseline.
 
     python -m rnnfast            the forecasting demo (``--epochs N``, ``--no-progress``)
-    python -m rnnfast info       version, build, SIMD ISA, threads, CUDA availability
+    python -m rnnfast info       version, build, SIMD ISA, threads, the GEMM chosen here, CUDA availability
     python -m rnnfast bench      the CPU microbenchmark (bench/bench_cpu.py of a source checkout; needs torch)
 """
 from __future__ import annotations
@@ -65,7 +65,30 @@ def info():
             f"python {sys.version.split()[0]}, numpy {np.__version__}",
             f"CPU kernels: SIMD ISA {rnnfast.isa()}, {rnnfast.get_num_threads()} threads; bfloat16 inference "
             f"weights {'on AVX512_BF16' if backend.bf16_native() else 'emulated (no AVX512_BF16)'}",
+            *gemm_lines(backend.tuning(np.float32)),
             f"CUDA kernels: {kernels}; CUDA: {cuda}"]
+
+
+def _rates(rates):
+    return ", ".join(f"{name} {rate:.0f}" for name, rate in rates.items())
+
+
+def gemm_lines(t):
+    """What the GEMM tuner chose for one dtype (backend.tuning()) and what it measured, as lines."""
+    how = t["source"] + (f", {t['tuning_ms']:.0f} ms" if "tuning_ms" in t else "")
+    lines = [f"GEMM ({t['dtype']}): variant {t['gemm']} for the time-parallel GEMMs, {t['step']} for the "
+             f"recurrences' per-step products ({how}; cache: {t['cache'] or 'none'})"]
+    if t["gemm_gflops"]:
+        lines.append(f"  candidates, GFLOP/s on 256x1024x512 packed, {t['threads']} threads: {_rates(t['gemm_gflops'])}")
+    if t["step_gflops"]:
+        lines.append(f"  per-step tile heights, GFLOP/s on 64x1024x256, 1 thread: {_rates(t['step_gflops'])}")
+    lib = []
+    for op, what in (("project", "x W_ih^T"), ("matmul", "dx"), ("addmm", "dW")):
+        r = t["library_gflops"].get(op)
+        rates = f" (rnnfast {r['rnnfast']:.0f}, numpy.matmul {r['numpy']:.0f} GFLOP/s)" if r else ""
+        lib.append(f"{op} [{what}] on {t['library'][op]}{rates}")
+    lines.append("  layers' GEMMs: " + "; ".join(lib))
+    return lines
 
 
 def bench(argv):

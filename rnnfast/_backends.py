@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _C, backend
+from . import _C, _tuning, backend
 
 
 class CpuKernels:
     """The CPU kernels: weights packed once and cached (functional.packed_weights), the recurrence and the
-    bias gradients in the kernels, the GEMMs on rnnfast's own threaded GEMM."""
+    bias gradients in the kernels, the time-parallel GEMMs on rnnfast's own threaded GEMM or, where the tuner
+    measured NumPy's BLAS clearly faster on this machine (rnnfast/_tuning.py), on numpy.matmul."""
 
     xp = np
     can_run_directions_together = True
@@ -33,7 +34,10 @@ class CpuKernels:
     @staticmethod
     def project(x, w_ih, packed_ih, out):
         if x.shape[0]:
-            _C.gemm_packed(x, packed_ih, out, False, backend._threads_arg())
+            if _tuning.route("project", x.dtype) == "numpy":
+                np.matmul(x, w_ih.T, out=out)
+            else:
+                _C.gemm_packed(x, packed_ih, out, False, backend._threads_arg())
         return out
 
     @staticmethod
@@ -61,10 +65,15 @@ class CpuKernels:
 
     @staticmethod
     def addmm(out, a, b):
-        backend.matmul(a, b, out=out, accumulate=True)
+        if _tuning.route("addmm", out.dtype) == "numpy":
+            out += np.matmul(a, b)
+        else:
+            backend.matmul(a, b, out=out, accumulate=True)
 
     @staticmethod
     def matmul(a, b, out):
+        if _tuning.route("matmul", out.dtype) == "numpy":
+            return np.matmul(a, b, out=out)
         return backend.matmul(a, b, out=out)
 
     @staticmethod

@@ -1,7 +1,8 @@
 """The CPU backend: the compiled kernels, the thread count and the GEMM the layers use.
 
-The time-parallel GEMMs of a layer (input projection, dx, dW) go through :func:`matmul`, our own blocked
-AVX-512/AVX2 GEMM: on the machines we measure it is faster than NumPy's OpenBLAS build (see bench/).
+The time-parallel GEMMs of a layer (input projection, dx, dW) run on rnnfast's own blocked AVX-512/AVX2 GEMM
+(:func:`matmul`), in the variant measured fastest on this machine at the first GEMM, or on numpy.matmul where
+NumPy's BLAS was measured clearly faster: :func:`tuning` says what was chosen and why (rnnfast/_tuning.py).
 """
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import threading
 
 import numpy as np
 
-from . import _C, _checks
+from . import _C, _checks, _tuning
 
-__all__ = ["set_num_threads", "get_num_threads", "matmul", "isa", "bf16_native", "use_backend", "current_backend"]
+__all__ = ["set_num_threads", "get_num_threads", "matmul", "isa", "bf16_native", "tuning", "use_backend",
+           "current_backend"]
 
 
 def _default_threads() -> int:
@@ -79,6 +81,30 @@ def bf16_native() -> bool:
     return _C.bf16_native()
 
 
+def tuning(dtype=np.float32) -> dict:
+    """The GEMM choice of this process for a dtype, made at its first GEMM (now, if none ran yet).
+
+    Returns a dict: ``gemm`` and ``step``, the variants (``"MRxNR"``, e.g. ``"12x32"``, with ``/big`` or
+    ``/tiles`` for another cache blocking) of the time-parallel GEMMs and of the recurrences' per-step products;
+    ``gemm_gflops`` / ``step_gflops``, each candidate's measured rate; ``library``, for each of the layers'
+    time-parallel GEMMs (``project``, ``matmul`` = dx, ``addmm`` = dW) ``"rnnfast"`` or ``"numpy"``, with the
+    rates measured for both in ``library_gflops``; ``source`` (measured, cache, defaults, forced), ``cache``
+    (the file, or why it was not written), ``cpu``, ``isa``, ``threads``, ``variants`` and ``tuning_ms``.
+
+    Every variant gives the same bits; the library choice changes the last bits, and is made once per process
+    (and kept per CPU model in the cache file). RNNFAST_TUNE=0, RNNFAST_GEMM_TILE and RNNFAST_GEMM force the
+    choices (see the README).
+    """
+    dt = np.dtype(dtype)
+    if dt not in (np.float32, np.float64):
+        raise TypeError(f"tuning: dtype must be float32 or float64, got {dt}")
+    return _copy(_tuning.ensure(dt))
+
+
+def _copy(d):
+    return {k: (_copy(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v) for k, v in d.items()}
+
+
 def _whole_items(arr: np.ndarray) -> bool:
     """Whether every stride is a whole number of items: the kernels address elements in items."""
     return all(s % arr.itemsize == 0 for s in arr.strides)
@@ -140,6 +166,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, accumula
         if not accumulate:
             out[...] = 0
         return out
+    _tuning.ensure(a.dtype)
     c = _checks.canonical(out)  # a view: the kernel writes into out's memory
     odd = out.strides[1] != out.itemsize or out.strides[0] < out.shape[1] * out.itemsize
     if odd:  # a single row or column with an unusual stride: the kernel writes a temporary in its layout

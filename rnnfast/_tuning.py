@@ -1,0 +1,290 @@
+"""The GEMM choice of this process, measured once per dtype at its first GEMM.
+
+Two choices, each made once and never changed afterwards:
+
+* which compiled variant (csrc/cpu/gemm.h: tile height MR x panel width NR, L2 row block, loop order) runs
+  rnnfast's GEMMs, and which tile height the recurrences' per-step products use. Every variant gives the same
+  bits, so this choice changes speed only.
+* whether the layers' time-parallel GEMMs (input projection, dx, dW) run on rnnfast's GEMM or on
+  numpy.matmul (NumPy's BLAS): the library is used for an operation only where it was measured faster by a
+  clear margin (LIBRARY_MARGIN). The two sum in different orders, so this choice does change the last bits;
+  it is made once per process (results stay identical from call to call), and the on-disk cache makes
+  processes on one machine agree.
+
+Environment:
+  RNNFAST_TUNE=0        no timing: the default variant and rnnfast's GEMM everywhere
+  RNNFAST_TUNE=fresh    time again even where the cache file has an entry (and rewrite it)
+  RNNFAST_GEMM_TILE=12x32[/big|/tiles]   force a variant (MR x NR as gemm_variants names it; float64 runs
+                        the same MR on its own panel width, e.g. 12x16)
+  RNNFAST_GEMM=rnnfast|numpy   force the time-parallel GEMMs onto one library
+  RNNFAST_TUNE_CACHE=path      the cache file ('' for none); default $XDG_CACHE_HOME/rnnfast/tuning.json
+                        (~/.cache when XDG_CACHE_HOME is unset). Keyed by CPU model, ISA build, rnnfast
+                        version, dtype and thread count; never fatal (read-only or corrupt: measured again).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+from . import _C
+
+OPS = ("project", "matmul", "addmm")
+LIBRARIES = ("rnnfast", "numpy")
+# A candidate replaces the default variant, and the library replaces rnnfast's GEMM, only when faster by this
+# factor: timing noise alone then rarely flips a choice between processes.
+VARIANT_MARGIN = 1.03
+LIBRARY_MARGIN = 1.05
+ROUNDS = 3
+
+_lock = threading.Lock()
+_state: dict = {}  # dtype name -> the choice (see tuning())
+
+
+def _version():
+    from . import __version__
+    return __version__
+
+
+def cpu_model() -> str:
+    """The processor's model name, with family/model/stepping where /proc/cpuinfo has them."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break
+                k, _, v = line.partition(":")
+                fields[k.strip()] = v.strip()
+    except OSError:
+        pass
+    name = fields.get("model name") or platform.processor() or platform.machine() or "unknown"
+    ids = [f"{k} {fields[k]}" for k in ("cpu family", "model", "stepping") if k in fields]
+    return f"{name} ({', '.join(ids)})" if ids else name
+
+
+def cache_path() -> str | None:
+    path = os.environ.get("RNNFAST_TUNE_CACHE")
+    if path is not None:
+        return path or None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "rnnfast", "tuning.json")
+
+
+def _read_cache(path):
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(path, key, entry):
+    """Adds one entry; atomic (a temporary file renamed over the old one). Returns None or why it failed."""
+    try:
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        data = _read_cache(path)
+        data[key] = entry
+        fd, tmp = tempfile.mkstemp(prefix=".tuning-", suffix=".json", dir=folder)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f, indent=1, sort_keys=True)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return None
+    except OSError as e:
+        return f"{type(e).__name__}: {e}"
+
+
+def _forced_variant(dtype, variants):
+    """The index RNNFAST_GEMM_TILE names for this dtype, or None when unset."""
+    spec = os.environ.get("RNNFAST_GEMM_TILE", "").strip()
+    if not spec:
+        return None
+    m = re.fullmatch(r"(\d+)(?:x(\d+))?(/\w+)?", spec)
+    widths = {_C.panel_width(np.dtype(t)) for t in (np.float32, np.float64)}
+    if m and (m.group(2) is None or int(m.group(2)) in widths):
+        for i, v in enumerate(variants):
+            mr, _, rest = v["name"].partition("x")
+            suffix = rest[len(str(v["nr"])):]
+            if int(mr) == int(m.group(1)) and suffix == (m.group(3) or ""):
+                return i
+    names = ", ".join(v["name"] for v in _C.gemm_variants(np.float32))
+    raise ValueError(f"RNNFAST_GEMM_TILE: expected one of this build's variants ({names}; float64 takes the same "
+                     f"names with its own panel width), got {spec!r}")
+
+
+def _forced_library():
+    spec = os.environ.get("RNNFAST_GEMM", "").strip().lower()
+    if not spec:
+        return None
+    if spec not in LIBRARIES:
+        raise ValueError(f"RNNFAST_GEMM: expected one of {LIBRARIES}, got {spec!r}")
+    return spec
+
+
+def _best_rate(flops, call, rounds=ROUNDS):
+    """GFLOP/s of the fastest of `rounds` runs after one warm-up (interference only ever slows a run)."""
+    call()
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - t0)
+    return flops / max(best, 1e-9) / 1e9
+
+
+def _time_variants(dtype, variants, threads):
+    """{name: GFLOP/s} for the time-parallel GEMM (256 x 1024 x 512, packed, as a layer's input projection)
+    and {name: GFLOP/s} for a step-sized product (64 rows x 1024 x 256, one thread, panels outside tiles: only
+    the tile height counts there, so one variant per height)."""
+    rng = np.random.default_rng(0)
+
+    def problem(M, N, K):
+        a = rng.standard_normal((M, K)).astype(dtype)
+        w = rng.standard_normal((N, K)).astype(dtype)
+        return a, _C.PackedWeights(w, 0), np.empty((M, N), dtype), 2.0 * M * N * K
+
+    big, step = problem(256, 1024, 512), problem(64, 1024, 256)
+    step_ids = {}
+    for i, v in enumerate(variants):
+        if not v["tiles_outer"] and v["a_block"] == variants[0]["a_block"]:
+            step_ids.setdefault(v["mr"], i)
+    gemm_rates = {v["name"]: 0.0 for v in variants}
+    step_rates = {variants[i]["name"]: 0.0 for i in step_ids.values()}
+    # Rounds interleave the candidates, so that a burst of load elsewhere hurts them alike.
+    for _ in range(ROUNDS):
+        for i, v in enumerate(variants):
+            a, p, c, fl = big
+            gemm_rates[v["name"]] = max(gemm_rates[v["name"]],
+                                        _best_rate(fl, lambda: _C.gemm_packed(a, p, c, False, threads, i), 1))
+        for i in step_ids.values():
+            a, p, c, fl = step
+            name = variants[i]["name"]
+            step_rates[name] = max(step_rates[name], _best_rate(fl, lambda: _C.gemm_packed(a, p, c, False, 1, i), 2))
+    return gemm_rates, step_rates
+
+
+def _pick(rates, names, margin):
+    """The fastest name, unless it beats the first (the default) by less than `margin`."""
+    best = max(rates, key=rates.get)
+    return best if rates[best] >= margin * rates[names[0]] else names[0]
+
+
+def _time_library(dtype, threads):
+    """{op: {"rnnfast": GFLOP/s, "numpy": GFLOP/s}} on shapes of a layer's time-parallel GEMMs: 512 tokens,
+    input size 256, 4*256 gate rows (an LSTM with H=256)."""
+    rng = np.random.default_rng(1)
+    n, i, g = 512, 256, 1024
+    x = rng.standard_normal((n, i)).astype(dtype)
+    w = rng.standard_normal((g, i)).astype(dtype)
+    dxg = rng.standard_normal((n, g)).astype(dtype)
+    packed = _C.PackedWeights(w, 0)
+    xp, dx, dw = np.empty((n, g), dtype), np.empty((n, i), dtype), np.zeros((g, i), dtype)
+    fl = 2.0 * n * i * g
+
+    def addmm_numpy():
+        dw[...] += np.matmul(dxg.T, x)
+
+    calls = {
+        "project": {"rnnfast": lambda: _C.gemm_packed(x, packed, xp, False, threads),
+                    "numpy": lambda: np.matmul(x, w.T, out=xp)},
+        "matmul": {"rnnfast": lambda: _C.gemm(dxg, w, dx, False, threads),
+                   "numpy": lambda: np.matmul(dxg, w, out=dx)},
+        "addmm": {"rnnfast": lambda: _C.gemm(dxg.T, x, dw, True, threads),
+                  "numpy": addmm_numpy},
+    }
+    # One library at a time, ours first: BLAS threads keep spinning for a while after a call, and an OpenMP
+    # team started meanwhile shares the cores with them (measured here: rnnfast's GEMM right after
+    # numpy.matmul ran at 30 GFLOP/s instead of 400).
+    rates = {op: {} for op in OPS}
+    for lib in LIBRARIES:
+        for op in OPS:
+            rates[op][lib] = _best_rate(fl, calls[op][lib], 2)
+    return rates
+
+
+def _decide(dtype):
+    from . import backend
+
+    dtype = np.dtype(dtype)
+    variants = _C.gemm_variants(dtype)
+    names = [v["name"] for v in variants]
+    threads = backend._threads_arg()
+    mode = os.environ.get("RNNFAST_TUNE", "1").strip().lower()
+    if mode not in ("0", "1", "fresh", ""):
+        raise ValueError(f"RNNFAST_TUNE: expected 0, 1 or fresh, got {mode!r}")
+    forced_variant, forced_library = _forced_variant(dtype, variants), _forced_library()
+    out = {"dtype": dtype.name, "isa": _C.isa(), "cpu": cpu_model(), "threads": abs(threads),
+           "variants": names, "gemm": names[0], "step": names[0], "gemm_gflops": {}, "step_gflops": {},
+           "library": {op: "rnnfast" for op in OPS}, "library_gflops": {}, "source": "defaults", "cache": None}
+    if mode == "0":
+        out["source"] = "defaults (RNNFAST_TUNE=0)"
+    else:
+        path = cache_path()
+        key = f"{out['cpu']}|{out['isa']}|rnnfast {_version()}|{dtype.name}|{abs(threads)} threads"
+        entry = _read_cache(path).get(key) if path and mode != "fresh" else None
+        if isinstance(entry, dict) and entry.get("gemm") in names and entry.get("step") in names and \
+                isinstance(entry.get("library"), dict) and \
+                all(entry["library"].get(op) in LIBRARIES for op in OPS):
+            out.update({k: entry[k] for k in ("gemm", "step", "library")})
+            out.update({k: entry.get(k, {}) for k in ("gemm_gflops", "step_gflops", "library_gflops")})
+            out["source"], out["cache"] = f"cache ({path})", path
+        elif forced_variant is not None and forced_library is not None:
+            out["source"] = "forced"
+        else:
+            t0 = time.perf_counter()
+            if forced_variant is not None:
+                out["gemm"] = out["step"] = names[forced_variant]
+            else:
+                out["gemm_gflops"], out["step_gflops"] = _time_variants(dtype, variants, threads)
+                out["gemm"] = _pick(out["gemm_gflops"], names, VARIANT_MARGIN)
+                out["step"] = _pick(out["step_gflops"], [n for n in names if n in out["step_gflops"]],
+                                    VARIANT_MARGIN)
+            if forced_library is None:
+                # Ours with the variant it would run, against the library.
+                _C.choose_gemm_variants(dtype, names.index(out["gemm"]), names.index(out["step"]))
+                out["library_gflops"] = _time_library(dtype, threads)
+                out["library"] = {op: "numpy" if r["numpy"] >= LIBRARY_MARGIN * r["rnnfast"] else "rnnfast"
+                                  for op, r in out["library_gflops"].items()}
+            out["tuning_ms"] = round(1000 * (time.perf_counter() - t0), 1)
+            out["source"] = "measured"
+            if path and forced_variant is None and forced_library is None:
+                failed = _write_cache(path, key, {k: out[k] for k in ("gemm", "step", "library", "gemm_gflops",
+                                                                      "step_gflops", "library_gflops")})
+                out["cache"] = path if failed is None else f"not written ({failed})"
+    if forced_variant is not None:
+        out["gemm"] = out["step"] = names[forced_variant]
+        out["source"] += ", tile forced (RNNFAST_GEMM_TILE)"
+    if forced_library is not None:
+        out["library"] = {op: forced_library for op in OPS}
+        out["source"] += ", library forced (RNNFAST_GEMM)"
+    _C.choose_gemm_variants(dtype, names.index(out["gemm"]), names.index(out["step"]))
+    return out
+
+
+def ensure(dtype) -> dict:
+    """The choice for a dtype (float32 or float64), made (and put in force) at the first call."""
+    key = np.dtype(dtype).name
+    got = _state.get(key)
+    if got is None:
+        with _lock:
+            got = _state.get(key)
+            if got is None:
+                got = _state[key] = _decide(key)
+    return got
+
+
+def route(op: str, dtype) -> str:
+    """'rnnfast' or 'numpy': the library a layer's time-parallel GEMM `op` (project, matmul, addmm) runs on."""
+    return ensure(dtype)["library"][op]
