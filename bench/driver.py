@@ -11,7 +11,7 @@ from . import cases as case_sets, floor, machine, report, targets
 from .lengths import lengths_section
 from .measure import Bench
 from .onnx_models import engine_versions
-from .roofline import gemm_rates, roofline
+from .roofline import gemm_rates, layers_gemms, roofline
 from .timing import Timing
 
 
@@ -49,6 +49,10 @@ def header(b, rnnfast_err, versions):
           f" | dtype {b.args.dtype} | loadavg {info['loadavg'] or '?'}")
     if info["rnnfast_info"]:
         print(f"# rnnfast kernels: {info['rnnfast_info']}")
+    tuning = machine.rnnfast_tuning(rnnfast, b.dtype) if rnnfast is not None else None
+    if tuning:
+        info["rnnfast_tuning"] = tuning["dict"]
+        print("\n".join(f"# {line}" for line in tuning["lines"]))
     if rnnfast is None and not b.args.no_rnnfast:
         print(f"# rnnfast unavailable: {rnnfast_err}")
     if rnnfast is not None:
@@ -80,8 +84,10 @@ def print_roofline(b):
     timing = b.timing if b.args.quick else Timing(warmup=1, repeats=5)
     rates = gemm_rates(n, timing, b.rnnfast, b.torch, b.nthreads, engines=not b.args.no_engines)
     print(f"\nRoofline: float32 GEMM {n}x{n}x{n} (best of {timing.blocks} block medians of {timing.repeats})")
+    used = layers_gemms(b.rnnfast)
     for k, v in rates.items():
-        print(f"  {k:20s} " + (f"{v:8.1f} GFLOP/s" if isinstance(v, float) else f"ERR {v}"))
+        note = f"   <- the layers' {used[k]}" if k in used else ""
+        print(f"  {k:20s} " + (f"{v:8.1f} GFLOP/s" if isinstance(v, float) else f"ERR {v}") + note)
     roof = roofline(rates)
     if roof:
         print(f"  {'roofline':20s} {roof:8.1f} GFLOP/s (max of the above)")

@@ -89,3 +89,16 @@ def rnnfast_info(rnnfast):
             except Exception as e:
                 return f"{attr}() failed: {type(e).__name__}: {e}"
     return None
+
+
+def rnnfast_tuning(rnnfast, dtype):
+    """{"dict": rnnfast.backend.tuning(dtype), "lines": its report} (the GEMM variant and library the layers
+    use, measured at their first GEMM), or None for an rnnfast without the tuner."""
+    try:
+        from rnnfast.__main__ import gemm_lines
+        t = rnnfast.backend.tuning(dtype)
+        return {"dict": t, "lines": gemm_lines(t)}
+    except (ImportError, AttributeError):
+        return None
+    except Exception as e:  # noqa: BLE001 - say it in the header, do not lose the bench
+        return {"dict": None, "lines": [f"rnnfast GEMM tuning failed: {type(e).__name__}: {e}"]}

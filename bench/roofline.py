@@ -51,6 +51,20 @@ def gemm_rates(n, timing, rnnfast, torch, threads, engines=True):
     return rates
 
 
+def layers_gemms(rnnfast):
+    """{roofline row: which of the layers' float32 time-parallel GEMMs run on it} from rnnfast's tuning (the
+    input projection on the packed GEMM or numpy.matmul, dx and dW on rnnfast.matmul's GEMM or numpy.matmul)."""
+    try:
+        library = rnnfast.backend.tuning(np.float32)["library"]
+    except (AttributeError, TypeError, ValueError):  # an rnnfast without the tuner: its own GEMMs throughout
+        library = {"project": "rnnfast", "matmul": "rnnfast", "addmm": "rnnfast"}
+    rows = {}
+    for op, what in (("project", "input projection"), ("matmul", "dx"), ("addmm", "dW")):
+        ours = "rnnfast packed" if op == "project" else "rnnfast.matmul"
+        rows.setdefault("numpy.matmul" if library[op] == "numpy" else ours, []).append(what)
+    return {row: ", ".join(whats) for row, whats in rows.items()}
+
+
 def roofline(rates):
     nums = [v for v in rates.values() if isinstance(v, float)]
     return max(nums) if nums else None

@@ -1,0 +1,224 @@
+"""The GEMM tuner (rnnfast/_tuning.py): forcing, defaults, the cache file, library routing, info().
+
+The choice is made once per process, so each case runs in a fresh subprocess with its own environment.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import rnnfast
+from rnnfast import _C, _tuning
+
+# A bidirectional LSTM layer (H=40: panels cut short; B=13: a short last tile) forward and backward, with the
+# tuning the process chose and how often each time-parallel GEMM went to numpy.matmul.
+LAYER = r"""
+import hashlib, json, sys
+import numpy as np
+import rnnfast
+from rnnfast import _C, backend
+calls = {"n": 0}
+_matmul = np.matmul
+def counting(*a, **k):
+    calls["n"] += 1
+    return _matmul(*a, **k)
+np.matmul = counting
+out = {}
+for dt in (np.float32, np.float64):
+    rng = np.random.default_rng(0)
+    m = rnnfast.LSTM(24, 40, bidirectional=True, dtype=dt, seed=3)
+    x = rng.standard_normal((7, 13, 24)).astype(dt)
+    y = m(x)[0]
+    dx = m.backward(rng.standard_normal(y.shape).astype(dt))[0]
+    arrays = [y, dx] + [p.grad for _, p in m.named_parameters()]
+    out[np.dtype(dt).name] = {"hash": hashlib.sha256(b"".join(a.tobytes() for a in arrays)).hexdigest(),
+                              "tuning": backend.tuning(dt), "chosen": list(_C.chosen_gemm_variants(dt)),
+                              "arrays": [a.astype(np.float64).ravel().tolist() for a in arrays]}
+out["numpy_matmul_calls"] = calls["n"]
+print(json.dumps(out))
+"""
+
+
+def run(env_extra, script=LAYER, cwd=None, check=True):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RNNFAST_TUNE", "RNNFAST_GEMM"))}
+    env.update(env_extra)
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
+                         cwd=cwd or os.path.dirname(os.path.abspath(__file__)) + "/..")
+    if not check:
+        return out
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def no_cache(tmp_path):
+    return {"RNNFAST_TUNE_CACHE": ""}
+
+
+def variant_names(dtype=np.float32):
+    return [v["name"] for v in _C.gemm_variants(dtype)]
+
+
+def test_forcing_each_variant_runs_it_and_changes_no_bit(tmp_path):
+    base = run({"RNNFAST_TUNE": "0", "RNNFAST_TUNE_CACHE": ""}, cwd=tmp_path)
+    assert base["float32"]["tuning"]["source"].startswith("defaults")
+    assert base["float32"]["chosen"] == [0, 0]
+    for i, name in enumerate(variant_names()):
+        got = run({"RNNFAST_GEMM_TILE": name, "RNNFAST_GEMM": "rnnfast", "RNNFAST_TUNE_CACHE": ""}, cwd=tmp_path)
+        for dt in ("float32", "float64"):
+            t = got[dt]["tuning"]
+            assert got[dt]["chosen"] == [i, i], (name, dt, got[dt]["chosen"])
+            assert t["gemm"] == t["step"] == t["variants"][i]
+            assert t["source"].startswith("forced")
+            assert got[dt]["hash"] == base[dt]["hash"], f"{name} {dt}: results differ from the default variant's"
+        assert got["numpy_matmul_calls"] == 0
+
+
+def test_tile_height_alone_and_float64_width(tmp_path):
+    mr = variant_names()[1].split("x")[0]
+    got = run({"RNNFAST_GEMM_TILE": mr, "RNNFAST_GEMM": "rnnfast", "RNNFAST_TUNE_CACHE": ""}, cwd=tmp_path)
+    assert got["float32"]["tuning"]["gemm"] == variant_names()[1]
+    assert got["float64"]["tuning"]["gemm"] == variant_names(np.float64)[1]
+
+
+@pytest.mark.parametrize("var,value", [("RNNFAST_GEMM_TILE", "13x32"), ("RNNFAST_GEMM_TILE", "12x99"),
+                                       ("RNNFAST_GEMM_TILE", "bogus"), ("RNNFAST_GEMM", "openblas"),
+                                       ("RNNFAST_TUNE", "maybe")])
+def test_bad_environment_values_name_the_variable(var, value, tmp_path):
+    out = run({var: value, "RNNFAST_TUNE_CACHE": ""}, cwd=tmp_path, check=False)
+    assert out.returncode != 0
+    assert "ValueError" in out.stderr and var in out.stderr, out.stderr
+
+
+def test_numpy_routing_runs_every_time_parallel_gemm_on_numpy(tmp_path):
+    ours = run({"RNNFAST_GEMM": "rnnfast", "RNNFAST_TUNE": "0", "RNNFAST_TUNE_CACHE": ""}, cwd=tmp_path)
+    lib = run({"RNNFAST_GEMM": "numpy", "RNNFAST_TUNE_CACHE": "", "RNNFAST_GEMM_TILE": variant_names()[0]},
+              cwd=tmp_path)
+    assert ours["numpy_matmul_calls"] == 0
+    # Per dtype and direction: one projection, one dx and three dW products (W_ih, W_hh from h0, the rest).
+    assert lib["numpy_matmul_calls"] >= 2 * 2 * 4, lib["numpy_matmul_calls"]
+    for dt, tol in (("float32", 1e-5), ("float64", 1e-12)):
+        assert lib[dt]["tuning"]["library"] == {"project": "numpy", "matmul": "numpy", "addmm": "numpy"}
+        for a, b in zip(lib[dt]["arrays"], ours[dt]["arrays"]):
+            a, b = np.array(a), np.array(b)
+            assert np.abs(a - b).max() <= tol * max(1.0, np.abs(b).max())
+
+
+def test_measured_choice_is_written_then_read_back(tmp_path):
+    cache = tmp_path / "sub" / "tuning.json"
+    first = run({"RNNFAST_TUNE_CACHE": str(cache)}, cwd=tmp_path)
+    for dt in ("float32", "float64"):
+        t = first[dt]["tuning"]
+        assert t["source"] == "measured" and t["cache"] == str(cache)
+        assert set(t["gemm_gflops"]) == set(t["variants"]) and min(t["gemm_gflops"].values()) > 0
+        assert t["step_gflops"] and set(t["step_gflops"]) <= set(t["variants"])
+        assert set(t["library_gflops"]) == {"project", "matmul", "addmm"}
+        assert t["gemm"] in t["variants"] and t["step"] in t["step_gflops"]
+        assert 0 < t["tuning_ms"] < 5000
+    data = json.loads(cache.read_text())
+    assert len(data) == 2 and all("|float32|" in k or "|float64|" in k for k in data)
+    second = run({"RNNFAST_TUNE_CACHE": str(cache)}, cwd=tmp_path)
+    for dt in ("float32", "float64"):
+        t, t0 = second[dt]["tuning"], first[dt]["tuning"]
+        assert t["source"].startswith("cache")
+        assert (t["gemm"], t["step"], t["library"]) == (t0["gemm"], t0["step"], t0["library"])
+        assert second[dt]["hash"] == first[dt]["hash"]
+    fresh = run({"RNNFAST_TUNE_CACHE": str(cache), "RNNFAST_TUNE": "fresh"}, cwd=tmp_path)
+    assert fresh["float32"]["tuning"]["source"] == "measured"
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", "", json.dumps({"x": 1})])
+def test_corrupt_cache_is_measured_again_and_rewritten(content, tmp_path):
+    cache = tmp_path / "tuning.json"
+    cache.write_text(content)
+    got = run({"RNNFAST_TUNE_CACHE": str(cache)}, cwd=tmp_path)
+    assert got["float32"]["tuning"]["source"] == "measured"
+    assert len(json.loads(cache.read_text())) >= 2
+
+
+def test_stale_entry_naming_an_unknown_variant_is_measured_again(tmp_path):
+    cache = tmp_path / "tuning.json"
+    run({"RNNFAST_TUNE_CACHE": str(cache)}, cwd=tmp_path)
+    data = json.loads(cache.read_text())
+    for entry in data.values():
+        entry["gemm"] = "99x32"
+    cache.write_text(json.dumps(data))
+    got = run({"RNNFAST_TUNE_CACHE": str(cache)}, cwd=tmp_path)
+    assert got["float32"]["tuning"]["source"] == "measured"
+    assert json.loads(cache.read_text())[next(iter(data))]["gemm"] != "99x32"
+
+
+def test_unwritable_cache_is_not_fatal(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder would be")
+    got = run({"RNNFAST_TUNE_CACHE": str(blocker / "rnnfast" / "tuning.json")}, cwd=tmp_path)
+    t = got["float32"]["tuning"]
+    assert t["source"] == "measured" and t["cache"].startswith("not written")
+    assert not list(tmp_path.glob("**/.tuning-*"))
+
+
+def test_tune_zero_times_nothing_and_writes_nothing(tmp_path):
+    cache = tmp_path / "tuning.json"
+    got = run({"RNNFAST_TUNE": "0", "RNNFAST_TUNE_CACHE": str(cache)}, cwd=tmp_path)
+    for dt in ("float32", "float64"):
+        t = got[dt]["tuning"]
+        assert t["gemm"] == t["step"] == t["variants"][0]
+        assert not t["gemm_gflops"] and not t["library_gflops"]
+        assert t["library"] == {"project": "rnnfast", "matmul": "rnnfast", "addmm": "rnnfast"}
+    assert not cache.exists()
+
+
+def test_default_cache_location_follows_xdg(tmp_path, monkeypatch):
+    monkeypatch.delenv("RNNFAST_TUNE_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert _tuning.cache_path() == str(tmp_path / "rnnfast" / "tuning.json")
+    monkeypatch.setenv("RNNFAST_TUNE_CACHE", "")
+    assert _tuning.cache_path() is None
+
+
+CONCURRENT = r"""
+import json, threading
+import numpy as np
+from rnnfast import _tuning, backend
+decided = []
+real = _tuning._decide
+def counting(dt):
+    decided.append(dt)
+    return real(dt)
+_tuning._decide = counting
+results = [None] * 8
+def work(i):
+    results[i] = backend.tuning(np.float32)
+threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(json.dumps({"decided": len(decided), "same": all(r == results[0] for r in results)}))
+"""
+
+
+def test_concurrent_first_use_tunes_once(tmp_path):
+    got = run({"RNNFAST_TUNE_CACHE": ""}, script=CONCURRENT, cwd=tmp_path)
+    assert got == {"decided": 1, "same": True}
+
+
+def test_tuning_argument_and_copy():
+    with pytest.raises(TypeError, match="dtype"):
+        rnnfast.backend.tuning(np.int32)
+    t = rnnfast.backend.tuning()
+    t["library"]["project"] = "changed"
+    assert rnnfast.backend.tuning()["library"]["project"] in ("rnnfast", "numpy")
+
+
+def test_info_reports_the_choice():
+    from rnnfast.__main__ import info
+
+    t = rnnfast.backend.tuning()
+    text = "\n".join(info())
+    assert f"GEMM (float32): variant {t['gemm']} for the time-parallel GEMMs, {t['step']}" in text
+    for op in ("project", "matmul", "addmm"):
+        assert f"{op} [" in text and f"on {t['library'][op]}" in text
+    for name, rate in t["gemm_gflops"].items():
+        assert f"{name} {rate:.0f}" in text
