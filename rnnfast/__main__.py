@@ -87,7 +87,7 @@ def gemm_lines(t):
         r = t["library_gflops"].get(op)
         rates = f" (rnnfast {r['rnnfast']:.0f}, numpy.matmul {r['numpy']:.0f} GFLOP/s)" if r else ""
         lib.append(f"{op} [{what}] on {t['library'][op]}{rates}")
-    lines.append("  layers' GEMMs: " + "; ".join(lib))
+    lines.append("  layers' GEMMs: " + "; ".join(lib) + (f" ({t['library_note']})" if t.get("library_note") else ""))
     return lines
 
 

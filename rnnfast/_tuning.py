@@ -133,9 +133,10 @@ def _forced_library():
     return spec
 
 
-def _best_rate(flops, call, rounds=ROUNDS):
+def _best_rate(flops, call, rounds=ROUNDS, warm=True):
     """GFLOP/s of the fastest of `rounds` runs after one warm-up (interference only ever slows a run)."""
-    call()
+    if warm:
+        call()
     best = float("inf")
     for _ in range(rounds):
         t0 = time.perf_counter()
@@ -162,16 +163,18 @@ def _time_variants(dtype, variants, threads):
             step_ids.setdefault(v["mr"], i)
     gemm_rates = {v["name"]: 0.0 for v in variants}
     step_rates = {variants[i]["name"]: 0.0 for i in step_ids.values()}
-    # Rounds interleave the candidates, so that a burst of load elsewhere hurts them alike.
-    for _ in range(ROUNDS):
+    # Rounds interleave the candidates, so that a burst of load elsewhere hurts them alike; the first round
+    # warms each one up.
+    for r in range(ROUNDS):
         for i, v in enumerate(variants):
             a, p, c, fl = big
-            gemm_rates[v["name"]] = max(gemm_rates[v["name"]],
-                                        _best_rate(fl, lambda: _C.gemm_packed(a, p, c, False, threads, i), 1))
+            rate = _best_rate(fl, lambda: _C.gemm_packed(a, p, c, False, threads, i), 1, warm=r == 0)
+            gemm_rates[v["name"]] = max(gemm_rates[v["name"]], rate)
         for i in step_ids.values():
             a, p, c, fl = step
             name = variants[i]["name"]
-            step_rates[name] = max(step_rates[name], _best_rate(fl, lambda: _C.gemm_packed(a, p, c, False, 1, i), 2))
+            rate = _best_rate(fl, lambda: _C.gemm_packed(a, p, c, False, 1, i), 2, warm=r == 0)
+            step_rates[name] = max(step_rates[name], rate)
     return gemm_rates, step_rates
 
 
@@ -251,7 +254,12 @@ def _decide(dtype):
                 out["gemm"] = _pick(out["gemm_gflops"], names, VARIANT_MARGIN)
                 out["step"] = _pick(out["step_gflops"], [n for n in names if n in out["step_gflops"]],
                                     VARIANT_MARGIN)
-            if forced_library is None:
+            if forced_library is None and abs(threads) != backend._default_threads():
+                # NumPy's BLAS runs its own thread count, whatever set_num_threads says: with fewer (or more)
+                # threads asked of rnnfast than the cores available, it is neither a fair rival nor allowed.
+                out["library_note"] = (f"numpy.matmul not considered: rnnfast runs {abs(threads)} threads, "
+                                       f"not all {backend._default_threads()} cores")
+            elif forced_library is None:
                 # Ours with the variant it would run, against the library.
                 _C.choose_gemm_variants(dtype, names.index(out["gemm"]), names.index(out["step"]))
                 out["library_gflops"] = _time_library(dtype, threads)

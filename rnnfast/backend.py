@@ -88,7 +88,8 @@ def tuning(dtype=np.float32) -> dict:
     ``/tiles`` for another cache blocking) of the time-parallel GEMMs and of the recurrences' per-step products;
     ``gemm_gflops`` / ``step_gflops``, each candidate's measured rate; ``library``, for each of the layers'
     time-parallel GEMMs (``project``, ``matmul`` = dx, ``addmm`` = dW) ``"rnnfast"`` or ``"numpy"``, with the
-    rates measured for both in ``library_gflops``; ``source`` (measured, cache, defaults, forced), ``cache``
+    rates measured for both in ``library_gflops`` (NumPy is considered only when rnnfast runs as many threads as
+    there are cores, since it does not follow set_num_threads; ``library_note`` says when not); ``source`` (measured, cache, defaults, forced), ``cache``
     (the file, or why it was not written), ``cpu``, ``isa``, ``threads``, ``variants`` and ``tuning_ms``.
 
     Every variant gives the same bits; the library choice changes the last bits, and is made once per process

@@ -222,3 +222,21 @@ def test_info_reports_the_choice():
         assert f"{op} [" in text and f"on {t['library'][op]}" in text
     for name, rate in t["gemm_gflops"].items():
         assert f"{name} {rate:.0f}" in text
+
+
+CAPPED = r"""
+import json
+import numpy as np
+import rnnfast
+n = rnnfast.backend._default_threads() + 1
+rnnfast.set_num_threads(n, exact=True)
+t = rnnfast.backend.tuning(np.float32)
+print(json.dumps({"library_gflops": t["library_gflops"], "note": t.get("library_note"), "ok": t["threads"] == n,
+                  "gemm_gflops": len(t["gemm_gflops"])}))
+"""
+
+
+def test_library_is_not_considered_when_threads_differ_from_the_cores(tmp_path):
+    got = run({"RNNFAST_TUNE_CACHE": ""}, script=CAPPED, cwd=tmp_path)
+    assert got["ok"] and got["gemm_gflops"] > 0
+    assert not got["library_gflops"] and "not considered" in got["note"]
