@@ -79,15 +79,16 @@ def gemm_lines(t):
     lines = [f"GEMM ({t['dtype']}): variant {t['gemm']} for the time-parallel GEMMs, {t['step']} for the "
              f"recurrences' per-step products ({how}; cache: {t['cache'] or 'none'})"]
     if t["gemm_gflops"]:
-        lines.append(f"  candidates, GFLOP/s on 256x1024x512 packed, {t['threads']} threads: {_rates(t['gemm_gflops'])}")
+        lines.append(f"  candidates, GFLOP/s on {t['problems']['gemm']} packed, {t['threads']} threads: "
+                     f"{_rates(t['gemm_gflops'])}")
     if t["step_gflops"]:
-        lines.append(f"  per-step tile heights, GFLOP/s on 64x1024x256, 1 thread: {_rates(t['step_gflops'])}")
+        lines.append(f"  per-step tile heights, GFLOP/s on {t['problems']['step']}, 1 thread: {_rates(t['step_gflops'])}")
     lib = []
     for op, what in (("project", "x W_ih^T"), ("matmul", "dx"), ("addmm", "dW")):
         r = t["library_gflops"].get(op)
         rates = f" (rnnfast {r['rnnfast']:.0f}, numpy.matmul {r['numpy']:.0f} GFLOP/s)" if r else ""
         lib.append(f"{op} [{what}] on {t['library'][op]}{rates}")
-    lines.append("  layers' GEMMs: " + "; ".join(lib) + (f" ({t['library_note']})" if t.get("library_note") else ""))
+    lines.append(f"  layers' GEMMs ({t['problems']['library']} tokens x gate rows x inputs): " + "; ".join(lib) + (f" ({t['library_note']})" if t.get("library_note") else ""))
     return lines
 
 

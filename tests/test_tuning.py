@@ -240,3 +240,51 @@ def test_library_is_not_considered_when_threads_differ_from_the_cores(tmp_path):
     got = run({"RNNFAST_TUNE_CACHE": ""}, script=CAPPED, cwd=tmp_path)
     assert got["ok"] and got["gemm_gflops"] > 0
     assert not got["library_gflops"] and "not considered" in got["note"]
+
+
+def test_library_needs_two_wins_by_the_margin():
+    win = {"rnnfast": 100.0, "numpy": 106.0}
+    lose = {"rnnfast": 100.0, "numpy": 104.0}
+    assert _tuning._library_choice({"project": dict(win, again=win), "matmul": dict(win, again=lose),
+                                    "addmm": dict(win)}) == \
+        {"project": "numpy", "matmul": "rnnfast", "addmm": "rnnfast"}
+    assert _tuning._library_choice({"project": dict(lose, again=win)})["project"] == "rnnfast"
+
+
+# The measurements replaced by fixed rates: rnnfast's variants at 500 GFLOP/s, the library shapes as given.
+FAKE_RATES = r"""
+import json, sys
+import numpy as np
+from rnnfast import _tuning, backend
+ours, lib = json.loads(sys.argv[1])
+_tuning._time_variants = lambda dt, variants, threads: ({v["name"]: 500.0 for v in variants},
+                                                         {variants[0]["name"]: 250.0})
+r = {"rnnfast": ours, "numpy": lib}
+_tuning._time_library = lambda dt, threads: {op: dict(r, again=dict(r)) for op in _tuning.OPS}
+t = backend.tuning(np.float32)
+print(json.dumps({"library": t["library"], "note": t.get("library_note"), "cache": t["cache"]}))
+"""
+
+
+def fake_run(ours, lib, cache):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RNNFAST_TUNE", "RNNFAST_GEMM"))}
+    env["RNNFAST_TUNE_CACHE"] = str(cache)
+    out = subprocess.run([sys.executable, "-c", FAKE_RATES, json.dumps([ours, lib])], env=env, capture_output=True,
+                         text=True, timeout=120, cwd=cache.parent)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_library_chosen_when_clearly_faster_and_kept_on_disk(tmp_path):
+    got = fake_run(300.0, 400.0, tmp_path / "tuning.json")
+    assert got["library"] == {"project": "numpy", "matmul": "numpy", "addmm": "numpy"} and not got["note"]
+    entry = next(iter(json.loads((tmp_path / "tuning.json").read_text()).values()))
+    assert entry["library"]["project"] == "numpy"
+
+
+def test_library_not_chosen_from_a_disturbed_measurement(tmp_path):
+    # 31 GFLOP/s on the layer shapes right after 500 on the variants: the machine was busy, not the library fast.
+    got = fake_run(31.0, 250.0, tmp_path / "tuning.json")
+    assert got["library"] == {"project": "rnnfast", "matmul": "rnnfast", "addmm": "rnnfast"}
+    assert "disturbed" in got["note"]
+    assert not (tmp_path / "tuning.json").exists()

@@ -58,8 +58,7 @@ struct GemmVariant {
 #define RNNFAST_NR_D "16"
 #define RNNFAST_VARIANTS(NR)                                                                                  \
     {"12x" NR, 12, 128 << 10, false}, {"8x" NR, 8, 128 << 10, false}, {"14x" NR, 14, 128 << 10, false},     \
-    {"12x" NR "/big", 12, 512 << 10, false}, {"12x" NR "/tiles", 12, 128 << 10, true},                      \
-    {"8x" NR "/tiles", 8, 128 << 10, true}
+    {"12x" NR "/big", 12, 512 << 10, false}, {"12x" NR "/tiles", 12, 128 << 10, true}
 #elif RNNFAST_VBYTES >= 32
 #define RNNFAST_NR_F "16"
 #define RNNFAST_NR_D "8"
