@@ -177,12 +177,15 @@ def _time_variants(dtype, variants, threads):
     gemm_rates = {v["name"]: 0.0 for v in variants}
     step_rates = {variants[i]["name"]: 0.0 for i in step_ids.values()}
     # Rounds interleave the candidates, so that a burst of load elsewhere hurts them alike; the first round
-    # warms each one up.
+    # warms each one up, and every round first brings its problem back into the caches (untimed), else the
+    # candidate timed first, the default, would pay for that every round.
     for r in range(ROUNDS):
+        _C.gemm_packed(big[0], big[1], big[2], False, threads, 0)
         for i, v in enumerate(variants):
             a, p, c, fl = big
             rate = _best_rate(fl, lambda: _C.gemm_packed(a, p, c, False, threads, i), 1, warm=r == 0)
             gemm_rates[v["name"]] = max(gemm_rates[v["name"]], rate)
+        _C.gemm_packed(step[0], step[1], step[2], False, 1, 0)
         for i in step_ids.values():
             a, p, c, fl = step
             name = variants[i]["name"]
