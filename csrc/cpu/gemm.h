@@ -33,9 +33,13 @@ struct Tile {
     static constexpr int W = Simd<T>::W;
     static constexpr int NV = 2;             // vectors per panel row
     static constexpr int NR = NV * W;        // panel width in columns
+    // MR: the default tile height (variant 0), and the one the bf16 products (gemm_bf16_body.h) keep: they
+    // are not among the variants. MR_MAX: the tallest variant.
 #if RNNFAST_VBYTES >= 64
+    static constexpr int MR = 12;
     static constexpr int MR_MAX = 14;        // 28 accumulators + 2 panel vectors + 1 broadcast of 32 zmm
 #else
+    static constexpr int MR = 4;
     static constexpr int MR_MAX = 6;         // 12 accumulators + 2 + 1 of 16 ymm/xmm registers
 #endif
 };

@@ -121,7 +121,7 @@ bool equal_bytes(const void* a, const void* b, size_t n, int threads);
 double core_round_trip_ns(int iterations);
 
 // Bumped whenever Isa, Table or a call struct changes: a library of another version is refused.
-constexpr int kAbiVersion = 4;
+constexpr int kAbiVersion = 5;
 
 }  // namespace rnnfast::cpu
 
