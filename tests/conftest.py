@@ -37,6 +37,10 @@ test), so that an unwritten element is NaN for certain; without the switch it do
 import os
 import sys
 
+# The suite never writes the user's GEMM tuning cache (~/.cache/rnnfast/tuning.json) nor reads a choice made
+# outside it: each test process tunes for itself (tests/test_tuning.py sets its own files).
+os.environ.setdefault("RNNFAST_TUNE_CACHE", "")
+
 import numpy as np
 import pytest
 
