@@ -89,6 +89,9 @@ def gemm_lines(t):
         rates = f" (rnnfast {r['rnnfast']:.0f}, numpy.matmul {r['numpy']:.0f} GFLOP/s)" if r else ""
         lib.append(f"{op} [{what}] on {t['library'][op]}{rates}")
     lines.append(f"  layers' GEMMs ({t['problems']['library']} tokens x gate rows x inputs): " + "; ".join(lib) + (f" ({t['library_note']})" if t.get("library_note") else ""))
+    rt = t.get("round_trip_ns")
+    lines.append(f"Recurrences: a second thread only where a step has {t['crossing_macs']} multiply-adds per thread "
+                 + (f"(core round trip measured at {rt:.0f} ns)" if rt else "(default; round trip not measured)"))
     return lines
 
 

@@ -345,15 +345,40 @@ def _decide(dtype):
     return out
 
 
+# A barrier crossing is worth CROSSING_MACS multiply-adds of a step up to a ROUND_TRIP_NS core round trip, and
+# proportionally more beyond it; the recurrences size their teams by it (csrc/cpu/skeleton.h threads_for). Measured
+# on Zen 5, LSTM H=64 B=1 T=1000 (16384 multiply-adds a step): two threads 0.385 ms at a 56 ns round trip and
+# 0.83 ms at 380 ns, one thread (in the two-thread summation order) 0.675 ms: break-even near 260 ns, where this
+# scaling switches that layer to one thread (16384 = 8192 * 256 / 128).
+CROSSING_MACS, ROUND_TRIP_NS = 8192, 128.0
+
+
+def _crossing():
+    """Measures the core round trip now (a VM's vCPU placement changes it: 64 to 380 ns seen on one machine)
+    and puts the recurrences' crossing cost in force; returns what it measured and set."""
+    from . import backend
+
+    mode = os.environ.get("RNNFAST_TUNE", "1").strip().lower()
+    if mode == "0" or abs(backend._threads_arg()) < 2 or backend._default_threads() < 2:
+        return {"round_trip_ns": None, "crossing_macs": _C.crossing_macs()}
+    rt = min(_C.core_round_trip_ns(2000) for _ in range(3))
+    # Never below the default: a fast crossing keeps the default teams (and the default split fixes the bits).
+    macs = int(min(max(CROSSING_MACS * rt / ROUND_TRIP_NS, CROSSING_MACS), CROSSING_MACS * 32))
+    return {"round_trip_ns": round(rt, 1), "crossing_macs": _C.crossing_macs(macs)}
+
+
 def ensure(dtype) -> dict:
-    """The choice for a dtype (float32 or float64), made (and put in force) at the first call."""
+    """The choice for a dtype (float32 or float64), made (and put in force) at the first call; the first call
+    of the process also measures the barrier crossing (_crossing)."""
     key = np.dtype(dtype).name
     got = _state.get(key)
     if got is None:
         with _lock:
             got = _state.get(key)
             if got is None:
-                got = _state[key] = _decide(key)
+                if "crossing" not in _state:
+                    _state["crossing"] = _crossing()
+                got = _state[key] = {**_decide(key), **_state["crossing"]}
     return got
 
 

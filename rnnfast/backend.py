@@ -90,7 +90,9 @@ def tuning(dtype=np.float32) -> dict:
     time-parallel GEMMs (``project``, ``matmul`` = dx, ``addmm`` = dW) ``"rnnfast"`` or ``"numpy"``, with the
     rates measured for both in ``library_gflops`` (NumPy is considered only when rnnfast runs as many threads as
     there are cores, since it does not follow set_num_threads; ``library_note`` says when not); ``source`` (measured, cache, defaults, forced), ``cache``
-    (the file, or why it was not written), ``cpu``, ``isa``, ``threads``, ``variants`` and ``tuning_ms``.
+    (the file, or why it was not written), ``cpu``, ``isa``, ``threads``, ``variants`` and ``tuning_ms``;
+    ``round_trip_ns`` (the core round trip measured at the process's first GEMM, None when not measured) and
+    ``crossing_macs``, the multiply-adds per thread a recurrence's step needs before it uses another thread.
 
     Every variant gives the same bits; the library choice changes the last bits, and is made once per process
     (and kept per CPU model in the cache file). RNNFAST_TUNE=0, RNNFAST_GEMM_TILE and RNNFAST_GEMM force the

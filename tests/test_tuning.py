@@ -299,3 +299,44 @@ def test_library_not_chosen_from_a_disturbed_measurement(tmp_path):
     assert got["library"] == {"project": "rnnfast", "matmul": "rnnfast", "addmm": "rnnfast"}
     assert "disturbed" in got["note"]
     assert not (tmp_path / "tuning.json").exists()
+
+
+# ---------------------------------------------------------------------------------------- crossing cost
+@pytest.mark.parametrize("cls, H, B", [("LSTM", 64, 1), ("LSTM", 96, 3), ("RNN", 160, 1), ("GRU", 200, 2)])
+def test_recurrence_bits_do_not_depend_on_the_measured_crossing_cost(cls, H, B):
+    # The tuner sizes a recurrence's team by the core round trip it measured (slow on some VM placements); the
+    # order of every sum is fixed by the thread count asked for, so a smaller team must give the same bits.
+    from rnnfast import _C
+    rnnfast.backend.tuning(np.float32)  # the tuner sets the crossing at the process's first GEMM: not in between
+    before, threads = _C.crossing_macs(), rnnfast.get_num_threads()
+    layer = getattr(rnnfast, cls)(12, H, seed=3)
+    layer.eval()
+    x = np.random.default_rng(4).standard_normal((20, B, 12)).astype(np.float32)
+    try:
+        rnnfast.set_num_threads(2)
+        outs = []
+        for macs in (8192, 1 << 24):  # the default teams; then one thread wherever the thread count allows
+            assert _C.crossing_macs(macs) == macs
+            outs.append(layer(x)[0].copy())
+    finally:
+        _C.crossing_macs(before)
+        rnnfast.set_num_threads(threads)
+    np.testing.assert_array_equal(outs[1], outs[0])
+
+
+def test_crossing_macs_reads_without_changing_and_rejects_bad_values():
+    from rnnfast import _C
+    before = _C.crossing_macs()
+    assert _C.crossing_macs() == before and _C.crossing_macs(0) == before
+    for bad in (-1, 1 << 27):
+        with pytest.raises(ValueError, match="macs"):
+            _C.crossing_macs(bad)
+    assert _C.crossing_macs() == before
+
+
+def test_tuning_reports_the_crossing_it_put_in_force():
+    from rnnfast import _C
+    t = rnnfast.backend.tuning(np.float32)
+    assert t["crossing_macs"] >= 8192
+    if t["round_trip_ns"] is not None:
+        assert t["round_trip_ns"] > 0

@@ -107,6 +107,9 @@ struct Isa {
     // GB/s of `threads` threads each reading its own `bytes` with this build's vector loads (best of `reps`
     // passes): the cache bandwidth the batch-1 floor is counted against (bench/floor.py).
     double (*read_gbps)(size_t bytes, int threads, int reps);
+    // The multiply-adds a barrier crossing is worth when a recurrence picks its team (skeleton.h threads_for):
+    // sets it when macs > 0, returns the value in force.
+    int (*crossing_macs)(int macs);
 };
 
 // The kernels of the widest instruction-set library this processor runs (RNNFAST_ISA=avx2|generic asks for
@@ -121,7 +124,7 @@ bool equal_bytes(const void* a, const void* b, size_t n, int threads);
 double core_round_trip_ns(int iterations);
 
 // Bumped whenever Isa, Table or a call struct changes: a library of another version is refused.
-constexpr int kAbiVersion = 5;
+constexpr int kAbiVersion = 6;
 
 }  // namespace rnnfast::cpu
 

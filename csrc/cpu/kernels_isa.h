@@ -130,12 +130,17 @@ rnnfast::cpu::Table<T> make_table() {
             Variants<T>::count, &variant_info<T>, &chosen_variant_entry<T>, &choose_variant_entry<T>};
 }
 
+int crossing_macs_entry(int macs) {
+    if (macs > 0) crossing_macs().store(macs, std::memory_order_relaxed);
+    return crossing_macs().load(std::memory_order_relaxed);
+}
+
 }  // namespace
 
 extern "C" __attribute__((visibility("default"))) const rnnfast::cpu::Isa* rnnfast_cpu_kernels(int abi) {
     static const rnnfast::cpu::Isa table{RNNFAST_ISA_NAME, make_table<float>(), make_table<double>(),
                                          {bf16_runs_natively() ? 1 : 0, &packed_size_forward_bf16, &pack_forward_bf16,
                                           &round_bf16},
-                                         &read_gbps};
+                                         &read_gbps, &crossing_macs_entry};
     return abi == rnnfast::cpu::kAbiVersion ? &table : nullptr;
 }

@@ -39,7 +39,11 @@ void recurrence_forward(const FwdArgs<T>& a, int requested_threads) {
     constexpr int G = Cell::kGates, S = Cell::kSlots;
     constexpr bool kCellState = std::is_same<Cell, rnnfast::Lstm>::value;
     const int H = a.H, B = a.B;
-    const int nt = threads_for(requested_threads, B, G, H, Slice<T>::blocks(H));
+    // The split that fixes each sum's order (`nominal`, from the thread count and the shape alone) and the team
+    // that runs it (`nt`: fewer threads where the measured crossing is slow). So the bits never depend on how
+    // slow the crossing was when this process measured it, only on the thread count asked for.
+    const int nominal = threads_for(requested_threads, B, G, H, Slice<T>::blocks(H), kDefaultCrossingMacs);
+    const int nt = std::min(nominal, threads_for(requested_threads, B, G, H, Slice<T>::blocks(H)));
     const Steps steps(a.bs, a.T_);
     const Biases<T> bias(a.b_ih, a.b_hh, G * H);
     // Per thread: gate sums [B][G][width] and, for the LSTM, the cell state [B][width].
@@ -55,16 +59,43 @@ void recurrence_forward(const FwdArgs<T>& a, int requested_threads) {
         auto product = [&](const T* h_prev, int Bt, int k0, int k1, bool accumulate) {
             forward_product(a.wf, G, H, s, 0, G, h_prev, H, Bt, k0, k1, acc, ldc, accumulate);
         };
-        // Split the product around the crossing only while the thread's weights stay in L1: measured here,
+        // Split the product around the crossing only while a thread's weights stay in L1: measured here,
         // LSTM H=64 B=1 gains 2.4x from it at two threads, while H=256 (weights streamed from L2) loses 30%.
         // (Not with bf16 weights: the state is rounded whole, once it is complete.)
-        const bool split = !bf16 && static_cast<size_t>(G) * s.width * H * sizeof(T) <= 48 * 1024;
+        auto splits = [&](const Slice<T>& v) {
+            return !bf16 && static_cast<size_t>(G) * v.width * H * sizeof(T) <= 48 * 1024;
+        };
+        const bool split = splits(s);
+        // A team smaller than the nominal split sums each nominal slice's units in that slice's order.
+        auto nominal_order = [&](const T* h_prev, int Bt) {
+            for (int v = 0; v < nominal; ++v) {
+                const Slice<T> nv(H, v, nominal);
+                Slice<T> sub = s;
+                sub.b0 = std::max(s.b0, nv.b0);
+                sub.b1 = std::min(s.b1, nv.b1);
+                if (sub.b0 >= sub.b1) continue;
+                T* c = acc + (sub.b0 - s.b0) * Tile<T>::NR;
+                auto part = [&](int k0, int k1, bool accumulate) {
+                    forward_product(a.wf, G, H, sub, 0, G, h_prev, H, Bt, k0, k1, c, ldc, accumulate);
+                };
+                if (splits(nv)) {
+                    part(nv.lo, nv.hi, false);
+                    part(0, nv.lo, true);
+                    part(nv.hi, H, true);
+                } else {
+                    part(0, H, false);
+                }
+            }
+        };
         uint64_t epoch = 0;
         for (int t = 0; t < a.T_; ++t) {
             const int Bt = steps.rows(t);
             // Step t-1's rows come first in the same order, so its first Bt rows are this step's h_{t-1}.
             const T* h_prev = t == 0 ? a.h0 : a.y + steps.row(t - 1, 0) * H;
-            if (t == 0 || team == 1 || !split) {
+            if (t > 0 && team < nominal && !bf16) {
+                barrier.wait_for(tid, epoch);
+                nominal_order(h_prev, Bt);
+            } else if (t == 0 || team == 1 || !split) {
                 if (t > 0) barrier.wait_for(tid, epoch);
                 if (bf16)
                     bf16(tid, s, 0, G, h_prev, H, Bt, acc, ldc);
@@ -72,8 +103,8 @@ void recurrence_forward(const FwdArgs<T>& a, int requested_threads) {
                     product(h_prev, Bt, 0, H, false);
             } else {
                 // The thread's own units of h_{t-1} are ready: multiply them while the others finish theirs.
-                // (The sum's order then depends on the split: results are identical run to run for a thread
-                // count, not across thread counts.)
+                // (The sum's order then depends on the nominal split: results are identical run to run for a
+                // thread count, not across thread counts.)
                 product(h_prev, Bt, s.lo, s.hi, false);
                 barrier.wait_for(tid, epoch);
                 product(h_prev, Bt, 0, s.lo, true);

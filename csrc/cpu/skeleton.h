@@ -8,6 +8,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <type_traits>
 #include <utility>
@@ -44,12 +45,25 @@ struct Slice {
     static int blocks(int size) { return static_cast<int>(round_up(size, NR) / NR); }
 };
 
-// Threads worth using for a step of this size: a barrier crossing costs about as much as ~8k multiply-adds
-// (measured: LSTM H=64 B=1 gains from 2 threads, RNN H=64 B=1 loses). `blocks` caps it (a thread needs a
-// block). A negative request asks for exactly that many threads (tests use it to exercise the split).
-inline int threads_for(int requested, int B, int G, int H, int blocks) {
+// What one barrier crossing is worth in multiply-adds of a step. 8192 was measured here with a 64 ns core round
+// trip (LSTM H=64 B=1 gains from 2 threads, RNN H=64 B=1 loses); the crossing grows with the round trip, which
+// on a VM moves with the host's vCPU placement (64 to 380 ns seen on one machine, 129 ns on an Intel Xeon), so
+// the tuner (rnnfast/_tuning.py) measures the round trip and scales it. Only the team size depends on it.
+inline std::atomic<int>& crossing_macs() {
+    static std::atomic<int> macs{8192};  // kDefaultCrossingMacs
+    return macs;
+}
+
+// Threads worth using for a step of this size: one per crossing's worth of multiply-adds, at most one per
+// block (a thread needs a block). A negative request asks for exactly that many threads (tests use it to
+// exercise the split).
+constexpr int kDefaultCrossingMacs = 8192;
+
+inline int threads_for(int requested, int B, int G, int H, int blocks,
+                       int crossing = crossing_macs().load(std::memory_order_relaxed)) {
     if (requested < 0) return std::max(1, std::min(-requested, blocks));
-    const int nt = static_cast<int>(static_cast<double>(B) * G * H * H / 8192.0);
+    const double macs = static_cast<double>(B) * G * H * H;
+    const int nt = static_cast<int>(macs / std::max(crossing, 1));
     return std::max(1, std::min({requested, blocks, std::max(nt, 1)}));
 }
 

@@ -453,6 +453,12 @@ PYBIND11_MODULE(_C, m) {
         return rnnfast::cpu::core_round_trip_ns(iterations);
     }, py::arg("iterations") = 100000,
           "Round trip of a cache line between two kernel threads (ns): the floor of one step's barrier.");
+    m.def("crossing_macs", [](int macs) {
+        if (macs < 0 || macs > (1 << 26)) throw py::value_error("macs: expected 0 (read only) or 1..2^26");
+        return rnnfast::cpu::select().crossing_macs(macs);
+    }, py::arg("macs") = 0,
+          "The multiply-adds one barrier crossing is worth when a recurrence sizes its team (threads only where a "
+          "step has that many per thread); sets it when macs > 0, returns the value in force.");
     m.def("read_bandwidth_gbps", [](py::ssize_t bytes, int threads, int reps) {
         if (bytes < 1) throw py::value_error("bytes: expected a positive integer");
         if (threads < 1 || threads > 256) throw py::value_error("threads: expected 1..256");
