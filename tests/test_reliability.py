@@ -396,3 +396,34 @@ def test_public_api_is_documented_and_typed():
               rnnfast.get_num_threads, rnnfast.isa, rnnfast.no_grad):
         assert f.__doc__, f"{f.__name__} has no docstring"
     assert os.path.isfile(os.path.join(os.path.dirname(rnnfast.__file__), "py.typed")), "py.typed not installed"
+
+
+# --------------------------------------------------------------------------- workspace recycling
+def _ws_of(layer):
+    saved, _ = layer._saved
+    return saved.layers[0][0].ws
+
+
+def test_training_workspace_is_reused_only_after_its_record_is_consumed():
+    layer = rnnfast.LSTM(4, 8, seed=0, dtype=np.float64)
+    x = np.random.default_rng(0).standard_normal((5, 3, 4))
+    dy = np.ones((5, 3, 8))
+    y, _ = layer(x)
+    first = _ws_of(layer)
+    layer.backward(dy, retain_graph=True)  # the record stays: its workspace must not be handed out
+    kept = first.copy()
+    layer2 = rnnfast.LSTM(4, 8, seed=1, dtype=np.float64)
+    layer2(x)
+    assert _ws_of(layer2) is not first
+    np.testing.assert_array_equal(first, kept, "a live record's workspace was overwritten")
+    layer.backward(dy)  # consumed: the next forward of this shape may take it
+    layer(x)
+    assert _ws_of(layer) is first
+    # And the gradients of a run on a recycled workspace are those of a fresh layer.
+    fresh = rnnfast.LSTM(4, 8, seed=0, dtype=np.float64)
+    fresh(x)
+    fresh.backward(dy)
+    layer.zero_grad()
+    layer.backward(dy)
+    for (n, p), (_, q) in zip(layer.named_parameters(), fresh.named_parameters()):
+        np.testing.assert_array_equal(p.grad, q.grad, err_msg=n)
