@@ -76,8 +76,9 @@ def _rates(rates):
 def gemm_lines(t):
     """What the GEMM tuner chose for one dtype (backend.tuning()) and what it measured, as lines."""
     how = t["source"] + (f", {t['tuning_ms']:.0f} ms" if "tuning_ms" in t else "")
+    cache = "" if t["source"].startswith("cache") else f"; cache: {t['cache'] or 'none'}"  # the source names it
     lines = [f"GEMM ({t['dtype']}): variant {t['gemm']} for the time-parallel GEMMs, {t['step']} for the "
-             f"recurrences' per-step products ({how}; cache: {t['cache'] or 'none'})"]
+             f"recurrences' per-step products ({how}{cache})"]
     if t["gemm_gflops"]:
         lines.append(f"  candidates, GFLOP/s on {t['problems']['gemm']} packed, {t['threads']} threads: "
                      f"{_rates(t['gemm_gflops'])}")
