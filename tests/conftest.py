@@ -295,3 +295,25 @@ def central_difference(loss, a, index, eps=1e-6):
     down = loss()
     a[index] = old
     return (up - down) / (2 * eps)
+
+
+# ------------------------------------------------------------------------------------------ CPU features
+ISA_FLAGS = {"generic": set(), "avx2": {"avx2", "fma"}, "avx512": {"avx512f", "avx512dq", "avx512vl", "avx512bw"}}
+
+
+def cpu_flags() -> set:
+    """The processor's feature flags (/proc/cpuinfo), empty where that cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def skip_unless_cpu_runs(isa):
+    """Skips the calling test where this processor cannot run the `isa` build of the kernels."""
+    if not ISA_FLAGS[isa] <= cpu_flags():
+        pytest.skip(f"this processor cannot run the {isa} build")

@@ -13,6 +13,9 @@ import sys
 import numpy as np
 import pytest
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from conftest import skip_unless_cpu_runs  # noqa: E402
+
 from rnnfast import _C
 
 ROWS = (1, 2, 3, 13, 37, 64, 100)
@@ -62,22 +65,9 @@ print(json.dumps(report))
 """
 
 
-def _cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 @pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
 def test_every_variant_gives_the_same_bits(isa, tmp_path):
-    needed = {"avx2": {"avx2", "fma"}, "avx512": {"avx512f", "avx512dq", "avx512vl", "avx512bw"}}.get(isa, set())
-    if not needed <= _cpu_flags():
-        pytest.skip(f"this processor cannot run the {isa} build")
+    skip_unless_cpu_runs(isa)
     env = dict(os.environ, RNNFAST_ISA=isa, RNNFAST_TUNE="0")
     out = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps([ROWS, COLS_DEPTHS])], env=env,
                          capture_output=True, text=True, timeout=300, cwd=tmp_path)

@@ -9,6 +9,9 @@ import sys
 
 import pytest
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from conftest import ISA_FLAGS, cpu_flags, skip_unless_cpu_runs  # noqa: E402
+
 import rnnfast
 
 SCRIPT = r"""
@@ -38,23 +41,9 @@ print(json.dumps({"isa": rnnfast.isa(), "worst": worst}))
 """
 
 
-def _cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 @pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
 def test_isa_build_matches_reference(isa, tmp_path):
-    flags = _cpu_flags()
-    needed = {"avx2": {"avx2", "fma"}, "avx512": {"avx512f", "avx512dq", "avx512vl", "avx512bw"}}.get(isa, set())
-    if not needed <= flags:
-        pytest.skip(f"this processor cannot run the {isa} build")
+    skip_unless_cpu_runs(isa)
     env = dict(os.environ, RNNFAST_ISA=isa)
     # cwd outside the checkout: `python -c` puts cwd first on sys.path, and the source folder has no _C.
     out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300,
@@ -68,10 +57,10 @@ def test_isa_build_matches_reference(isa, tmp_path):
 
 
 def test_default_build_is_the_widest_this_cpu_runs():
-    flags = _cpu_flags()
-    if {"avx512f", "avx512dq", "avx512vl", "avx512bw"} <= flags:
+    flags = cpu_flags()
+    if ISA_FLAGS["avx512"] <= flags:
         assert rnnfast.isa() == "avx512"
-    elif {"avx2", "fma"} <= flags:
+    elif ISA_FLAGS["avx2"] <= flags:
         assert rnnfast.isa() == "avx2"
     else:
         assert rnnfast.isa() == "generic"

@@ -63,15 +63,14 @@ struct GemmVariant {
 #define RNNFAST_VARIANTS(NR)                                                                                  \
     {"12x" NR, 12, 128 << 10, false}, {"8x" NR, 8, 128 << 10, false}, {"14x" NR, 14, 128 << 10, false},     \
     {"12x" NR "/big", 12, 512 << 10, false}, {"12x" NR "/tiles", 12, 128 << 10, true}
-#elif RNNFAST_VBYTES >= 32
+#else  // 16 vector registers (AVX2, SSE2/NEON): the same candidates, narrower panels
+#if RNNFAST_VBYTES >= 32
 #define RNNFAST_NR_F "16"
 #define RNNFAST_NR_D "8"
-#define RNNFAST_VARIANTS(NR)                                                                                  \
-    {"4x" NR, 4, 128 << 10, false}, {"6x" NR, 6, 128 << 10, false}, {"4x" NR "/big", 4, 512 << 10, false}, \
-    {"6x" NR "/tiles", 6, 128 << 10, true}
 #else
 #define RNNFAST_NR_F "8"
 #define RNNFAST_NR_D "4"
+#endif
 #define RNNFAST_VARIANTS(NR)                                                                                  \
     {"4x" NR, 4, 128 << 10, false}, {"6x" NR, 6, 128 << 10, false}, {"4x" NR "/big", 4, 512 << 10, false}, \
     {"6x" NR "/tiles", 6, 128 << 10, true}
