@@ -176,24 +176,6 @@ def test_other_builds_match_the_oracle(isa, tmp_path):
     assert r["worst"] <= TOL and r["far"] >= 10 * TOL, r
 
 
-@pytest.mark.parametrize("cpu", ["Haswell", "Nehalem"])
-def test_emulated_cpus_match_the_oracle(cpu, tmp_path):
-    """Under qemu-user as a processor without AVX-512 (Haswell: the avx2 build) and without AVX (Nehalem: the
-    portable build): the mode works there, by the emulation, as the oracle says."""
-    from test_emulated_cpus import CPUS, _qemu
-
-    qemu = _qemu()
-    want_isa, coretype = CPUS[cpu]
-    env = dict(os.environ, OPENBLAS_CORETYPE=coretype, OPENBLAS_NUM_THREADS="1")
-    env.pop("RNNFAST_ISA", None)
-    out = subprocess.run([qemu, "-cpu", cpu, sys.executable, "-c", _ORACLE, HERE], env=env, capture_output=True,
-                         text=True, timeout=900, cwd=tmp_path)
-    assert out.returncode == 0, f"{cpu}: exit {out.returncode}\n{out.stderr[-3000:]}"
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    assert r["isa"] == want_isa and r["native"] is False, r
-    assert r["worst"] <= TOL and r["far"] >= 10 * TOL, r
-
-
 def test_bf16_instructions_only_in_the_checked_functions():
     """The AVX-512 library is loaded on processors without AVX512_BF16: its bf16 instructions must all sit in
     the bf16_native functions, which run only after the processor check; gemm_bf16.h puts those in a section

@@ -93,3 +93,22 @@ def test_package_runs_every_cell_on_an_emulated_cpu(cpu, tmp_path):
     for key, err in result["worst"].items():
         tol = 1e-10 if key.endswith("float64") else 2e-5
         assert err <= tol, f"{cpu} ({result['isa']}), {key}: relative error {err:.2e} > {tol:g}"
+
+
+# The opt-in bfloat16 weights (tests/test_bf16.py) there: the mode works, by its exact emulation, as the oracle says.
+@pytest.mark.parametrize("cpu", ["Haswell", "Nehalem"])
+def test_bf16_mode_matches_its_oracle_on(cpu, tmp_path):
+    """Under qemu-user as a processor without AVX-512 (Haswell: the avx2 build) and without AVX (Nehalem: the
+    portable build): the mode works there, by the emulation, as the oracle says."""
+    from test_bf16 import _ORACLE, HERE, TOL
+
+    qemu = _qemu()
+    want_isa, coretype = CPUS[cpu]
+    env = dict(os.environ, OPENBLAS_CORETYPE=coretype, OPENBLAS_NUM_THREADS="1")
+    env.pop("RNNFAST_ISA", None)
+    out = subprocess.run([qemu, "-cpu", cpu, sys.executable, "-c", _ORACLE, HERE], env=env, capture_output=True,
+                         text=True, timeout=900, cwd=tmp_path)
+    assert out.returncode == 0, f"{cpu}: exit {out.returncode}\n{out.stderr[-3000:]}"
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["isa"] == want_isa and r["native"] is False, r
+    assert r["worst"] <= TOL and r["far"] >= 10 * TOL, r
