@@ -13,15 +13,18 @@ floor is what the memory system and the FMA units allow, and the ratio measured 
 """
 import math
 
+import numpy as np
+
 from .cases import GATES
 
 
-def recurrence_threads(case, threads, panel_width):
+def recurrence_threads(case, threads, panel_width, crossing_macs):
     """The team a forward of this case runs on: the thread count, capped by the NR-wide unit blocks and by the
-    work per step (a mirror of threads_for in csrc/cpu/skeleton.h: a crossing costs ~8k multiply-adds)."""
+    work per step (a mirror of threads_for in csrc/cpu/skeleton.h: a step needs crossing_macs multiply-adds, the
+    value in force, per thread)."""
     G = GATES[case.cell]
     blocks = math.ceil(case.H / panel_width)
-    by_work = max(1, int(case.B * G * case.H * case.H / 8192.0))
+    by_work = max(1, int(case.B * G * case.H * case.H / crossing_macs))
     return max(1, min(threads, blocks, by_work))
 
 
@@ -32,7 +35,8 @@ class Floor:
         self.C, self.threads, self.roof = C, threads, roofline_gflops
         self.rt = round_trip_ns or 0.0
         self.itemsize = itemsize
-        self.nr = C.panel_width(__import__("numpy").dtype("float32" if itemsize == 4 else "float64"))
+        self.nr = C.panel_width(np.dtype(np.float32 if itemsize == 4 else np.float64))
+        self.crossing = C.crossing_macs()  # what the tuner put in force for the recurrences
         self._bw = {}
 
     def read_gbps(self, nbytes, team):
@@ -45,7 +49,7 @@ class Floor:
     def of(self, case):
         """dict: team, bytes per thread, read GB/s, floor us/step, floor ms of the whole inference run."""
         G = GATES[case.cell]
-        team = recurrence_threads(case, self.threads, self.nr)
+        team = recurrence_threads(case, self.threads, self.nr, self.crossing)
         blocks = math.ceil(case.H / self.nr)
         width = math.ceil(blocks / team) * self.nr  # the busiest thread's units
         nbytes = G * width * case.H * self.itemsize

@@ -49,6 +49,7 @@ DISTURBED = 0.4
 
 _lock = threading.Lock()
 _state: dict = {}  # dtype name -> the choice (see tuning())
+_crossing_state: dict = {}  # the barrier crossing measured at the process's first GEMM (_crossing), once set
 
 
 def _version():
@@ -270,6 +271,14 @@ def _library_choice(rates):
     return {op: "numpy" if wins(r) and "again" in r and wins(r["again"]) else "rnnfast" for op, r in rates.items()}
 
 
+def _tune_mode() -> str:
+    """RNNFAST_TUNE: "0" (defaults, nothing timed), "fresh" (measure again) or "1"/"" (measure or use the cache)."""
+    mode = os.environ.get("RNNFAST_TUNE", "1").strip().lower()
+    if mode not in ("0", "1", "fresh", ""):
+        raise ValueError(f"RNNFAST_TUNE: expected 0, 1 or fresh, got {mode!r}")
+    return mode
+
+
 def _decide(dtype):
     from . import backend
 
@@ -277,9 +286,7 @@ def _decide(dtype):
     variants = _C.gemm_variants(dtype)
     names = [v["name"] for v in variants]
     threads = backend._threads_arg()
-    mode = os.environ.get("RNNFAST_TUNE", "1").strip().lower()
-    if mode not in ("0", "1", "fresh", ""):
-        raise ValueError(f"RNNFAST_TUNE: expected 0, 1 or fresh, got {mode!r}")
+    mode = _tune_mode()
     forced_variant, forced_library = _forced_variant(dtype, variants), _forced_library()
     out = {"dtype": dtype.name, "isa": _C.isa(), "cpu": cpu_model(), "threads": abs(threads),
            "variants": names, "gemm": names[0], "step": names[0], "gemm_gflops": {}, "step_gflops": {},
@@ -358,8 +365,7 @@ def _crossing():
     and puts the recurrences' crossing cost in force; returns what it measured and set."""
     from . import backend
 
-    mode = os.environ.get("RNNFAST_TUNE", "1").strip().lower()
-    if mode == "0" or abs(backend._threads_arg()) < 2 or backend._default_threads() < 2:
+    if _tune_mode() == "0" or abs(backend._threads_arg()) < 2 or backend._default_threads() < 2:
         return {"round_trip_ns": None, "crossing_macs": _C.crossing_macs()}
     rt = min(_C.core_round_trip_ns(2000) for _ in range(3))
     # Never below the default: a fast crossing keeps the default teams (and the default split fixes the bits).
@@ -376,9 +382,9 @@ def ensure(dtype) -> dict:
         with _lock:
             got = _state.get(key)
             if got is None:
-                if "crossing" not in _state:
-                    _state["crossing"] = _crossing()
-                got = _state[key] = {**_decide(key), **_state["crossing"]}
+                if not _crossing_state:
+                    _crossing_state.update(_crossing())
+                got = _state[key] = {**_decide(key), **_crossing_state}
     return got
 
 

@@ -36,6 +36,9 @@ class FakeC:
     def panel_width(self, dtype):
         return 32
 
+    def crossing_macs(self):
+        return 8192
+
     def read_bandwidth_gbps(self, nbytes, threads, reps):
         self.calls.append((nbytes, threads))
         return 100.0 * threads
@@ -61,6 +64,8 @@ def test_floor_of_a_large_batch_is_bound_by_the_multiply_adds():
 
 def test_floor_team_follows_the_kernels_rule_for_small_steps():
     # RNN H=32 B=1: one block of 32 units and 1*1*32*32/8192 < 1: one thread, no crossing counted as parallel.
-    assert floor.recurrence_threads(case("rnn", 10, 1, 8, 32), 2, 32) == 1
-    assert floor.recurrence_threads(case("lstm", 10, 1, 8, 64), 2, 32) == 2
-    assert floor.recurrence_threads(case("lstm", 10, 1, 8, 64), 1, 32) == 1
+    assert floor.recurrence_threads(case("rnn", 10, 1, 8, 32), 2, 32, 8192) == 1
+    assert floor.recurrence_threads(case("lstm", 10, 1, 8, 64), 2, 32, 8192) == 2
+    assert floor.recurrence_threads(case("lstm", 10, 1, 8, 64), 1, 32, 8192) == 1
+    # A slow crossing (the tuner scaled it up): LSTM H=64 B=1 then runs on one thread, as the kernels do.
+    assert floor.recurrence_threads(case("lstm", 10, 1, 8, 64), 2, 32, 24000) == 1

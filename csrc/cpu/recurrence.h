@@ -56,18 +56,19 @@ void recurrence_forward(const FwdArgs<T>& a, int requested_threads) {
         T* acc = scratch.of(tid);
         T* cst = acc + B * ldc;
         if (kCellState) load_carry(cst, a.c0, B, H, s);
-        auto product = [&](const T* h_prev, int Bt, int k0, int k1, bool accumulate) {
-            forward_product(a.wf, G, H, s, 0, G, h_prev, H, Bt, k0, k1, acc, ldc, accumulate);
-        };
-        // Split the product around the crossing only while a thread's weights stay in L1: measured here,
-        // LSTM H=64 B=1 gains 2.4x from it at two threads, while H=256 (weights streamed from L2) loses 30%.
-        // (Not with bf16 weights: the state is rounded whole, once it is complete.)
-        auto splits = [&](const Slice<T>& v) {
-            return !bf16 && static_cast<size_t>(G) * v.width * H * sizeof(T) <= 48 * 1024;
-        };
-        const bool split = splits(s);
-        // A team smaller than the nominal split sums each nominal slice's units in that slice's order.
-        auto nominal_order = [&](const T* h_prev, int Bt) {
+        // h_{t-1} W_hh^T for the thread's units, each unit's sum in the order of the nominal slice that owns it.
+        // Where a slice's weights stay in L1, its own units of h_{t-1} come first, multiplied while the other
+        // threads finish theirs, then the rest (measured here: LSTM H=64 B=1 gains 2.4x from it at two threads,
+        // while H=256, weights streamed from L2, loses 30%); else all of h_{t-1} after the crossing. Step 0 reads
+        // h0, which is whole: no split. A team smaller than the nominal split (a slow crossing, nested
+        // parallelism) runs each nominal slice it holds in turn, in the same order: results are identical run
+        // to run for a thread count asked for, not across thread counts.
+        auto product = [&](const T* h_prev, int Bt, bool first_step, uint64_t epoch) {
+            bool waited = first_step;
+            auto wait = [&] {
+                if (!waited) barrier.wait_for(tid, epoch);
+                waited = true;
+            };
             for (int v = 0; v < nominal; ++v) {
                 const Slice<T> nv(H, v, nominal);
                 Slice<T> sub = s;
@@ -78,37 +79,28 @@ void recurrence_forward(const FwdArgs<T>& a, int requested_threads) {
                 auto part = [&](int k0, int k1, bool accumulate) {
                     forward_product(a.wf, G, H, sub, 0, G, h_prev, H, Bt, k0, k1, c, ldc, accumulate);
                 };
-                if (splits(nv)) {
+                if (!first_step && static_cast<size_t>(G) * nv.width * H * sizeof(T) <= 48 * 1024) {
                     part(nv.lo, nv.hi, false);
+                    wait();
                     part(0, nv.lo, true);
                     part(nv.hi, H, true);
                 } else {
+                    wait();
                     part(0, H, false);
                 }
             }
+            wait();
         };
         uint64_t epoch = 0;
         for (int t = 0; t < a.T_; ++t) {
             const int Bt = steps.rows(t);
             // Step t-1's rows come first in the same order, so its first Bt rows are this step's h_{t-1}.
             const T* h_prev = t == 0 ? a.h0 : a.y + steps.row(t - 1, 0) * H;
-            if (t > 0 && team < nominal && !bf16) {
-                barrier.wait_for(tid, epoch);
-                nominal_order(h_prev, Bt);
-            } else if (t == 0 || team == 1 || !split) {
+            if (bf16) {  // the state is rounded whole, once it is complete: no split (Bf16Product)
                 if (t > 0) barrier.wait_for(tid, epoch);
-                if (bf16)
-                    bf16(tid, s, 0, G, h_prev, H, Bt, acc, ldc);
-                else
-                    product(h_prev, Bt, 0, H, false);
+                bf16(tid, s, 0, G, h_prev, H, Bt, acc, ldc);
             } else {
-                // The thread's own units of h_{t-1} are ready: multiply them while the others finish theirs.
-                // (The sum's order then depends on the nominal split: results are identical run to run for a
-                // thread count, not across thread counts.)
-                product(h_prev, Bt, s.lo, s.hi, false);
-                barrier.wait_for(tid, epoch);
-                product(h_prev, Bt, 0, s.lo, true);
-                product(h_prev, Bt, s.hi, H, true);
+                product(h_prev, Bt, t == 0, epoch);
             }
             walk_forward<T, G>(a, steps, t, s, bias, acc, ldc, h_prev, S, [&](const auto& in, const auto& ws, int b,
                                                                               int u, int col) {

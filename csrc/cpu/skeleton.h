@@ -45,20 +45,21 @@ struct Slice {
     static int blocks(int size) { return static_cast<int>(round_up(size, NR) / NR); }
 };
 
-// What one barrier crossing is worth in multiply-adds of a step. 8192 was measured here with a 64 ns core round
-// trip (LSTM H=64 B=1 gains from 2 threads, RNN H=64 B=1 loses); the crossing grows with the round trip, which
-// on a VM moves with the host's vCPU placement (64 to 380 ns seen on one machine, 129 ns on an Intel Xeon), so
-// the tuner (rnnfast/_tuning.py) measures the round trip and scales it. Only the team size depends on it.
+// What one barrier crossing is worth in multiply-adds of a step. The default was measured here with a 64 ns
+// core round trip (LSTM H=64 B=1 gains from 2 threads, RNN H=64 B=1 loses); the crossing grows with the round
+// trip, which on a VM moves with the host's vCPU placement (64 to 380 ns seen on one machine, 129 ns on an
+// Intel Xeon), so the tuner (rnnfast/_tuning.py) measures the round trip and scales it. Only the team size
+// depends on it: the recurrences fix the order of their sums by the default (their nominal split).
+constexpr int kDefaultCrossingMacs = 8192;
+
 inline std::atomic<int>& crossing_macs() {
-    static std::atomic<int> macs{8192};  // kDefaultCrossingMacs
+    static std::atomic<int> macs{kDefaultCrossingMacs};
     return macs;
 }
 
 // Threads worth using for a step of this size: one per crossing's worth of multiply-adds, at most one per
 // block (a thread needs a block). A negative request asks for exactly that many threads (tests use it to
 // exercise the split).
-constexpr int kDefaultCrossingMacs = 8192;
-
 inline int threads_for(int requested, int B, int G, int H, int blocks,
                        int crossing = crossing_macs().load(std::memory_order_relaxed)) {
     if (requested < 0) return std::max(1, std::min(-requested, blocks));
