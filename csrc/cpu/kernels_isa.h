@@ -43,7 +43,7 @@ void gemm_entry(const rnnfast::cpu::GemmCall<T>& g, int threads) {
     const bool by_cols = cols_enough && (g.N >= g.M || !rows_enough);
     const ptrdiff_t units = by_cols ? (g.N + NR - 1) / NR : (g.M + MR - 1) / MR;
     nt = static_cast<int>(std::max<ptrdiff_t>(1, std::min<ptrdiff_t>(nt, units)));
-    std::vector<GemmBuffers<T>> buffers(static_cast<size_t>(nt), GemmBuffers<T>(v));
+    std::vector<GemmBuffers<T>> buffers = gemm_buffer_pool<T>().take(nt, v);
     run_team(nt, [&](int tid, int team, Barrier&) {
         const ptrdiff_t q0 = units * tid / team, q1 = units * (tid + 1) / team;
         if (by_cols)
@@ -53,6 +53,7 @@ void gemm_entry(const rnnfast::cpu::GemmCall<T>& g, int threads) {
             gemm_block<T>(v, ku, q0 * MR, std::min(g.M, q1 * MR), 0, g.N, g.K, g.a, g.a_rs, g.a_ks, g.b, g.b_ks,
                           g.b_ns, g.c, g.ldc, g.accumulate, buffers[static_cast<size_t>(tid)]);
     });
+    gemm_buffer_pool<T>().give(std::move(buffers));
 }
 
 template <typename T>
