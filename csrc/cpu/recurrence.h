@@ -49,6 +49,8 @@ void recurrence_forward(const FwdArgs<T>& a, int requested_threads) {
     // Per thread: gate sums [B][G][width] and, for the LSTM, the cell state [B][width].
     TeamScratch<T> scratch(static_cast<ptrdiff_t>(B) * (G + kCellState) * Slice<T>::blocks(H) * Tile<T>::NR, nt);
     Bf16Product<T> bf16(a.wf_bf16, G, H, B, nt);
+    std::vector<Slice<T>> nominal_slices;  // computed once: the product walks them every step
+    for (int v = 0; v < nominal; ++v) nominal_slices.emplace_back(H, v, nominal);
 
     run_team(nt, [&](int tid, int team, Barrier& barrier) {
         const Slice<T> s(H, tid, team);
@@ -69,8 +71,7 @@ void recurrence_forward(const FwdArgs<T>& a, int requested_threads) {
                 if (!waited) barrier.wait_for(tid, epoch);
                 waited = true;
             };
-            for (int v = 0; v < nominal; ++v) {
-                const Slice<T> nv(H, v, nominal);
+            for (const Slice<T>& nv : nominal_slices) {
                 Slice<T> sub = s;
                 sub.b0 = std::max(s.b0, nv.b0);
                 sub.b1 = std::min(s.b1, nv.b1);
