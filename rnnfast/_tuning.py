@@ -367,7 +367,7 @@ def _crossing():
 
     if _tune_mode() == "0" or abs(backend._threads_arg()) < 2 or backend._default_threads() < 2:
         return {"round_trip_ns": None, "crossing_macs": _C.crossing_macs()}
-    rt = min(_C.core_round_trip_ns(2000) for _ in range(3))
+    rt = min(_C.core_round_trip_ns(2000, max_ms=20.0) for _ in range(3))
     # Never below the default: a fast crossing keeps the default teams (and the default split fixes the bits).
     macs = int(min(max(CROSSING_MACS * rt / ROUND_TRIP_NS, CROSSING_MACS), CROSSING_MACS * 32))
     return {"round_trip_ns": round(rt, 1), "crossing_macs": _C.crossing_macs(macs)}

@@ -12,17 +12,15 @@ import threading
 
 import numpy as np
 
-from . import _C, _checks, _tuning
+from . import _C, _checks, _cpus, _tuning
 
 __all__ = ["set_num_threads", "get_num_threads", "matmul", "isa", "bf16_native", "tuning", "use_backend",
            "current_backend"]
 
 
 def _default_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not on Linux
-        return max(1, os.cpu_count() or 1)
+    """The CPUs this process may use: its affinity, capped by its cgroup's CPU quota (rnnfast/_cpus.py)."""
+    return _cpus.available()
 
 
 _num_threads = _default_threads()
@@ -35,7 +33,8 @@ MAX_EXACT_THREADS = 256
 
 
 def set_num_threads(n: int, exact: bool = False) -> None:
-    """Sets the largest number of threads a kernel call may use (default: the cores available).
+    """Sets the largest number of threads a kernel call may use (default: the CPUs this process may run on, capped
+    by its cgroup's CPU quota, as a container's --cpus sets it).
 
     Args:
         n: an int >= 1. More threads than the cores this process may run on cannot help (the threads of a

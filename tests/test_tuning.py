@@ -340,3 +340,44 @@ def test_tuning_reports_the_crossing_it_put_in_force():
     assert t["crossing_macs"] >= 8192
     if t["round_trip_ns"] is not None:
         assert t["round_trip_ns"] > 0
+
+
+# Two kernel threads sharing one core (an oversubscribed machine, a CPU quota, a vCPU the host took away): each
+# wait must give the core to the thread it waits for. A pure spin made every crossing cost a scheduler time
+# slice (about 8 ms here): the tuner's crossing probe (3 x 2000 round trips) then ran for tens of seconds.
+ONE_CORE = r"""
+import json, os, time
+os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+import numpy as np
+import rnnfast
+from rnnfast import _C
+out = {}
+t = time.perf_counter()
+out["round_trip_ns"] = _C.core_round_trip_ns(100000, max_ms=50.0)
+out["probe_s"] = time.perf_counter() - t
+rnnfast.set_num_threads(2, exact=True)
+layer = rnnfast.LSTM(8, 64, seed=1)
+layer.eval()
+x = np.random.default_rng(0).standard_normal((1000, 1, 8)).astype(np.float32)
+layer(x)
+t = time.perf_counter()
+y = layer(x)[0]
+out["layer_s"] = time.perf_counter() - t
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs os.sched_setaffinity (Linux)")
+def test_two_threads_on_one_core_wait_by_yielding_and_the_probe_is_time_bounded():
+    run = subprocess.run([sys.executable, "-P", "-c", ONE_CORE], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "RNNFAST_TUNE": "0"})
+    assert run.returncode == 0, run.stderr
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    # 100000 round trips at a time slice each would take minutes; the probe stops after max_ms (+ a bounded
+    # last batch of 16 round trips).
+    assert got["probe_s"] < 5.0, got
+    assert got["round_trip_ns"] > 0, got
+    # 1000 steps, each a crossing of two threads on one core: about 0.1 ms each when waiting yields (0.1 s in
+    # all); a pure spin takes a slice per crossing (8 s or more).
+    assert got["layer_s"] < 4.0, got
+

@@ -33,9 +33,11 @@ bool equal_bytes(const void* a, const void* b, size_t n, int threads) {
 
 namespace rnnfast::cpu {
 
-double core_round_trip_ns(int iterations) {
+double core_round_trip_ns(int iterations, double max_ms) {
     // Two threads of the kernels' team bounce a counter: what one barrier crossing costs at least. On a VM
-    // it changes with where the host places the vCPUs, and the batch-1 recurrences follow it.
+    // it changes with where the host places the vCPUs, and the batch-1 recurrences follow it. The probe
+    // stops after max_ms even when fewer round trips were done: where both threads share a core each round
+    // trip is a context switch, and the answer (crossings are dear) is clear long before `iterations`.
     std::atomic<int> ping{0}, pong{0};
     double ns = 0;
     run_team(2, [&](int tid, int team, Barrier& barrier) {
@@ -43,15 +45,23 @@ double core_round_trip_ns(int iterations) {
         barrier.wait(tid);
         if (tid == 0) {
             const auto t0 = std::chrono::steady_clock::now();
-            for (int i = 1; i <= iterations; ++i) {
+            const auto stop = t0 + std::chrono::duration<double, std::milli>(max_ms);
+            int done = 0;
+            while (done < iterations) {
+                const int i = done + 1;
                 ping.store(i, std::memory_order_release);
-                while (pong.load(std::memory_order_acquire) != i) cpu_relax();
+                spin_until([&] { return pong.load(std::memory_order_acquire) == i; });
+                done = i;
+                if ((done & 15) == 0 && std::chrono::steady_clock::now() > stop) break;
             }
-            ns = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count() / iterations;
+            ns = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count() / done;
+            ping.store(-1, std::memory_order_release);  // tells the other thread to leave
         } else {
-            for (int i = 1; i <= iterations; ++i) {
-                while (ping.load(std::memory_order_acquire) != i) cpu_relax();
-                pong.store(i, std::memory_order_release);
+            for (int seen = 0;;) {
+                int p = 0;
+                spin_until([&] { return (p = ping.load(std::memory_order_acquire)) != seen; });
+                if (p < 0) break;
+                pong.store(seen = p, std::memory_order_release);
             }
         }
     });

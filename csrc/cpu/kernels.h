@@ -120,8 +120,9 @@ const Isa& select();
 // memcmp(a, b, n) == 0, on up to `threads` threads for large n.
 bool equal_bytes(const void* a, const void* b, size_t n, int threads);
 
-// Round trip of a cache line between two of the kernels' threads, in ns (0 when only one thread runs).
-double core_round_trip_ns(int iterations);
+// Round trip of a cache line between two of the kernels' threads, in ns (0 when only one thread runs):
+// the mean over `iterations` round trips, or over those done within max_ms.
+double core_round_trip_ns(int iterations, double max_ms);
 
 // Bumped whenever Isa, Table or a call struct changes: a library of another version is refused.
 constexpr int kAbiVersion = 6;

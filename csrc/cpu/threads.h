@@ -23,6 +23,19 @@ inline void cpu_relax() {
 #endif
 }
 
+// Waits until done() holds: spinning first (a step's wait is well under a microsecond when each thread has a
+// core: a few dozen pauses), then yielding, so that a thread sharing its core with the one it waits for (an
+// oversubscribed process, a CPU quota, a VM whose vCPU the host took away) hands the core over instead of
+// burning its time slice. A pure spin there made each crossing cost a whole slice (milliseconds: seen as a
+// 30 s hang of the crossing probe). 2000 pauses are 50-100 us on current x86 cores; a yield with nothing else
+// to run returns in under a microsecond, so a long legitimate wait loses little.
+template <class Done>
+inline void spin_until(Done&& done) {
+    for (int spins = 0; !done(); ++spins) {
+        if (spins < 2000) cpu_relax(); else std::this_thread::yield();
+    }
+}
+
 // Each thread publishes how many barriers it has reached on a cache line of its own and waits until
 // every other thread has reached as many. A crossing costs one cache-line transfer per pair instead of
 // the several round trips of a shared counter (measured here between two cores: about 0.4 us a step with a shared counter, 0.05 us with this).
@@ -48,9 +61,7 @@ class Barrier {
         for (int j = 0; j < n_; ++j) {
             if (j == tid) continue;
             const std::atomic<uint64_t>& other = slots_[static_cast<size_t>(j)].reached;
-            for (int spins = 0; other.load(std::memory_order_acquire) < epoch; ++spins) {
-                if (spins < 20000) cpu_relax(); else std::this_thread::yield();
-            }
+            spin_until([&] { return other.load(std::memory_order_acquire) >= epoch; });
         }
     }
 

@@ -447,12 +447,14 @@ PYBIND11_MODULE(_C, m) {
     m.doc() = "rnnfast CPU kernels (fused recurrences, packed weights, GEMM). Internal: use rnnfast.functional.";
     m.def("isa", [] { return std::string(rnnfast::cpu::select().name); },
           "The instruction-set build the kernels run on (avx512, avx2 or generic).");
-    m.def("core_round_trip_ns", [](int iterations) {
+    m.def("core_round_trip_ns", [](int iterations, double max_ms) {
         if (iterations < 1) throw py::value_error("iterations: expected a positive integer");
+        if (!(max_ms > 0 && max_ms <= 60000)) throw py::value_error("max_ms: expected a time in (0, 60000]");
         py::gil_scoped_release nogil;
-        return rnnfast::cpu::core_round_trip_ns(iterations);
-    }, py::arg("iterations") = 100000,
-          "Round trip of a cache line between two kernel threads (ns): the floor of one step's barrier.");
+        return rnnfast::cpu::core_round_trip_ns(iterations, max_ms);
+    }, py::arg("iterations") = 100000, py::arg("max_ms") = 100.0,
+          "Round trip of a cache line between two kernel threads (ns): the floor of one step's barrier. The mean "
+          "over `iterations` round trips, or over those done within max_ms (where the threads share a core).");
     m.def("crossing_macs", [](int macs) {
         if (macs < 0 || macs > (1 << 26)) throw py::value_error("macs: expected 0 (read only) or 1..2^26");
         return rnnfast::cpu::select().crossing_macs(macs);
