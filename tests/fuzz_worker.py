@@ -13,7 +13,9 @@ A crash of this process, or a case past the time bound, is counted by the parent
 Each entry point is one function `run_<entry>(case) -> outcome`; to fuzz a new entry point (the training
 utilities, the torch adapter), add a run_ function here and a strategy in test_fuzz.py.
 """
+import faulthandler
 import json
+import os
 import re
 import sys
 import traceback
@@ -398,7 +400,6 @@ def run_torch_lstm(case):
 
 def run__selftest(case):
     """For test_fuzz's check of the harness itself: die as a crashing kernel would, or hang."""
-    import os
     import time
     if case["what"] == "crash":
         os.abort()
@@ -429,8 +430,14 @@ def run(case):
 
 
 def main():
+    # A case that hangs leaves the Python stacks of every thread on stderr shortly before the parent's time
+    # bound kills this process; the parent puts them in its failure message.
+    dump_after = float(os.environ.get("RNNFAST_FUZZ_DUMP_S", "0"))
     for line in sys.stdin:
+        if dump_after > 0:
+            faulthandler.dump_traceback_later(dump_after, exit=False)
         answer = run(json.loads(line))
+        faulthandler.cancel_dump_traceback_later()
         sys.stdout.write(json.dumps(answer) + "\n")
         sys.stdout.flush()
 

@@ -20,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -45,18 +46,31 @@ class Worker:
 
     def __init__(self):
         self.proc = None
+        self.stderr = None
 
     def _start(self):
         # -P: never import rnnfast from the source tree next to tests/ (the installed package is tested).
+        # Its stderr goes to a file: where a case hangs, the worker writes its threads' stacks there first.
+        self.stderr = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen([sys.executable, "-P", os.path.join(HERE, "fuzz_worker.py")],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     text=True, bufsize=1, cwd=HERE)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
+                                     text=True, bufsize=1, cwd=HERE,
+                                     env={**os.environ, "RNNFAST_FUZZ_DUMP_S": str(max(CASE_SECONDS - 5, CASE_SECONDS * 0.6))})
+
+    def _stderr_tail(self, n=4000):
+        if self.stderr is None:
+            return ""
+        self.stderr.seek(0)
+        return self.stderr.read()[-n:]
 
     def stop(self):
         if self.proc is not None:
             self.proc.kill()
             self.proc.wait()
             self.proc = None
+        if self.stderr is not None:
+            self.stderr.close()
+            self.stderr = None
 
     def run(self, case):
         if self.proc is None or self.proc.poll() is not None:
@@ -70,8 +84,12 @@ class Worker:
         ready = sel.select(timeout=CASE_SECONDS)
         sel.close()
         if not ready:
+            self.proc.kill()
+            self.proc.wait()
+            stacks = self._stderr_tail()
             self.stop()
-            return {"outcome": "BAD-timeout", "detail": f"no answer within {CASE_SECONDS} s"}
+            return {"outcome": "BAD-timeout",
+                    "detail": f"no answer within {CASE_SECONDS} s; the worker's stacks:\n{stacks}"}
         line = self.proc.stdout.readline()
         if not line:
             code = self.proc.wait()
@@ -353,7 +371,9 @@ def test_harness_counts_a_crash_and_a_timeout_and_goes_on(monkeypatch):
     try:
         assert worker.run({"entry": "_selftest", "what": "crash"})["outcome"] == "BAD-crash"
         monkeypatch.setattr(sys.modules[__name__], "CASE_SECONDS", 0.5)
-        assert worker.run({"entry": "_selftest", "what": "hang", "seconds": 5})["outcome"] == "BAD-timeout"
+        hung = worker.run({"entry": "_selftest", "what": "hang", "seconds": 5})
+        assert hung["outcome"] == "BAD-timeout"
+        assert "run__selftest" in hung["detail"], hung["detail"]  # the stacks of the hung worker are reported
         assert worker.run({"entry": "set_num_threads", "n": 1, "n_type": "int", "exact": False}) == \
             {"outcome": "ok-checked"}
     finally:
