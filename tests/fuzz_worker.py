@@ -431,12 +431,13 @@ def run(case):
 
 def main():
     # A case that hangs leaves the Python stacks of every thread on stderr shortly before the parent's time
-    # bound kills this process; the parent puts them in its failure message.
-    dump_after = float(os.environ.get("RNNFAST_FUZZ_DUMP_S", "0"))
+    # bound kills this process (the case's "_dump_s"); the parent puts them in its failure message.
     for line in sys.stdin:
+        case = json.loads(line)
+        dump_after = float(case.pop("_dump_s", 0))
         if dump_after > 0:
             faulthandler.dump_traceback_later(dump_after, exit=False)
-        answer = run(json.loads(line))
+        answer = run(case)
         faulthandler.cancel_dump_traceback_later()
         sys.stdout.write(json.dumps(answer) + "\n")
         sys.stdout.flush()
