@@ -77,10 +77,11 @@ void recurrence_forward(const FwdArgs<T>& a, int requested_threads) {
                 sub.b1 = std::min(s.b1, nv.b1);
                 if (sub.b0 >= sub.b1) continue;
                 T* c = acc + (sub.b0 - s.b0) * Tile<T>::NR;
+                const bool in_l1 = static_cast<size_t>(G) * nv.width * H * sizeof(T) <= kL1Bytes;
                 auto part = [&](int k0, int k1, bool accumulate) {
-                    forward_product(a.wf, G, H, sub, 0, G, h_prev, H, Bt, k0, k1, c, ldc, accumulate);
+                    forward_product(a.wf, G, H, sub, 0, G, h_prev, H, Bt, k0, k1, c, ldc, accumulate, 1 << 30, in_l1);
                 };
-                if (!first_step && static_cast<size_t>(G) * nv.width * H * sizeof(T) <= 48 * 1024) {
+                if (!first_step && in_l1) {
                     part(nv.lo, nv.hi, false);
                     wait();
                     part(0, nv.lo, true);
