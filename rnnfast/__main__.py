@@ -43,6 +43,14 @@ def demo(epochs=60, progress=True, window=20, seed=0):
     return float(np.mean(np.abs(pred - truth))), float(np.mean(np.abs(naive - truth))), per_epoch
 
 
+
+def _cpu_budget():
+    """Where the default thread count comes from: the affinity mask and the cgroup CPU quota."""
+    from rnnfast import _cpus
+    q = _cpus.quota_limit()
+    return (f"{_cpus.affinity_count()} CPUs in the affinity mask, cgroup CPU quota "
+            f"{'none' if q is None else f'{q:g} CPUs'}")
+
 def info():
     """Lines describing this build."""
     from rnnfast import backend
@@ -63,7 +71,8 @@ def info():
         kernels = "not compiled in this build"
     return [f"rnnfast {rnnfast.__version__} ({os.path.dirname(rnnfast.__file__)})",
             f"python {sys.version.split()[0]}, numpy {np.__version__}",
-            f"CPU kernels: SIMD ISA {rnnfast.isa()}, {rnnfast.get_num_threads()} threads; bfloat16 inference "
+            f"CPU kernels: SIMD ISA {rnnfast.isa()}, {rnnfast.get_num_threads()} threads ({_cpu_budget()}); "
+            f"bfloat16 inference "
             f"weights {'on AVX512_BF16' if backend.bf16_native() else 'emulated (no AVX512_BF16)'}",
             *gemm_lines(backend.tuning(np.float32)),
             f"CUDA kernels: {kernels}; CUDA: {cuda}"]

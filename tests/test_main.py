@@ -26,6 +26,7 @@ def test_info(tmp_path):
     r = _run(["info"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "rnnfast 0.1.0" in r.stdout and "SIMD ISA" in r.stdout and "CUDA" in r.stdout
+    assert "affinity mask" in r.stdout and "cgroup CPU quota" in r.stdout
 
 
 def test_bench_outside_a_checkout_says_what_to_do(tmp_path):
