@@ -244,7 +244,8 @@ def device_kernels(*arrays):
     use_backend("cuda_emu"). Mixing NumPy and CuPy arrays is an error.
     """
     present = [a for a in arrays if a is not None]
-    cupy_flags = {is_cupy_array(a) for a in present}
+    # NumPy arrays are the common case (a layer call asks twice): an exact type check, then no module lookups.
+    cupy_flags = {False if type(a) is np.ndarray else is_cupy_array(a) for a in present}
     if cupy_flags == {True, False}:
         raise TypeError("NumPy and CuPy arrays are mixed: the input, the states and the layer's parameters "
                         "must all live on the same side (move the layer with .to('cuda') or .to('cpu'))")
