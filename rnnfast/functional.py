@@ -12,6 +12,7 @@ forward and a reverse direction whose outputs are concatenated per token; dropou
 """
 from __future__ import annotations
 
+import collections
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -89,29 +90,44 @@ def packed_weights(w: np.ndarray, gates: int, cached: "_C.PackedWeights | None",
 # A training forward's workspace is kept by its Saved until backward is done with it; then the next forward may
 # take it. Fresh, it costs a page fault per 4 KB on first touch (an LSTM at B=64, H=512, T=100: 78 MB, 3 ms of
 # a 150 ms training step). At most _WS_KEEP dead workspaces wait, the most recent first.
+#
+# No lock: _recycle runs from a weakref finalizer, which the garbage collector may call at any allocation, also
+# inside _workspace on the same thread (a record kept alive by a reference cycle). With a lock around the list
+# that deadlocked (seen in CI). A bounded deque's appendleft and remove are atomic under the GIL; the arrays sit
+# in slots that compare by identity, since deque.remove compares with ==.
 _WS_KEEP = 2
-_ws_free: list = []
-_ws_lock = threading.Lock()
+
+
+class _Slot:
+    __slots__ = ("array",)
+
+    def __init__(self, array):
+        self.array = array
+
+
+_ws_free: collections.deque = collections.deque(maxlen=_WS_KEEP)
 
 
 def _workspace(kernels, shape, dtype):
     """A (N, slots*H) workspace: one a dead Saved left, when one of this shape and dtype waits, else new."""
     if not kernels.reuses_scratch:
         return _empty(kernels, shape, dtype)
-    with _ws_lock:
-        for i, a in enumerate(_ws_free):
-            if a.shape == tuple(shape) and a.dtype == dtype:
-                del _ws_free[i]
-                if poison_outputs:
-                    a.fill(np.nan)
-                return a
+    shape = tuple(shape)
+    for slot in list(_ws_free):  # a snapshot: a finalizer may add to the deque meanwhile
+        a = slot.array
+        if a.shape == shape and a.dtype == dtype:
+            try:
+                _ws_free.remove(slot)
+            except ValueError:  # another thread took it first
+                continue
+            if poison_outputs:
+                a.fill(np.nan)
+            return a
     return _empty(kernels, shape, dtype)
 
 
 def _recycle(ws):
-    with _ws_lock:
-        _ws_free.insert(0, ws)
-        del _ws_free[_WS_KEEP:]
+    _ws_free.appendleft(_Slot(ws))  # a full deque drops its oldest
 
 
 # ----------------------------------------------------------------------------------------------- tokens

@@ -427,3 +427,34 @@ def test_training_workspace_is_reused_only_after_its_record_is_consumed():
     layer.backward(dy)
     for (n, p), (_, q) in zip(layer.named_parameters(), fresh.named_parameters()):
         np.testing.assert_array_equal(p.grad, q.grad, err_msg=n)
+
+
+# A record kept alive by a reference cycle dies when the garbage collector runs, which can be at any allocation,
+# also inside _workspace on the same thread; its finalizer hands the workspace back (_recycle). When a lock guarded
+# the free list, that re-entry deadlocked a CI run. Here a gc callback plays the finalizer at every collection
+# while _workspace runs with the collector at its most eager; a subprocess, so that a deadlock is a timeout.
+GC_REENTRY = r"""
+import gc, numpy as np
+from rnnfast import functional
+kernels = functional.kernels_for(np.zeros(1, np.float32))
+fired = []
+def finalizer_at_collection(phase, info):
+    if phase == "start" and len(fired) < 200:
+        fired.append(1)
+        functional._recycle(np.empty((7, 3), np.float32))
+gc.callbacks.append(finalizer_at_collection)
+gc.set_threshold(1, 1, 1)
+taken = sum(functional._workspace(kernels, (7, 3), np.dtype(np.float32)).shape == (7, 3) for _ in range(300))
+gc.callbacks.remove(finalizer_at_collection)
+gc.set_threshold(700, 10, 10)
+print(len(fired), taken, len(functional._ws_free))
+"""
+
+
+def test_workspace_free_list_survives_a_finalizer_running_inside_it():
+    run = subprocess.run([sys.executable, "-P", "-c", GC_REENTRY], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    fired, taken, waiting = map(int, run.stdout.split())
+    assert fired > 0, "the collector never ran: the test did not exercise the re-entry"
+    assert taken == 300
+    assert waiting <= 2  # the free list stays bounded (_WS_KEEP)
