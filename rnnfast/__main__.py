@@ -43,13 +43,13 @@ def demo(epochs=60, progress=True, window=20, seed=0):
     return float(np.mean(np.abs(pred - truth))), float(np.mean(np.abs(naive - truth))), per_epoch
 
 
-
 def _cpu_budget():
     """Where the default thread count comes from: the affinity mask and the cgroup CPU quota."""
     from rnnfast import _cpus
     q = _cpus.quota_limit()
     return (f"{_cpus.affinity_count()} CPUs in the affinity mask, cgroup CPU quota "
             f"{'none' if q is None else f'{q:g} CPUs'}")
+
 
 def info():
     """Lines describing this build."""

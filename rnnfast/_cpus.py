@@ -24,29 +24,25 @@ def _read(path):
         return None
 
 
-def _v2_limit(directory):
-    """CPUs allowed by cpu.max ("max 100000" or "200000 100000"), or None."""
-    text = _read(os.path.join(directory, "cpu.max"))
-    if not text:
-        return None
-    parts = text.split()
-    if len(parts) != 2 or parts[0] == "max":
-        return None
-    try:
-        quota, period = int(parts[0]), int(parts[1])
-    except ValueError:
-        return None
-    return quota / period if quota > 0 and period > 0 else None
-
-
-def _v1_limit(directory):
-    """CPUs allowed by cpu.cfs_quota_us / cpu.cfs_period_us (quota -1: none), or None."""
-    quota, period = _read(os.path.join(directory, "cpu.cfs_quota_us")), _read(os.path.join(directory, "cpu.cfs_period_us"))
+def _ratio(quota, period):
+    """quota / period in CPUs from the two numbers as text, or None: unreadable, "max" or -1 (no quota)."""
     try:
         quota, period = int(quota), int(period)
     except (TypeError, ValueError):
         return None
     return quota / period if quota > 0 and period > 0 else None
+
+
+def _v2_limit(directory):
+    """CPUs allowed by cpu.max ("max 100000" or "200000 100000"), or None."""
+    parts = (_read(os.path.join(directory, "cpu.max")) or "").split()
+    return _ratio(*parts) if len(parts) == 2 else None
+
+
+def _v1_limit(directory):
+    """CPUs allowed by cpu.cfs_quota_us / cpu.cfs_period_us (quota -1: none), or None."""
+    return _ratio(_read(os.path.join(directory, "cpu.cfs_quota_us")),
+                  _read(os.path.join(directory, "cpu.cfs_period_us")))
 
 
 def quota_limit(root: str = "/sys/fs/cgroup", proc: str = "/proc/self/cgroup") -> float | None:

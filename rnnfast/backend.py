@@ -7,7 +7,6 @@ NumPy's BLAS was measured clearly faster: :func:`tuning` says what was chosen an
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 
 import numpy as np
@@ -234,6 +233,8 @@ def _cuda_module(emulated: bool):
 
 def is_cupy_array(a) -> bool:
     """Whether a is a CuPy array (checked without importing CuPy)."""
+    if type(a) is np.ndarray:  # the common case, asked several times a layer call: no module-name lookup
+        return False
     return type(a).__module__.split(".")[0] == "cupy"
 
 
@@ -244,8 +245,7 @@ def device_kernels(*arrays):
     use_backend("cuda_emu"). Mixing NumPy and CuPy arrays is an error.
     """
     present = [a for a in arrays if a is not None]
-    # NumPy arrays are the common case (a layer call asks twice): an exact type check, then no module lookups.
-    cupy_flags = {False if type(a) is np.ndarray else is_cupy_array(a) for a in present}
+    cupy_flags = {is_cupy_array(a) for a in present}
     if cupy_flags == {True, False}:
         raise TypeError("NumPy and CuPy arrays are mixed: the input, the states and the layer's parameters "
                         "must all live on the same side (move the layer with .to('cuda') or .to('cpu'))")
