@@ -151,8 +151,10 @@ rnnfast.set_num_threads(2, exact=True)
 rng = np.random.default_rng(4)
 worst = 0.0
 far = 1.0
-for m in [rnnfast.LSTM(5, 37), rnnfast.LSTM(5, 40, proj_size=19), rnnfast.GRU(5, 37),
-          rnnfast.GRU(5, 37, linear_before_reset=False), rnnfast.RNN(5, 37)]:
+# Fixed weights: with fresh ones, the smallest float32-vs-bf16 gap ("far") fell below its bound about one run
+# in ten (9.7e-6 seen), a flaky failure of the test's own sanity check.
+for m in [rnnfast.LSTM(5, 37, seed=1), rnnfast.LSTM(5, 40, proj_size=19, seed=2), rnnfast.GRU(5, 37, seed=3),
+          rnnfast.GRU(5, 37, linear_before_reset=False, seed=4), rnnfast.RNN(5, 37, seed=5)]:
     m.eval().set_inference_weights("bfloat16")
     for B, lengths in ((1, None), (5, [3, 6, 1, 6, 2])):
         x = rng.standard_normal((6, B, 5)).astype(np.float32)
