@@ -21,6 +21,7 @@
 #include <mutex>
 #include <vector>
 
+#include "aligned.h"
 #include "simd.h"
 
 namespace {
@@ -277,7 +278,7 @@ template <typename T>
 struct GemmBuffers {
     static constexpr ptrdiff_t KC = 256, NC = 512;
     ptrdiff_t mc = 0;  // rows of the packed A block: about v.a_block bytes (at least 16 tiles), whole tiles
-    std::vector<T> b, a;
+    AlignedVector<T> b, a;
     // Sizes the buffers for variant v; a buffer that served before keeps its memory (see GemmBufferPool).
     void fit(const GemmVariant& v) {
         mc = std::max<ptrdiff_t>(16, v.a_block / static_cast<ptrdiff_t>(sizeof(T) * KC) / v.mr) * v.mr;
@@ -337,8 +338,8 @@ void gemm_block(const GemmVariant& v, int ku, ptrdiff_t m0, ptrdiff_t m1, ptrdif
     const int MR = v.mr;
     const ptrdiff_t MC = buf.mc;
     if (m1 <= m0 || n1 <= n0) return;
-    std::vector<T>& bbuf = buf.b;
-    std::vector<T>& abuf = buf.a;
+    AlignedVector<T>& bbuf = buf.b;
+    AlignedVector<T>& abuf = buf.a;
     if (K == 0) {
         if (!accumulate)
             for (ptrdiff_t i = m0; i < m1; ++i) std::fill(c + i * ldc + n0, c + i * ldc + n1, T(0));

@@ -130,7 +130,7 @@ void recurrence_backward(const BwdArgs<T>& a, int requested_threads) {
     T* const dhg_all = std::is_same<Cell, rnnfast::Gru>::value ? a.dhg : nullptr;  // else the product reads dxg
     // Per thread: the dh and dc carries [B][width].
     TeamScratch<T> scratch(2 * static_cast<ptrdiff_t>(B) * Slice<T>::blocks(H) * NR, nt);
-    BiasSums<T> sums(GH);
+    BiasSums<T> sums(GH, dhg_all != nullptr);
 
     run_team(nt, [&](int tid, int team, Barrier& barrier) {
         const Slice<T> s(H, tid, team);
@@ -141,7 +141,7 @@ void recurrence_backward(const BwdArgs<T>& a, int requested_threads) {
         load_carry(dcs, a.dc_n, B, H, s);
         for (int t = a.T_ - 1; t >= 0; --t) {
             const int Bt = steps.rows(t);
-            walk_backward<T, G>(a, steps, t, s, S, dhg_all, sums, true, [&](const auto& sv, const auto& gr, int b, int u,
+            walk_backward<T, G>(a, steps, t, s, S, dhg_all, true, [&](const auto& sv, const auto& gr, int b, int u,
                                                                       int col) {
                 using V = ValueOf<decltype(sv)>;
                 const V dh = dh_total<V>(a, steps.row(t, b), u, dhr + col);
@@ -149,6 +149,7 @@ void recurrence_backward(const BwdArgs<T>& a, int requested_threads) {
                 st(dhr + col, Cell::template backward<MathFor<T, decltype(sv)>, V>(sv, dh, dc, gr));
                 if (kCellState) st(dcs + col, dc);
             });
+            sums.template add_step<G>(a, steps, t, s, dhg_all);
             barrier.wait(tid);
             // dh_{t-1}[:, own units] += dg_t W_hh[:, own units]
             const T* dg = (dhg_all ? dhg_all : a.dxg) + steps.row(t, 0) * GH;

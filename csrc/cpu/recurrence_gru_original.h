@@ -20,7 +20,7 @@ void gru_original_forward(const FwdArgs<T>& a, int requested_threads) {
     const int nt = threads_for(requested_threads, B, G, H, Slice<T>::blocks(H));
     const Steps steps(a.bs, a.T_);
     const Biases<T> bias(a.b_ih, a.b_hh, G * H);
-    std::vector<T> rh_all(static_cast<size_t>(B) * H);  // r*h of the step, every unit: what W_hn multiplies
+    AlignedVector<T> rh_all(static_cast<size_t>(B) * H);  // r*h of the step, every unit: what W_hn multiplies
     TeamScratch<T> scratch(static_cast<ptrdiff_t>(B) * G * Slice<T>::blocks(H) * Tile<T>::NR, nt);  // gate sums
     Bf16Product<T> bf16(a.wf_bf16, G, H, B, nt);
 
@@ -69,7 +69,7 @@ void gru_original_backward(const BwdArgs<T>& a, int requested_threads) {
     const Steps steps(a.bs, a.T_);
     // Per thread: the dh carry and drh = W_hn^T dn, [B][width] each.
     TeamScratch<T> scratch(2 * static_cast<ptrdiff_t>(B) * Slice<T>::blocks(H) * Tile<T>::NR, nt);
-    BiasSums<T> sums(GH);
+    BiasSums<T> sums(GH, false);
 
     run_team(nt, [&](int tid, int team, Barrier& barrier) {
         const Slice<T> s(H, tid, team);
@@ -78,7 +78,7 @@ void gru_original_backward(const BwdArgs<T>& a, int requested_threads) {
         load_carry(dhr, a.dh_n, B, H, s);
         for (int t = a.T_ - 1; t >= 0; --t) {
             const int Bt = steps.rows(t);
-            walk_backward<T, G>(a, steps, t, s, S, nullptr, sums, true, [&](const auto& sv, const auto& gr, int b, int u,
+            walk_backward<T, G>(a, steps, t, s, S, nullptr, true, [&](const auto& sv, const auto& gr, int b, int u,
                                                                       int col) {
                 using V = ValueOf<decltype(sv)>;
                 const V dh = dh_total<V>(a, steps.row(t, b), u, dhr + col);
@@ -87,12 +87,13 @@ void gru_original_backward(const BwdArgs<T>& a, int requested_threads) {
             barrier.wait(tid);
             const T* dg = a.dxg + steps.row(t, 0) * GH;
             backward_product(a.wb, GH, s, dg, GH, 2 * H, H, Bt, drh, s.width, false);  // W_hn^T dn
-            walk_backward<T, G>(a, steps, t, s, S, nullptr, sums, true, [&](const auto& sv, const auto& gr, int, int,
+            walk_backward<T, G>(a, steps, t, s, S, nullptr, true, [&](const auto& sv, const auto& gr, int, int,
                                                                       int col) {
                 using V = ValueOf<decltype(sv)>;
                 const V drh_c = ld<V>(drh + col);
                 st(dhr + col, ld<V>(dhr + col) + Cell::backward_gates<MathFor<T, decltype(sv)>, V>(sv, drh_c, gr));
             });
+            sums.template add_step<G>(a, steps, t, s, nullptr);
             barrier.wait(tid);
             backward_product(a.wb, GH, s, dg, GH, 0, 2 * H, Bt, dhr, s.width, true);  // + W_h[r,z]^T d[r,z]
         }

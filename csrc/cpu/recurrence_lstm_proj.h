@@ -26,7 +26,7 @@ void lstm_proj_forward(const FwdArgs<T>& a, int requested_threads) {
                                std::min(Slice<T>::blocks(H), Slice<T>::blocks(P)));
     const Steps steps(a.bs, a.T_);
     const Biases<T> bias(a.b_ih, a.b_hh, G * H);
-    std::vector<T> m_all(static_cast<size_t>(B) * H);  // m_t of the step, every unit: what W_hr multiplies
+    AlignedVector<T> m_all(static_cast<size_t>(B) * H);  // m_t of the step, every unit: what W_hr multiplies
     // Per thread: gate sums [B][G][width] and the cell state [B][width].
     TeamScratch<T> scratch(static_cast<ptrdiff_t>(B) * (G + 1) * Slice<T>::blocks(H) * Tile<T>::NR, nt);
     Bf16Product<T> bf16(a.wf_bf16, G, P, B, nt);  // W_hh only: W_hr stays float32
@@ -77,7 +77,7 @@ void lstm_proj_backward(const BwdArgs<T>& a, int requested_threads) {
     // Per thread: the dh carry [B][width over P], dm and the dc carry [B][width over H].
     TeamScratch<T> scratch(static_cast<ptrdiff_t>(B) * (Slice<T>::blocks(P) + 2 * Slice<T>::blocks(H)) * Tile<T>::NR,
                            nt);
-    BiasSums<T> sums(GH);
+    BiasSums<T> sums(GH, false);
 
     run_team(nt, [&](int tid, int team, Barrier& barrier) {
         const Slice<T> s(H, tid, team), sp(P, tid, team);
@@ -100,13 +100,14 @@ void lstm_proj_backward(const BwdArgs<T>& a, int requested_threads) {
             const int Bt = steps.rows(t);
             // dm = dh_t W_hr for the thread's units.
             backward_product(a.wr, P, s, a.dh_all + steps.row(t, 0) * P, P, 0, P, Bt, dm, s.width, false);
-            walk_backward<T, G>(a, steps, t, s, S, nullptr, sums, false, [&](const auto& sv, const auto& gr, int, int,
+            walk_backward<T, G>(a, steps, t, s, S, nullptr, false, [&](const auto& sv, const auto& gr, int, int,
                                                                       int col) {
                 using V = ValueOf<decltype(sv)>;
                 V dc = ld<V>(dcs + col);
                 Cell::backward<MathFor<T, decltype(sv)>, V>(sv, ld<V>(dm + col), dc, gr);
                 st(dcs + col, dc);
             });
+            sums.template add_step<G>(a, steps, t, s, nullptr);
             barrier.wait(tid);
             // dh_{t-1} = dg_t W_hh for the thread's slice of P, then the rows of step t-1 are assembled.
             backward_product(a.wb, GH, sp, a.dxg + steps.row(t, 0) * GH, GH, 0, GH, Bt, dhr, sp.width, false);
