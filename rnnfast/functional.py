@@ -43,9 +43,28 @@ def slot(ws, cell: str, name: str, H: int):
     return ws[:, k * H:(k + 1) * H]
 
 
+def _aligned_empty(shape, dtype, align=64):
+    """np.empty, but starting on a cache line. NumPy's large arrays start 16 bytes past a page (malloc's
+    header), so every 64-byte vector the kernels load or store would straddle two lines (measured here: the
+    step walk of an LSTM backward at H=64 B=64 took 11 instead of 19 thousand TSC cycles a step once its
+    buffers started on a line)."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if n == 0:
+        return np.empty(shape, dtype=dtype)
+    buf = np.empty(n + align, dtype=np.uint8)
+    off = (-buf.ctypes.data) % align
+    return buf[off:off + n].view(dtype).reshape(shape)
+
+
 def _empty(kernels, shape, dtype):
     xp = kernels.xp
-    return xp.full(shape, np.nan, dtype=dtype) if poison_outputs else xp.empty(shape, dtype=dtype)
+    if xp is not np:
+        return xp.full(shape, np.nan, dtype=dtype) if poison_outputs else xp.empty(shape, dtype=dtype)
+    a = _aligned_empty(shape, dtype)
+    if poison_outputs:
+        a.fill(np.nan)
+    return a
 
 
 _scratch_local = threading.local()
@@ -62,7 +81,7 @@ def _scratch(kernels, key, shape, dtype):
     pool = _scratch_local.__dict__.setdefault("pool", {})
     a = pool.get(key)
     if a is None or a.shape != tuple(shape) or a.dtype != dtype:
-        a = pool[key] = np.empty(shape, dtype=dtype)
+        a = pool[key] = _aligned_empty(shape, dtype)
     if poison_outputs:
         a.fill(np.nan)
     return a
