@@ -111,6 +111,31 @@ def test_matmul_is_bit_identical_for_every_thread_count_and_split(dtype, shape, 
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_matmul_reads_a_in_place_or_packed_with_the_same_bits(dtype, threads):
+    # An A with a unit stride (row-major, or transposed) is read in place by the micro-kernel, any other is
+    # packed first: the same values in the three layouts must give the same bits, and the right product.
+    M, K, N = 203, 300, 70  # K > 256: two K blocks; M, N not multiples of the tiles
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((M, K)).astype(dtype)
+    b = rng.standard_normal((K, N)).astype(dtype)
+    transposed = np.ascontiguousarray(a.T).T
+    strided = np.zeros((2 * M, 3 * K), dtype)[::2, ::3]
+    strided[...] = a
+    assert a.strides[1] == transposed.strides[0] == a.itemsize and min(strided.strides) > a.itemsize
+    before = rnnfast.get_num_threads()
+    try:
+        rnnfast.set_num_threads(threads, exact=True)
+        got = [rnnfast.matmul(x, b, out=np.full((M, N), np.nan, dtype)) for x in (a, transposed, strided)]
+    finally:
+        rnnfast.set_num_threads(before)
+    np.testing.assert_allclose(got[0], a.astype(np.float64) @ b, rtol=1e-4 if dtype == np.float32 else 1e-11,
+                               atol=1e-3 if dtype == np.float32 else 1e-10)
+    np.testing.assert_array_equal(got[1], got[0], "transposed A (in place) differs from row-major A")
+    np.testing.assert_array_equal(got[2], got[0], "strided A (packed) differs from row-major A")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_matmul_refuses_out_with_byte_strides(dtype):
     item = np.dtype(dtype).itemsize
     buf = np.zeros(5 * (3 * item + 1) + 1, np.uint8)
