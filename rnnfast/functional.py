@@ -13,6 +13,7 @@ forward and a reverse direction whose outputs are concatenated per token; dropou
 from __future__ import annotations
 
 import collections
+import math
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -44,16 +45,17 @@ def slot(ws, cell: str, name: str, H: int):
 
 
 def _aligned_empty(shape, dtype, align=64):
-    """np.empty, but starting on a cache line. NumPy's large arrays start 16 bytes past a page (malloc's
-    header), so every 64-byte vector the kernels load or store would straddle two lines (measured here: the
-    step walk of an LSTM backward at H=64 B=64 took 11 instead of 19 thousand TSC cycles a step once its
-    buffers started on a line)."""
+    """np.empty, but starting on a cache line where the array is large. NumPy's large arrays start 16 bytes
+    past a page (malloc's header), so every 64-byte vector the kernels load or store would straddle two lines
+    (measured here: the step walk of an LSTM backward at H=64 B=64 took 11 instead of 19 thousand TSC cycles a
+    step once its buffers started on a line). Below 64 KB the few vectors do not pay for the 1-2 us the
+    alignment costs in Python (a batch-1 call is tens of microseconds)."""
     dtype = np.dtype(dtype)
-    n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if n == 0:
+    n = math.prod(shape) * dtype.itemsize
+    if n < 1 << 16:
         return np.empty(shape, dtype=dtype)
     buf = np.empty(n + align, dtype=np.uint8)
-    off = (-buf.ctypes.data) % align
+    off = -buf.ctypes.data % align
     return buf[off:off + n].view(dtype).reshape(shape)
 
 
