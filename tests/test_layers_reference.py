@@ -36,6 +36,11 @@ CASES = [
     pytest.param(3, 2, 7, 33, 9, id="H33"),
     pytest.param(1000, 2, 3, 4, 10, id="T1000"),
     pytest.param(20, 9, 40, 70, 11, id="T20B9I40H70"),
+    # Batch 1 with two or more unit blocks: at two threads the step's product takes the batch-1 path (weights in
+    # L1), own units first, then the rest after the crossing, added in. A version of that path that dropped the
+    # addition passed every other case here.
+    pytest.param(6, 1, 5, 64, 12, id="B1H64"),
+    pytest.param(5, 1, 3, 40, 13, id="B1H40"),
 ]
 
 _REF_CACHE = {}
