@@ -61,9 +61,7 @@ def _aligned_empty(shape, dtype, align=64):
 
 def _empty(kernels, shape, dtype):
     xp = kernels.xp
-    if xp is not np:
-        return xp.full(shape, np.nan, dtype=dtype) if poison_outputs else xp.empty(shape, dtype=dtype)
-    a = _aligned_empty(shape, dtype)
+    a = _aligned_empty(shape, dtype) if xp is np else xp.empty(shape, dtype=dtype)
     if poison_outputs:
         a.fill(np.nan)
     return a

@@ -130,7 +130,7 @@ void recurrence_backward(const BwdArgs<T>& a, int requested_threads) {
     T* const dhg_all = std::is_same<Cell, rnnfast::Gru>::value ? a.dhg : nullptr;  // else the product reads dxg
     // Per thread: the dh and dc carries [B][width].
     TeamScratch<T> scratch(2 * static_cast<ptrdiff_t>(B) * Slice<T>::blocks(H) * NR, nt);
-    BiasSums<T> sums(GH, dhg_all != nullptr);
+    BiasSums<T> sums(GH, dhg_all);
 
     run_team(nt, [&](int tid, int team, Barrier& barrier) {
         const Slice<T> s(H, tid, team);
@@ -149,7 +149,7 @@ void recurrence_backward(const BwdArgs<T>& a, int requested_threads) {
                 st(dhr + col, Cell::template backward<MathFor<T, decltype(sv)>, V>(sv, dh, dc, gr));
                 if (kCellState) st(dcs + col, dc);
             });
-            sums.template add_step<G>(a, steps, t, s, dhg_all);
+            sums.template add_step<G>(a, steps, t, s);
             barrier.wait(tid);
             // dh_{t-1}[:, own units] += dg_t W_hh[:, own units]
             const T* dg = (dhg_all ? dhg_all : a.dxg) + steps.row(t, 0) * GH;

@@ -69,7 +69,7 @@ void gru_original_backward(const BwdArgs<T>& a, int requested_threads) {
     const Steps steps(a.bs, a.T_);
     // Per thread: the dh carry and drh = W_hn^T dn, [B][width] each.
     TeamScratch<T> scratch(2 * static_cast<ptrdiff_t>(B) * Slice<T>::blocks(H) * Tile<T>::NR, nt);
-    BiasSums<T> sums(GH, false);
+    BiasSums<T> sums(GH, nullptr);
 
     run_team(nt, [&](int tid, int team, Barrier& barrier) {
         const Slice<T> s(H, tid, team);
@@ -93,7 +93,7 @@ void gru_original_backward(const BwdArgs<T>& a, int requested_threads) {
                 const V drh_c = ld<V>(drh + col);
                 st(dhr + col, ld<V>(dhr + col) + Cell::backward_gates<MathFor<T, decltype(sv)>, V>(sv, drh_c, gr));
             });
-            sums.template add_step<G>(a, steps, t, s, nullptr);
+            sums.template add_step<G>(a, steps, t, s);
             barrier.wait(tid);
             backward_product(a.wb, GH, s, dg, GH, 0, 2 * H, Bt, dhr, s.width, true);  // + W_h[r,z]^T d[r,z]
         }

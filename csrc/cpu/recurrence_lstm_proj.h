@@ -77,7 +77,7 @@ void lstm_proj_backward(const BwdArgs<T>& a, int requested_threads) {
     // Per thread: the dh carry [B][width over P], dm and the dc carry [B][width over H].
     TeamScratch<T> scratch(static_cast<ptrdiff_t>(B) * (Slice<T>::blocks(P) + 2 * Slice<T>::blocks(H)) * Tile<T>::NR,
                            nt);
-    BiasSums<T> sums(GH, false);
+    BiasSums<T> sums(GH, nullptr);
 
     run_team(nt, [&](int tid, int team, Barrier& barrier) {
         const Slice<T> s(H, tid, team), sp(P, tid, team);
@@ -107,7 +107,7 @@ void lstm_proj_backward(const BwdArgs<T>& a, int requested_threads) {
                 Cell::backward<MathFor<T, decltype(sv)>, V>(sv, ld<V>(dm + col), dc, gr);
                 st(dcs + col, dc);
             });
-            sums.template add_step<G>(a, steps, t, s, nullptr);
+            sums.template add_step<G>(a, steps, t, s);
             barrier.wait(tid);
             // dh_{t-1} = dg_t W_hh for the thread's slice of P, then the rows of step t-1 are assembled.
             backward_product(a.wb, GH, sp, a.dxg + steps.row(t, 0) * GH, GH, 0, GH, Bt, dhr, sp.width, false);

@@ -135,10 +135,6 @@ void copy_final_states(const FwdArgs<T>& a, const Steps& st, int S, int lo, int 
 // older cores, where a slice planned as L1-resident streams from L2: slower, same results).
 constexpr size_t kL1Bytes = 48 * 1024;
 
-// acc[b][(g - g0) * width + j] (+)= src[b][k0:k1] . W[g*size + lo + j][k0:k1] for gates [g0, g1) and the
-// thread's units, W packed forward (pack_forward) with G gates and K columns; rows b < Bt, src row stride ld.
-// `cols` bounds the last panel when acc is not padded scratch (a projection written in place); in_l1: the
-// thread's panels stay in L1 from step to step (kL1Bytes), so the micro-kernel does not prefetch them.
 // One row of h times the P gate panels of a unit block (consecutive, `pstride` apart), k in [0, K): one broadcast
 // of h[k] feeds P*NV independent sums. c[p*cstride + j] (+)= the sum, j < n.
 template <typename T, int P>
@@ -162,6 +158,10 @@ inline void gemv_panels(ptrdiff_t K, const T* h, const T* panels, ptrdiff_t pstr
     }
 }
 
+// acc[b][(g - g0) * width + j] (+)= src[b][k0:k1] . W[g*size + lo + j][k0:k1] for gates [g0, g1) and the
+// thread's units, W packed forward (pack_forward) with G gates and K columns; rows b < Bt, src row stride ld.
+// `cols` bounds the last panel when acc is not padded scratch (a projection written in place); in_l1: the
+// thread's panels stay in L1 from step to step (kL1Bytes), so the micro-kernel does not prefetch them.
 template <typename T>
 void forward_product(const T* wf, int G, int K, const Slice<T>& s, int g0, int g1, const T* src, ptrdiff_t ld,
                      int Bt, int k0, int k1, T* acc, ptrdiff_t ldc, bool accumulate, int cols = 1 << 30,
@@ -330,22 +330,21 @@ struct Grads {
 // step on Zen 5). Here the sums stay in registers while the rows, just written, stream past from L1/L2.
 template <typename T>
 struct BiasSums {
+    const T* dhg;  // the recurrent gate gradients where they differ from dxg (the GRU's), else null
     AlignedVector<T> ih, hh;
-    bool separate_hh;
-    BiasSums(ptrdiff_t n, bool separate_hh_)
-        : ih(static_cast<size_t>(n), T(0)), hh(separate_hh_ ? static_cast<size_t>(n) : 0, T(0)),
-          separate_hh(separate_hh_) {}
+    BiasSums(ptrdiff_t n, const T* dhg_)
+        : dhg(dhg_), ih(static_cast<size_t>(n), T(0)), hh(dhg_ ? static_cast<size_t>(n) : 0, T(0)) {}
 
-    // Adds the gate gradients of step t's rows (dxg, and dhg where separate_hh) for the thread's units.
+    // Adds the gate gradients of step t's rows (dxg, and dhg where there is one) for the thread's units.
     template <int G>
-    void add_step(const BwdArgs<T>& a, const Steps& steps, int t, const Slice<T>& s, const T* dhg) {
+    void add_step(const BwdArgs<T>& a, const Steps& steps, int t, const Slice<T>& s) {
         const ptrdiff_t GH = static_cast<ptrdiff_t>(G) * a.H, first = steps.row(t, 0);
         add_rows<G>(ih.data(), a.dxg + first * GH, GH, steps.rows(t), a.H, s.lo, s.hi);
-        if (separate_hh) add_rows<G>(hh.data(), dhg + first * GH, GH, steps.rows(t), a.H, s.lo, s.hi);
+        if (dhg) add_rows<G>(hh.data(), dhg + first * GH, GH, steps.rows(t), a.H, s.lo, s.hi);
     }
 
     void flush(const BwdArgs<T>& a, int G, const Slice<T>& s) const {
-        const T* sum_hh = separate_hh ? hh.data() : ih.data();
+        const T* sum_hh = dhg ? hh.data() : ih.data();
         for (int g = 0; g < G; ++g)
             for (int u = s.lo; u < s.hi; ++u) {
                 if (a.db_ih) a.db_ih[g * a.H + u] += ih[g * a.H + u];
