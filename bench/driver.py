@@ -62,7 +62,7 @@ def header(b, rnnfast_err, versions):
                   "with the host's vCPU placement, and the batch-1 cases with it)")
     t = b.timing
     print(f"# timing: best of {t.blocks} block medians, each of {t.repeats} runs ({t.short_repeats} for runs under "
-          f"5 ms) after {t.warmup} warm-up(s), one library at a time; reference: median of up to "
+          f"5 ms) after {t.warmup} warm-up(s), one library at a time, the libraries taking turns block by block; reference: median of up to "
           f"{b.args.ref_repeats} run(s), no warm-up; train = forward + backward, grads zeroed outside the timed region")
     return info
 

@@ -1,5 +1,5 @@
-"""Measuring one case: every library's runner built from one set of weights, each timed in its own block,
-their outputs compared."""
+"""Measuring one case: every library's runner built from one set of weights, each timed in its own blocks (the
+libraries taking turns block by block), their outputs compared."""
 import traceback
 
 import numpy as np
@@ -7,7 +7,7 @@ import numpy as np
 from .report import LIBRARIES, progress
 from .runners import (EngineMismatch, EngineRunner, ReferenceRunner, RnnfastBf16Runner, RnnfastRunner, TorchRunner,
                       max_rel_diff, numpy_weights)
-from .timing import Timing, time_runs, time_slow
+from .timing import Timing, time_interleaved, time_slow
 
 
 class Bench:
@@ -91,7 +91,21 @@ class Bench:
             row = {"case": case.name, "case_obj": case, "cell": case.cell, "nonlinearity": case.nonlin,
                    "T": case.T, "B": case.B, "I": case.I, "H": case.H, "mode": mode, "dtype": self.args.dtype,
                    "threads": self.nthreads, "flops": case.flops(mode)}
-            outs, grads = {}, {}
+            outs, grads, jobs = {}, {}, {}
+
+            def record(lib, job, timed):
+                med, times, out = timed
+                outs[lib], g = job.result(out)
+                if g:
+                    grads[lib] = g
+                row[f"{lib}_s"], row[f"{lib}_times"] = med, times
+
+            def failed(lib, e):
+                row[f"{lib}_err"] = f"{type(e).__name__}: {e}"
+                self.errors.append((case.name, mode, lib, "".join(traceback.format_exception(e))))
+                if isinstance(e, EngineMismatch):
+                    self.mismatches.append(f"{case.name} [{mode}]: {e}")
+
             for lib, runner in runs.items():
                 row[f"{lib}_s"] = row[f"{lib}_times"] = row[f"{lib}_err"] = None
                 if isinstance(runner, str) or runner is None:
@@ -101,20 +115,21 @@ class Bench:
                     job = runner.job(mode, x, dy)
                     if job is None:
                         row[f"{lib}_err"] = "n/a"
-                        continue
-                    if job.slow:
-                        med, times, out = time_slow(job.fn, self.args.ref_repeats)
+                    elif job.slow:
+                        record(lib, job, time_slow(job.fn, self.args.ref_repeats))
                     else:
-                        med, times, out = time_runs(job.fn, self.timing, setup=job.setup)
-                    outs[lib], g = job.result(out)
-                    if g:
-                        grads[lib] = g
-                    row[f"{lib}_s"], row[f"{lib}_times"] = med, times
+                        jobs[lib] = job
                 except Exception as e:
-                    row[f"{lib}_err"] = f"{type(e).__name__}: {e}"
-                    self.errors.append((case.name, mode, lib, traceback.format_exc()))
-                    if isinstance(e, EngineMismatch):
-                        self.mismatches.append(f"{case.name} [{mode}]: {e}")
+                    failed(lib, e)
+            # The libraries' blocks take turns (timing.time_interleaved); each block runs one library alone.
+            timed = time_interleaved({lib: (job.fn, job.setup) for lib, job in jobs.items()}, self.timing)
+            for lib, job in jobs.items():
+                try:
+                    if isinstance(timed[lib], Exception):
+                        raise timed[lib]
+                    record(lib, job, timed[lib])
+                except Exception as e:
+                    failed(lib, e)
             self.agreement(case, mode, outs, grads)
             if "rnnfast_bf16" in outs and "rnnfast" in outs:  # reported with its times, not as an agreement
                 row["rnnfast_bf16_diff"] = max_rel_diff(outs["rnnfast_bf16"], outs["rnnfast"])

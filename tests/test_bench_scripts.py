@@ -140,3 +140,37 @@ def test_gpu_benchmark_exits_cleanly_without_a_gpu(tmp_path):
     out = run([os.path.join(ROOT, "bench", "bench_gpu.py"), "--repeats", "1"], cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "bench_gpu" in out.stdout or "| case |" in out.stdout, out.stdout
+
+
+def test_libraries_take_turns_block_by_block_and_a_failure_stops_only_its_own():
+    """bench/timing.time_interleaved: round r times block r of every library (so a slow phase of the machine is
+    spread over all of them), each block alone; each library gets its best block median; one that raises
+    leaves the others timed."""
+    sys.path.insert(0, ROOT)
+    from bench.timing import Timing, time_interleaved
+
+    order = []
+
+    def job(name, fail_at=None):
+        calls = {"n": 0}
+
+        def fn():
+            calls["n"] += 1
+            if fail_at is not None and calls["n"] == fail_at:
+                raise RuntimeError(f"{name} broke")
+            order.append(name)
+            return name
+        return fn, None
+
+    timing = Timing(warmup=1, repeats=2, blocks=3, short_repeats=2, pause_s=0.0)
+    # 1 warm-up + 1 probe + 2 timed runs a block: "c" fails on its 2nd block's warm-up (call 5)
+    res = time_interleaved({"a": job("a"), "b": job("b"), "c": job("c", fail_at=5)}, timing)
+    blocks = [order[i:i + 4] for i in range(0, len(order), 4)]
+    names = [blk[0] for blk in blocks]
+    assert all(len(set(blk)) == 1 for blk in blocks), f"a block mixed libraries: {blocks}"
+    assert names == ["a", "b", "c", "a", "b", "a", "b"], f"blocks ran in the order {names}"
+    assert isinstance(res["c"], RuntimeError) and "c broke" in str(res["c"])
+    for name in ("a", "b"):
+        t, times, out = res[name]
+        assert out == name and len(times) == 6, (name, len(times))
+        assert t == min(t for t in [np.median(times[i:i + 2]) for i in range(0, 6, 2)])
