@@ -124,9 +124,10 @@ class Bench:
             # The libraries' blocks take turns (timing.time_interleaved); each block runs one library alone.
             timed = time_interleaved({lib: (job.fn, job.setup) for lib, job in jobs.items()}, self.timing)
             for lib, job in jobs.items():
+                if isinstance(timed[lib], Exception):
+                    failed(lib, timed[lib])
+                    continue
                 try:
-                    if isinstance(timed[lib], Exception):
-                        raise timed[lib]
                     record(lib, job, timed[lib])
                 except Exception as e:
                     failed(lib, e)

@@ -55,19 +55,17 @@ def time_runs(fn, timing, setup=None):
     """Wall time (seconds) of fn(): the smallest of `blocks` block medians (time_block), one after the other.
 
     Taking the best block median discards a block that a noisy neighbour slowed down, without taking the
-    single luckiest run. Returns (time, all times, last result).
+    single luckiest run. Returns (time, all times, last result); raises what fn() raised.
     """
-    all_times, block_medians, out = [], [], None
-    for _ in range(timing.blocks):
-        med, times, out = time_block(fn, timing, setup)
-        block_medians.append(med)
-        all_times += times
-    return min(block_medians), all_times, out
+    result = time_interleaved({"fn": (fn, setup)}, timing)["fn"]
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 def time_interleaved(jobs, timing):
-    """time_runs for several libraries at once, their blocks taking turns: round 1 times one block of each,
-    round 2 the next, and so on. Each block still runs one library alone, after the pause. Timed one library
+    """The best of `blocks` block medians (time_block) for several libraries at once, their blocks taking turns:
+    round 1 times one block of each, round 2 the next, and so on. Each block still runs one library alone, after the pause. Timed one library
     after the other, a slow phase of the machine (on a VM it can last seconds: the core round trip of the
     development VM moved between 50 and 400 ns within a day) fell on every block of one library and moved
     the ratios between them by 20-30% from run to run; taking turns spreads it over all of them.

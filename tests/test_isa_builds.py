@@ -41,16 +41,22 @@ print(json.dumps({"isa": rnnfast.isa(), "worst": worst}))
 """
 
 
-@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
-def test_isa_build_matches_reference(isa, tmp_path):
+def run_on_build(isa, script, tmp_path):
+    """The JSON that `script` prints last, run in a process forced onto the `isa` build (checked)."""
     skip_unless_cpu_runs(isa)
     env = dict(os.environ, RNNFAST_ISA=isa)
     # cwd outside the checkout: `python -c` puts cwd first on sys.path, and the source folder has no _C.
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300,
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
                          cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["isa"] == isa, f"asked for the {isa} build, got {result['isa']}"
+    return result
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+def test_isa_build_matches_reference(isa, tmp_path):
+    result = run_on_build(isa, SCRIPT, tmp_path)
     for key, err in result["worst"].items():
         tol = 1e-10 if key.endswith("float64") else 1e-5
         assert err <= tol, f"{isa} build, {key}: normwise relative error {err:.2e} > {tol:g}"
@@ -91,13 +97,7 @@ print(json.dumps({"isa": rnnfast.isa(), "cases": out}))
 
 @pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
 def test_isa_build_saturates_at_inf_and_propagates_nan_as_reference(isa, tmp_path):
-    skip_unless_cpu_runs(isa)
-    env = dict(os.environ, RNNFAST_ISA=isa)
-    out = subprocess.run([sys.executable, "-c", SPECIAL], env=env, capture_output=True, text=True, timeout=300,
-                         cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["isa"] == isa, f"asked for the {isa} build, got {result['isa']}"
+    result = run_on_build(isa, SPECIAL, tmp_path)
     for key, r in result["cases"].items():
         assert r["nan"] > 0 and r["finite"] > 0, f"{key}: the case must have NaN and finite outputs: {r}"
         assert r["same_nan"], f"{isa} build, {key}: NaN where the reference has none, or the reverse: {r}"
