@@ -52,17 +52,9 @@ def gemm_rates(n, timing, rnnfast, torch, threads, engines=True):
 
 
 def layers_gemms(rnnfast):
-    """{roofline row: which of the layers' float32 time-parallel GEMMs run on it} from rnnfast's tuning (the
-    input projection on the packed GEMM or numpy.matmul, dx and dW on rnnfast.matmul's GEMM or numpy.matmul)."""
-    try:
-        library = rnnfast.backend.tuning(np.float32)["library"]
-    except (AttributeError, TypeError, ValueError):  # an rnnfast without the tuner: its own GEMMs throughout
-        library = {"project": "rnnfast", "matmul": "rnnfast", "addmm": "rnnfast"}
-    rows = {}
-    for op, what in (("project", "input projection"), ("matmul", "dx"), ("addmm", "dW")):
-        ours = "rnnfast packed" if op == "project" else "rnnfast.matmul"
-        rows.setdefault("numpy.matmul" if library[op] == "numpy" else ours, []).append(what)
-    return {row: ", ".join(whats) for row, whats in rows.items()}
+    """{roofline row: which of the layers' float32 time-parallel GEMMs run on it}: the input projection on
+    rnnfast's packed GEMM, dx and dW on rnnfast.matmul's (no library GEMM runs in a layer call)."""
+    return {"rnnfast packed": "input projection", "rnnfast.matmul": "dx, dW"}
 
 
 def roofline(rates):

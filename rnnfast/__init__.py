@@ -1,6 +1,5 @@
 """rnnfast: fused C++ kernels for RNN, LSTM and GRU, forward and backpropagation through time,
 behind a torch.nn-like NumPy API. See README.md."""
-__version__ = "0.1.0"
 
 try:
     from . import _C  # noqa: F401 - the compiled kernels; everything below needs them
@@ -13,6 +12,7 @@ except ImportError as _e:  # say what happened, as NumPy does, instead of a "par
         "source folder shadows the installed package), start Python from another directory; otherwise install "
         f"the package (pip install .), which builds the extension. (The import error was: {_e})") from None
 
+from ._core.version import VERSION as __version__
 from .backend import current_backend, get_num_threads, isa, matmul, set_num_threads, use_backend
 from .cells import GRUCell, LSTMCell, RNNCell
 from .grad_mode import is_grad_enabled, no_grad

@@ -2,8 +2,10 @@
 minute) and print its test error against the naive last-value baseline.
 
     python -m rnnfast            the forecasting demo (``--epochs N``, ``--no-progress``)
-    python -m rnnfast info       version, build, SIMD ISA, threads, the GEMM chosen here, CUDA availability
-    python -m rnnfast bench      the CPU microbenchmark (bench/bench_cpu.py of a source checkout; needs torch)
+    python -m rnnfast info       version, build, SIMD ISA, threads, the choices the tuner made here, CUDA
+
+The microbenchmarks are tooling of the repository, not part of the package: ``python bench/bench_cpu.py`` (or
+``python -m bench.bench_cpu``) from a checkout.
 """
 from __future__ import annotations
 
@@ -45,15 +47,16 @@ def demo(epochs=60, progress=True, window=20, seed=0):
 
 def _cpu_budget():
     """Where the default thread count comes from: the affinity mask and the cgroup CPU quota."""
-    from rnnfast import _cpus
-    q = _cpus.quota_limit()
-    return (f"{_cpus.affinity_count()} CPUs in the affinity mask, cgroup CPU quota "
+    from rnnfast._core import cpus
+    q = cpus.quota_limit()
+    return (f"{cpus.affinity_count()} CPUs in the affinity mask, cgroup CPU quota "
             f"{'none' if q is None else f'{q:g} CPUs'}")
 
 
 def info():
     """Lines describing this build."""
     from rnnfast import backend
+    from rnnfast._core.ext import cuda_module
 
     try:
         import cupy  # noqa: F401
@@ -65,7 +68,7 @@ def info():
     except ImportError:
         cuda = "not available (CuPy is not installed; pip install 'rnnfast[cuda]')"
     try:
-        backend._cuda_module(False)
+        cuda_module(emulated=False)
         kernels = "compiled"
     except Exception:  # noqa: BLE001 - built without nvcc
         kernels = "not compiled in this build"
@@ -74,50 +77,8 @@ def info():
             f"CPU kernels: SIMD ISA {rnnfast.isa()}, {rnnfast.get_num_threads()} threads ({_cpu_budget()}); "
             f"bfloat16 inference "
             f"weights {'on AVX512_BF16' if backend.bf16_native() else 'emulated (no AVX512_BF16)'}",
-            *gemm_lines(backend.tuning(np.float32)),
+            *backend.tuning_lines(np.float32),
             f"CUDA kernels: {kernels}; CUDA: {cuda}"]
-
-
-def _rates(rates):
-    return ", ".join(f"{name} {rate:.0f}" for name, rate in rates.items())
-
-
-def gemm_lines(t):
-    """What the GEMM tuner chose for one dtype (backend.tuning()) and what it measured, as lines."""
-    how = t["source"] + (f", {t['tuning_ms']:.0f} ms" if "tuning_ms" in t else "")
-    cache = "" if t["source"].startswith("cache") else f"; cache: {t['cache'] or 'none'}"  # the source names it
-    lines = [f"GEMM ({t['dtype']}): variant {t['gemm']} for the time-parallel GEMMs, {t['step']} for the "
-             f"recurrences' per-step products ({how}{cache})"]
-    if t["gemm_gflops"]:
-        lines.append(f"  candidates, GFLOP/s on {t['problems']['gemm']} packed, {t['threads']} threads: "
-                     f"{_rates(t['gemm_gflops'])}")
-    if t["step_gflops"]:
-        lines.append(f"  per-step tile heights, GFLOP/s on {t['problems']['step']}, 1 thread: {_rates(t['step_gflops'])}")
-    lib = []
-    for op, what in (("project", "x W_ih^T"), ("matmul", "dx"), ("addmm", "dW")):
-        r = t["library_gflops"].get(op)
-        rates = f" (rnnfast {r['rnnfast']:.0f}, numpy.matmul {r['numpy']:.0f} GFLOP/s)" if r else ""
-        lib.append(f"{op} [{what}] on {t['library'][op]}{rates}")
-    lines.append(f"  layers' GEMMs ({t['problems']['library']} tokens x gate rows x inputs): " + "; ".join(lib) + (f" ({t['library_note']})" if t.get("library_note") else ""))
-    rt = t.get("round_trip_ns")
-    lines.append(f"Recurrences: a second thread only where a step has {t['crossing_macs']} multiply-adds per thread "
-                 + (f"(core round trip measured at {rt:.0f} ns)" if rt else "(default; round trip not measured)"))
-    return lines
-
-
-def bench(argv):
-    """Runs bench/bench_cpu.py's main from the source checkout this package was built from, if there is one."""
-    here = os.path.abspath(os.getcwd())
-    if not os.path.isfile(os.path.join(here, "bench", "bench_cpu.py")):
-        print("python -m rnnfast bench runs the microbenchmark of a source checkout: run it from the repository "
-              "root (where bench/bench_cpu.py is), with torch installed (pip install torch==2.13.0).",
-              file=sys.stderr)
-        return 2
-    sys.path.insert(0, here)
-    from bench import bench_cpu
-
-    result = bench_cpu.main(bench_cpu.parse_args(argv))
-    return result if isinstance(result, int) else 0
 
 
 def main(argv=None):
@@ -126,9 +87,12 @@ def main(argv=None):
         print("\n".join(info()))
         return 0
     if argv and argv[0] == "bench":
-        return bench(argv[1:])
+        print("The microbenchmark is tooling of the repository, not part of the package: from a checkout of "
+              "rnnfast, run python bench/bench_cpu.py (torch and the engines: pip install torch==2.13.0 "
+              "'.[bench]').", file=sys.stderr)
+        return 2
     p = argparse.ArgumentParser(prog="python -m rnnfast", description=__doc__.split("\n\n")[0],
-                                epilog="subcommands: info, bench")
+                                epilog="subcommand: info")
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)

@@ -5,7 +5,7 @@ writes.
     h = cell(x_t, h)                           h, c = lstm_cell(x_t, (h, c))
     dx_t, dh_prev = cell.backward(dh)          dx_t, (dh_prev, dc_prev) = lstm_cell.backward((dh, dc))
 
-A call is one fused step of the layer kernels (``functional.layer_forward`` with T=1). In training mode each
+A call is one fused step of the layer kernels (``_core.functional.layer_forward`` with T=1). In training mode each
 call pushes what its backward needs onto a record (a stack); ``backward`` differentiates the most recent
 recorded step, pops it and adds the parameter gradients into ``.grad``. So T calls followed by T backward
 calls in reverse order, each fed dh_prev of the step after it plus the loss gradient of its own output, is
@@ -21,7 +21,7 @@ exact BPTT:
 The record grows by one step per training-mode call until backward pops it: sampling loops should run the
 cell in eval() mode or inside ``rnnfast.no_grad()``; past RECORD_WARN_BYTES a cell warns once.
 
-This module validates and reshapes; the data flow is in functional.py and the math in the kernels.
+This module validates and reshapes; the data flow is in rnnfast/_core/functional.py and the math in the kernels.
 """
 from __future__ import annotations
 
@@ -30,9 +30,10 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
-from . import _checks, backend, functional
+from ._core import checks as _checks, dispatch, functional
+from ._core.arrays import namespace
+from ._core.pickling import DropsCachesWhenPickled
 from .grad_mode import is_grad_enabled
-from ._pickling import DropsCachesWhenPickled
 from .module import Module, Parameter
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "RECORD_WARN_BYTES"]
@@ -87,7 +88,7 @@ class _CellBase(DropsCachesWhenPickled, Module):
     """Pickling and copy.deepcopy (at any time) keep the parameters, their gradients and the arguments;
     the packed weights and the recorded steps are dropped."""
 
-    _CACHES = ("_packed_ih", "_packed_hh", "_record", "_record_bytes", "_warned")
+    _CACHES = ("_packed", "_record", "_record_bytes", "_warned")
     _cell: str  # "rnn_tanh", "rnn_relu", "lstm", "gru"
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, bias: bool = True, dtype: DType = np.float32,
@@ -99,7 +100,7 @@ class _CellBase(DropsCachesWhenPickled, Module):
         self.dtype = _checks.check_dtype(dtype)
         rng = _checks.check_seed(seed)
         self._cell = cell
-        G = functional.GATES[cell]
+        G = functional.gates(cell)
         H, I = self.hidden_size, self.input_size
         _checks.check_parameter_memory(type(self).__name__, G * H * (I + H + 2), self.dtype,
                                        f"input_size={I}, hidden_size={H}")
@@ -118,8 +119,7 @@ class _CellBase(DropsCachesWhenPickled, Module):
         """Forgets the packed weights and every recorded step (called by ``to()``, and for pickling: the packed
         weights are the kernels' objects and cannot be pickled)."""
         # W_ih and W_hh packed for the kernels, revalidated against the live weights at each call.
-        self.__dict__["_packed_ih"] = None
-        self.__dict__["_packed_hh"] = None
+        self.__dict__["_packed"] = {}
         self.__dict__["_record"] = []  # the recorded training steps, most recent last
         self.__dict__["_record_bytes"] = 0
         self.__dict__["_warned"] = False
@@ -173,7 +173,7 @@ class _CellBase(DropsCachesWhenPickled, Module):
         """A state argument, (B, H) or (H,) unbatched, as our own C-contiguous (B, H) copy; None = zeros on the
         side (NumPy or CuPy) of `like`, the input."""
         if value is None:
-            return functional._xp(like).zeros((B, self.hidden_size), dtype=self.dtype)
+            return namespace(like).zeros((B, self.hidden_size), dtype=self.dtype)
         value = self._check_array(value, name)
         want = self._want(B, batched)
         if value.shape != want:
@@ -212,21 +212,17 @@ class _CellBase(DropsCachesWhenPickled, Module):
         c0 = self._check_state(c, "c", B, batched, x) if lstm else None
         training = self.training and is_grad_enabled()
         if B == 0 or self.hidden_size == 0:  # nothing for the kernels to run: empty or zero-width states
-            h_n = functional._xp(x).zeros((B, self.hidden_size), dtype=self.dtype)
+            h_n = namespace(x).zeros((B, self.hidden_size), dtype=self.dtype)
             if training:
                 self._push(_Step(None, B, batched))
             return self._state_out(h_n, batched), self._state_out(h_n.copy() if lstm else None, batched)
         # The record must hold the input of this step, not the caller's array (which the caller may reuse).
         x = x.copy(order="C") if training or not x.flags.c_contiguous else x
-        p = self._params
-        w_ih, w_hh = p["weight_ih"].data, p["weight_hh"].data
-        b_ih = p["bias_ih"].data if self.bias else None
-        b_hh = p["bias_hh"].data if self.bias else None
-        if backend.device_kernels(x, h0, c0, w_ih, w_hh, b_ih, b_hh) is None:  # the CPU kernels run packed W
-            self._packed_ih = functional.packed_weights(w_ih, 0, self._packed_ih)
-            self._packed_hh = functional.packed_weights(w_hh, functional.GATES[self._cell], self._packed_hh)
-        _, h_n, c_n, saved = functional.layer_forward(self._cell, x, h0, c0, w_ih, b_ih, b_hh, self._packed_ih,
-                                                      self._packed_hh, training, w_hh=w_hh)
+        data = {name: p.data for name, p in self._params.items()}
+        grads = {name: p.grad for name, p in self._params.items()}
+        kernels = dispatch.kernels_for(x, h0, c0, *data.values())
+        [[lw]] = dispatch.stack_weights(kernels, self._cell, data, grads, [[""]], self._packed)
+        _, h_n, c_n, saved = functional.layer_forward(kernels, self._cell, x, h0, c0, lw, training)
         if training:
             self._push(_Step(saved, B, batched))
             h_n, c_n = _private(h_n, saved), _private(c_n, saved)
@@ -251,7 +247,7 @@ class _CellBase(DropsCachesWhenPickled, Module):
         p = self._params
         grads = {"w_ih": p["weight_ih"].grad, "w_hh": p["weight_hh"].grad,
                  "b_ih": p["bias_ih"].grad if self.bias else None,
-                 "b_hh": p["bias_hh"].grad if self.bias else None}
+                 "b_hh": p["bias_hh"].grad if self.bias else None, "w_hr": None}
         dx, dh0, dc0 = functional.layer_backward(step.saved, None, dh, dc, grads)
         dx = dx.reshape(step.B, self.input_size)  # dx comes as (1, B, I) or as tokens (B, I)
         dx = dx if step.batched else dx[0]

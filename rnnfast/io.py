@@ -46,14 +46,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .functional import GATES
+from ._core.functional import gates
 from .layers import GRU, LSTM, RNN
 from .serialization import FORMAT_NAME, FORMAT_VERSION, METADATA_KEY, load, save  # noqa: F401 - re-exported
 
 __all__ = ["from_keras", "to_keras", "save", "load", "METADATA_KEY", "FORMAT_NAME", "FORMAT_VERSION"]
 
-# Gates per Keras layer kind, as the kernels define them (csrc/common/cells.h through functional.GATES).
-_KINDS = {"rnn": GATES["rnn_tanh"], "lstm": GATES["lstm"], "gru": GATES["gru"]}
+# Gates per Keras layer kind, as the kernels define them (csrc/common/cells.h, through _core.functional.gates).
+_KINDS = {"rnn": gates("rnn_tanh"), "lstm": gates("lstm"), "gru": gates("gru")}
 
 
 # =========================================================================================== helpers

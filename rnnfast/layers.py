@@ -4,7 +4,7 @@ NumPy arrays in and out, and an explicit ``backward`` for BPTT.
     y, h_n = gru(x, h0=None)              y, (h_n, c_n) = lstm(x, (h0, c0))
     dx, dh0 = gru.backward(dy, dh_n)      dx, (dh0, dc0) = lstm.backward(dy, (dh_n, dc_n))
 
-This module validates and reshapes; the data flow is in functional.py and the math in the kernels.
+This module validates and reshapes; the data flow is in rnnfast/_core/functional.py and the math in the kernels.
 """
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
-from . import _checks, backend, functional
+from ._core import checks as _checks, dispatch, functional
+from ._core.arrays import namespace
+from ._core.pickling import DropsCachesWhenPickled
 from .grad_mode import is_grad_enabled
-from ._pickling import DropsCachesWhenPickled
 from .module import Module, Parameter
 
 __all__ = ["RNN", "LSTM", "GRU"]
@@ -73,7 +74,7 @@ class _RNNBase(DropsCachesWhenPickled, Module):
         # One generator for the initial weights and, later, the dropout masks: a seed reproduces both.
         self._rng = _checks.check_seed(seed)
         self._cell = cell
-        G = functional.GATES[cell]
+        G = functional.gates(cell)
         H = self.hidden_size
         D = 2 if self.bidirectional else 1
         S = self._state_size
@@ -88,7 +89,7 @@ class _RNNBase(DropsCachesWhenPickled, Module):
         for layer in range(self.num_layers):
             in_size = self.input_size if layer == 0 else D * S
             for d in range(D):
-                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                sfx = dispatch.suffix(layer, d)
                 shapes = [("weight_ih" + sfx, (G * H, in_size)), ("weight_hh" + sfx, (G * H, S))]
                 if self.bias:
                     shapes += [("bias_ih" + sfx, (G * H,)), ("bias_hh" + sfx, (G * H,))]
@@ -120,6 +121,11 @@ class _RNNBase(DropsCachesWhenPickled, Module):
     @property
     def _directions(self):
         return 2 if self.bidirectional else 1
+
+    @property
+    def _has_c(self):
+        """Whether the cell carries c beside h (the LSTM)."""
+        return functional.has_cell_state(self._cell)
 
     @property
     def _state_size(self):
@@ -168,37 +174,14 @@ class _RNNBase(DropsCachesWhenPickled, Module):
         self.__dict__["_inference_weights"] = dtype
         return self
 
-    def _layer_weights(self, pack=True, bfloat16=False):
-        """[layer][direction] -> functional.LayerWeights over the live parameters (packing refreshed, for the
-        CPU kernels; the CUDA kernels read the weights as they are). bfloat16: W_hh packed as bf16 (for an
-        inference forward), cached apart from its float32 packing, which training forwards keep using."""
-        G = functional.GATES[self._cell]
-        out = []
-        for layer in range(self.num_layers):
-            dirs = []
-            for d in range(self._directions):
-                sfx = f"_l{layer}" + ("_reverse" if d else "")
-                p = {n: self._params.get(n + sfx)
-                     for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")}
-                ih = hh = hr = None
-                if pack:
-                    ih = functional.packed_weights(p["weight_ih"].data, 0, self._packed.get("ih" + sfx))
-                    key = ("hh_bf16" if bfloat16 else "hh") + sfx
-                    hh = functional.packed_weights(p["weight_hh"].data, G, self._packed.get(key), bfloat16)
-                    self._packed["ih" + sfx], self._packed[key] = ih, hh
-                if pack and p["weight_hr"] is not None:
-                    hr = functional.packed_weights(p["weight_hr"].data, 1, self._packed.get("hr" + sfx))
-                    self._packed["hr" + sfx] = hr
-                bias = self.bias
-                dirs.append(functional.LayerWeights(
-                    p["weight_ih"].data, p["weight_hh"].data,
-                    p["bias_ih"].data if bias else None, p["bias_hh"].data if bias else None,
-                    {"w_ih": p["weight_ih"].grad, "w_hh": p["weight_hh"].grad,
-                     "b_ih": p["bias_ih"].grad if bias else None, "b_hh": p["bias_hh"].grad if bias else None,
-                     "w_hr": p["weight_hr"].grad if p["weight_hr"] is not None else None},
-                    ih, hh, hr, p["weight_hr"].data if p["weight_hr"] is not None else None))
-            out.append(dirs)
-        return out
+    def _layer_weights(self, kernels, bfloat16=False):
+        """[layer][direction] -> LayerWeights over the live parameters, as `kernels` take them (packed and cached
+        in self._packed for the CPU). bfloat16: W_hh packed as bf16 for an inference forward, cached apart from
+        its float32 packing, which training forwards keep using."""
+        suffixes = [[dispatch.suffix(layer, d) for d in range(self._directions)] for layer in range(self.num_layers)]
+        data = {name: p.data for name, p in self._params.items()}
+        grads = {name: p.grad for name, p in self._params.items()}
+        return dispatch.stack_weights(kernels, self._cell, data, grads, suffixes, self._packed, bfloat16)
 
     # -------------------------------------------------------------------------------- checks
     def _check_array(self, value, name):
@@ -219,23 +202,6 @@ class _RNNBase(DropsCachesWhenPickled, Module):
         if x.shape[0] < 1:  # torch raises too (RuntimeError there); an empty batch (B=0) is fine
             raise ValueError(f"x: Expected sequence length to be larger than 0 in RNN, got shape {x.shape}")
         return x, batched
-
-    def _check_lengths(self, lengths, T, B):
-        """lengths as an int64 array of B values in [1, T], or None (every sequence T long)."""
-        if lengths is None:
-            return None
-        if hasattr(lengths, "detach") and hasattr(lengths, "cpu"):  # a torch tensor
-            lengths = lengths.detach().cpu().numpy()
-        elif backend.is_cupy_array(lengths):  # the step table is host data: one small copy
-            lengths = lengths.get()
-        arr = np.asarray(lengths)
-        if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
-            raise TypeError(f"lengths: expected integers, got dtype {arr.dtype}")
-        if arr.shape != (B,):
-            raise ValueError(f"lengths: expected one length per batch element, shape ({B},), got {arr.shape}")
-        if B and (arr.min() < 1 or arr.max() > T):
-            raise ValueError(f"lengths: every length must be in [1, {T}] (T), got min {arr.min()} and max {arr.max()}")
-        return arr.astype(np.int64)
 
     def _state_shape(self, B, batched, size):
         LD = self.num_layers * self._directions
@@ -265,15 +231,12 @@ class _RNNBase(DropsCachesWhenPickled, Module):
     def _forward(self, x, h0, c0, lengths):
         x_tm, batched = self._check_input(x)
         T, B, _ = x_tm.shape
-        lengths = self._check_lengths(lengths, T, B)
+        lengths = _checks.check_lengths(lengths, T, B)
         h0 = self._check_state(h0, "h0", B, batched, self._state_size)
-        c0 = self._check_state(c0, "c0", B, batched, self.hidden_size) if self._cell == "lstm" else None
-        device = backend.device_kernels(x_tm, h0, c0, *(p.data for p in self._params.values()))
+        c0 = self._check_state(c0, "c0", B, batched, self.hidden_size) if self._has_c else None
+        kernels = dispatch.kernels_for(x_tm, h0, c0, *(p.data for p in self._params.values()))
         record = self.training and is_grad_enabled()
         bfloat16 = not record and self.inference_weights == "bfloat16"
-        if bfloat16 and device is not None:
-            raise RuntimeError(f"{type(self).__name__}: bfloat16 inference weights are a mode of the CPU kernels; "
-                               "this layer runs on CUDA (set_inference_weights('float32') to run it there)")
         # This call replaces the record of the previous one (torch: each forward builds its own graph, and a
         # backward differentiates the forward whose outputs it is given, which here is the latest call).
         self._saved = self._layout = None
@@ -285,9 +248,12 @@ class _RNNBase(DropsCachesWhenPickled, Module):
             plan = functional.Plan(T, B, lengths)
             if record and plan.dense:
                 x_tm = x_tm.copy(order="C")  # backward must see the input of this forward
-            weights = self._layer_weights(pack=device is None, bfloat16=bfloat16)
+            try:
+                weights = self._layer_weights(kernels, bfloat16)
+            except RuntimeError as e:  # the kernels refuse the bf16 inference weights (CUDA)
+                raise RuntimeError(f"{type(self).__name__}: {e}") from None
             # Training mode inside no_grad still drops out (as torch); what the kernels keep is then let go.
-            y, h_n, c_n, saved = functional.stack_forward(self._cell, x_tm, h0, c0, weights, plan,
+            y, h_n, c_n, saved = functional.stack_forward(kernels, self._cell, x_tm, h0, c0, weights, plan,
                                                           self._directions, self.training, self.dropout, self._rng)
             saved = (saved, weights)
         if record:
@@ -300,11 +266,11 @@ class _RNNBase(DropsCachesWhenPickled, Module):
 
     def _empty_batch_outputs(self, x_tm, T):
         """y (T, 0, D*S), h_n (L*D, 0, S) and c_n (L*D, 0, H) or None, on the input's side (NumPy/CuPy)."""
-        xpm = functional._xp(x_tm)
+        xpm = namespace(x_tm)
         LD = self.num_layers * self._directions
         y = xpm.zeros((T, 0, self._directions * self._state_size), dtype=self.dtype)
         h_n = xpm.zeros((LD, 0, self._state_size), dtype=self.dtype)
-        c_n = xpm.zeros((LD, 0, self.hidden_size), dtype=self.dtype) if self._cell == "lstm" else None
+        c_n = xpm.zeros((LD, 0, self.hidden_size), dtype=self.dtype) if self._has_c else None
         return y, h_n, c_n
 
     def _to_user(self, a, batched):
@@ -336,7 +302,7 @@ class _RNNBase(DropsCachesWhenPickled, Module):
         dy = self._check_grad_out(dy, "dy", y_shape)
         dh_n = self._check_grad_out(dh_n, "dh_n", self._state_shape(B, batched, S))
         dc_n = (self._check_grad_out(dc_n, "dc_n", self._state_shape(B, batched, H))
-                if self._cell == "lstm" else None)
+                if self._has_c else None)
         dy = None if dy is None else self._from_user(dy, batched)
         LD = self.num_layers * self._directions
         dh_n = None if dh_n is None else np.ascontiguousarray(dh_n.reshape(LD, B, S))
@@ -347,7 +313,7 @@ class _RNNBase(DropsCachesWhenPickled, Module):
         if record is _EMPTY_BATCH:
             dx = np.zeros((T, 0, self.input_size), dtype=self.dtype)
             dh0 = np.zeros((LD, 0, S), dtype=self.dtype)
-            dc0 = np.zeros((LD, 0, H), dtype=self.dtype) if self._cell == "lstm" else None
+            dc0 = np.zeros((LD, 0, H), dtype=self.dtype) if self._has_c else None
         else:
             saved, weights = record
             dx, dh0, dc0 = functional.stack_backward(saved, weights, dy, dh_n, dc_n)

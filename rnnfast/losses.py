@@ -8,7 +8,7 @@ import numbers
 
 import numpy as np
 
-from .functional import _xp
+from ._core.arrays import namespace as _xp
 
 __all__ = ["mse", "cross_entropy", "bce_with_logits"]
 

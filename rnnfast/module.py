@@ -226,9 +226,8 @@ class Module:
     def _drop_caches(self) -> None:
         """Forgets whatever this module keeps derived from its parameters or from the last forward (packed
         weights, saved activations), e.g. when ``to()`` moves it. Subclasses with other caches override it."""
-        for cache in ("_packed", "_packed_ih", "_packed_hh"):
-            if cache in self.__dict__:
-                self.__dict__[cache] = {} if isinstance(self.__dict__[cache], dict) else None
+        if "_packed" in self.__dict__:
+            self.__dict__["_packed"] = {}
         self.__dict__["_saved"] = None
 
     def to(self, device: str):

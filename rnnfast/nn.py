@@ -16,8 +16,8 @@ import numbers
 
 import numpy as np
 
-from .functional import _xp
-from ._checks import check_dtype as _check_dtype, check_seed as _rng, check_size as _check_size
+from ._core.arrays import namespace as _xp
+from ._core.checks import check_dtype as _check_dtype, check_seed as _rng, check_size as _check_size
 from .module import Module, Parameter, check_array
 
 __all__ = ["Linear", "Embedding", "Dropout", "Conv1d", "Sequential", "Tanh", "ReLU", "Sigmoid", "LeakyReLU",

@@ -55,7 +55,8 @@ import time
 
 import numpy as np
 
-from .functional import GATES
+from ._core.functional import gates
+from ._core.version import VERSION
 from .layers import GRU, INFERENCE_WEIGHTS, LSTM, RNN
 from .module import Module
 
@@ -71,7 +72,7 @@ FORMAT_NAME = "rnnfast"
 FORMAT_VERSION = 1
 
 _CLASSES = {"RNN": RNN, "LSTM": LSTM, "GRU": GRU}
-_GATES = {"RNN": GATES["rnn_tanh"], "LSTM": GATES["lstm"], "GRU": GATES["gru"]}  # from csrc/common/cells.h
+_GATES = {"RNN": gates("rnn_tanh"), "LSTM": gates("lstm"), "GRU": gates("gru")}  # from csrc/common/cells.h
 # An integer constructor argument may exceed the number of values the file holds by at most this much
 # (small counts such as a kernel size or a maximum length need no weights).
 _INT_SLACK = 1024
@@ -256,9 +257,8 @@ def save(module, path):
     arrays = module.state_dict()  # copies, in parameter order
     if METADATA_KEY in arrays:  # pragma: no cover - parameter names never look like this
         raise ValueError(f"module: a parameter is named {METADATA_KEY!r}, which the file format reserves")
-    from . import __version__
 
-    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **described, "rnnfast_version": __version__}
+    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **described, "rnnfast_version": VERSION}
     arrays[METADATA_KEY] = np.array(json.dumps(meta, sort_keys=True))
 
     write_npz_atomically(path, arrays)

@@ -23,14 +23,13 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from . import backend, functional
-from ._checks import check_size as _check_size
+from ._core import dispatch, functional
+from ._core.checks import check_lengths as _check_lengths, check_size as _check_size
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "from_torch", "to_torch", "SAFE_GLOBALS"]
 
 _KERNEL_DTYPES = (torch.float32, torch.float64)
-_PARAM_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
-_GRAD_KEYS = {"weight_ih": "w_ih", "weight_hh": "w_hh", "bias_ih": "b_ih", "bias_hh": "b_hh", "weight_hr": "w_hr"}
+_PARAM_KINDS = tuple(dispatch.KINDS)  # weight_ih, weight_hh, bias_ih, bias_hh, weight_hr
 
 
 def _check_dropout(dropout) -> float:
@@ -94,42 +93,21 @@ class _Call:
         self.cell = module._cell
         self.directions = module._num_directions
         self.groups = module._groups  # [layer][direction] -> parameter names, in the order of `names`
+        self.suffixes = module._suffixes  # [layer][direction] -> the parameter-name suffix
         self.names = names
         self.cache = module._packed
         self.plan, self.dropout, self.rng = plan, dropout, rng
         self.saved = self.weights = None
 
-    def layer_weights(self, arrays, pack):
-        """[layer][direction] -> functional.LayerWeights over the parameter arrays (in `names` order)."""
-        by_name = dict(zip(self.names, arrays))
-        G = functional.GATES[self.cell]
-        out = []
-        for layer in self.groups:
-            dirs = []
-            for group in layer:
-                p = {kind: by_name.get(name) for kind, name in zip(_PARAM_KINDS, group)}
-                packed = {}
-                if pack:  # the CPU kernels run packed weights; the cache repacks only what changed
-                    for kind, gates, name in (("weight_ih", 0, group[0]), ("weight_hh", G, group[1]),
-                                              ("weight_hr", 1, group[4])):
-                        if p[kind] is not None:
-                            packed[kind] = self.cache[name] = functional.packed_weights(
-                                p[kind], gates, self.cache.get(name))
-                dirs.append(functional.LayerWeights(
-                    p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"], {},
-                    packed.get("weight_ih"), packed.get("weight_hh"), packed.get("weight_hr"), p["weight_hr"]))
-            out.append(dirs)
-        return out
-
     def forward(self, x, h0, c0, params, keep):
         """Runs the stack; returns (y, h_n, c_n) tensors and keeps what backward needs when `keep`."""
         with _kernel_context(x.device):
-            arrays = [_to_kernel(p) for p in params]
-            # Packed weights serve the CPU kernels only (not CuPy arrays, nor use_backend("cuda_emu")).
-            weights = self.layer_weights(arrays, pack=not x.is_cuda and backend.current_backend() == "cpu")
-            y, h_n, c_n, saved = functional.stack_forward(self.cell, _to_kernel(x), _to_kernel(h0), _to_kernel(c0),
-                                                          weights, self.plan, self.directions, keep, self.dropout,
-                                                          self.rng)
+            arrays = dict(zip(self.names, (_to_kernel(p) for p in params)))
+            x_, h0_, c0_ = _to_kernel(x), _to_kernel(h0), _to_kernel(c0)
+            kernels = dispatch.kernels_for(x_, h0_, c0_, *arrays.values())
+            weights = dispatch.stack_weights(kernels, self.cell, arrays, {}, self.suffixes, self.cache)
+            y, h_n, c_n, saved = functional.stack_forward(kernels, self.cell, x_, h0_, c0_, weights, self.plan,
+                                                          self.directions, keep, self.dropout, self.rng)
             out = _from_kernel(y), _from_kernel(h_n), _from_kernel(c_n)
         if keep:
             self.saved, self.weights = saved, weights
@@ -145,8 +123,8 @@ class _Call:
                 for lw, group in zip(layer, groups):
                     g = {}
                     for kind, name in zip(_PARAM_KINDS, group):
-                        w = getattr(lw, _GRAD_KEYS[kind])
-                        g[_GRAD_KEYS[kind]] = grads[name] = None if w is None else _zeros_like(w)
+                        w = getattr(lw, dispatch.KINDS[kind])
+                        g[dispatch.KINDS[kind]] = grads[name] = None if w is None else _zeros_like(w)
                     dirs.append(replace(lw, grads=g))
                 weights.append(dirs)
             dx, dh0, dc0 = functional.stack_backward(self.saved, weights, _to_kernel(dy), _to_kernel(dh_n),
@@ -208,7 +186,7 @@ class _Recurrent(nn.Module):
         _check_kernel_dtype(dtype, "dtype")
         for name, shape in shapes:
             self.register_parameter(name, nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
-        self._packed = {}  # parameter name -> functional.packed_weights cache for the CPU kernels
+        self._packed = {}  # the CPU kernels' packed weights (dispatch.stack_weights), rebuilt when a weight changes
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -283,16 +261,16 @@ class _RNNBase(_Recurrent):
         self.batch_first = bool(batch_first)
         self.dropout = float(dropout)
         self.bidirectional = bool(bidirectional)
-        G, H = functional.GATES[cell], self.hidden_size
+        G, H = functional.gates(cell), self.hidden_size
         S = self.proj_size or H
         D = self._num_directions
         shapes, self._groups = [], []
+        self._suffixes = [[dispatch.suffix(layer, d) for d in range(D)] for layer in range(self.num_layers)]
         for layer in range(self.num_layers):
             in_size = self.input_size if layer == 0 else D * S
             dirs = []
             for d in range(D):
-                sfx = f"_l{layer}" + ("_reverse" if d else "")
-                group = [k + sfx for k in _PARAM_KINDS]
+                group = [k + self._suffixes[layer][d] for k in _PARAM_KINDS]
                 shapes += [(group[0], (G * H, in_size)), (group[1], (G * H, S))]
                 if self.bias:
                     shapes += [(group[2], (G * H,)), (group[3], (G * H,))]
@@ -398,22 +376,6 @@ class _RNNBase(_Recurrent):
         return s
 
 
-def _check_lengths(lengths, T, B):
-    """lengths (a tensor or anything NumPy takes) as an int64 array of B values in [1, T], or None."""
-    if lengths is None:
-        return None
-    if isinstance(lengths, torch.Tensor):
-        lengths = lengths.detach().cpu().numpy()
-    arr = np.asarray(lengths)
-    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"lengths: expected integers, got dtype {arr.dtype}")
-    if arr.shape != (B,):
-        raise ValueError(f"lengths: expected one length per batch element, shape ({B},), got {arr.shape}")
-    if arr.min() < 1 or arr.max() > T:
-        raise ValueError(f"lengths: every length must be in [1, {T}] (T), got min {arr.min()} and max {arr.max()}")
-    return arr.astype(np.int64)
-
-
 def _packed_index(packed):
     """(step, batch row) of every token of a PackedSequence, in its order: output[t_idx, b_idx] packs a padded
     (T, B, F) output exactly as the input was packed."""
@@ -488,8 +450,9 @@ class _CellBase(_Recurrent):
         self.input_size = _check_size("input_size", input_size)
         self.hidden_size = _check_size("hidden_size", hidden_size)
         self.bias = bool(bias)
-        G, H = functional.GATES[cell], self.hidden_size
+        G, H = functional.gates(cell), self.hidden_size
         self._groups = [[list(_PARAM_KINDS)]]
+        self._suffixes = [[""]]
         shapes = [("weight_ih", (G * H, self.input_size)), ("weight_hh", (G * H, H))]
         if self.bias:
             shapes += [("bias_ih", (G * H,)), ("bias_hh", (G * H,))]

@@ -28,7 +28,7 @@ the NumPy reference (or torch), and ``assert_close`` fails on any NaN or inf in 
 element that was never written holds garbage (often 0 or NaN from ``np.empty``), which shows up as
 a mismatch with the reference given random, non-degenerate inputs.
 
-Where the package offers the private switch ``rnnfast.functional.poison_outputs`` (allocate every
+Where the package offers the private switch ``rnnfast._core.arrays.poison_outputs`` (allocate every
 kernel output and workspace filled with NaN instead of ``np.empty``), the fixture
 ``poison_outputs`` turns it on for the duration of a test (the layer test modules use it for every
 test), so that an unwritten element is NaN for certain; without the switch it does nothing.
@@ -278,11 +278,11 @@ def num_threads(request):
 
 @pytest.fixture
 def poison_outputs(monkeypatch):
-    """Fill every kernel output with NaN before the kernel runs (rnnfast.functional.poison_outputs),
+    """Fill every kernel output with NaN before the kernel runs (rnnfast._core.arrays.poison_outputs),
     so that an element a kernel forgets to write fails the comparison."""
-    from rnnfast import functional
+    from rnnfast._core import arrays
 
-    monkeypatch.setattr(functional, "poison_outputs", True)
+    monkeypatch.setattr(arrays, "poison_outputs", True)
     return True
 
 

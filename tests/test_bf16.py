@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import rnnfast
-from rnnfast import _C, functional
+from rnnfast import _C
 
 from bf16_reference import bf16, check
 

@@ -143,11 +143,11 @@ def test_drop_caches_default_clears_packed_weights_and_saved_forward():
     class Cached(Module):
         def __init__(self):
             super().__init__()
-            self._packed, self._packed_ih, self._saved = {"ih": 1}, object(), object()
+            self._packed, self._saved = {"ih": 1}, object()
 
     m = Cached()
     m._drop_caches()
-    assert m._packed == {} and m._packed_ih is None and m._saved is None
+    assert m._packed == {} and m._saved is None
 
 
 @pytest.mark.parametrize("bad", [np.zeros((4, 5), "timedelta64[s]"), np.zeros((4, 5), "datetime64[s]"),

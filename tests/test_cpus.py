@@ -1,11 +1,11 @@
-"""The default thread count (rnnfast/_cpus.py): the affinity mask capped by the cgroup CPU quota, read from
+"""The default thread count (rnnfast/_core/cpus.py): the affinity mask capped by the cgroup CPU quota, read from
 fake cgroup trees (v1 and v2, inside and outside a cgroup namespace)."""
 import os
 
 import pytest
 
 import rnnfast
-from rnnfast import _cpus
+from rnnfast._core import cpus as _cpus
 
 
 def _tree(tmp_path, proc_text, files):
@@ -63,8 +63,8 @@ def test_the_default_thread_count_is_the_affinity_capped_by_the_quota_rounded_up
 
 
 def test_set_num_threads_is_capped_at_the_quota(monkeypatch):
-    from rnnfast import backend
-    before = backend._num_threads, backend._exact
+    from rnnfast._core import threads
+    before = dict(threads._state)
     monkeypatch.setattr(_cpus, "affinity_count", lambda: 64)
     monkeypatch.setattr(_cpus, "quota_limit", lambda: 1.0)
     try:
@@ -73,7 +73,7 @@ def test_set_num_threads_is_capped_at_the_quota(monkeypatch):
         rnnfast.set_num_threads(16, exact=True)  # exact is the caller's word: not capped
         assert rnnfast.get_num_threads() == 16
     finally:
-        backend._num_threads, backend._exact = before  # set_num_threads would cap it by the patched quota
+        threads._state.update(before)  # set_num_threads would cap it by the patched quota
 
 
 def test_this_machine_default_matches_its_affinity_and_quota():

@@ -455,24 +455,23 @@ def test_training_workspace_is_reused_only_after_its_record_is_consumed():
 
 
 # A record kept alive by a reference cycle dies when the garbage collector runs, which can be at any allocation,
-# also inside _workspace on the same thread; its finalizer hands the workspace back (_recycle). When a lock guarded
+# also inside workspace() on the same thread; its finalizer hands the workspace back (recycle()). When a lock guarded
 # the free list, that re-entry deadlocked a CI run. Here a gc callback plays the finalizer at every collection
-# while _workspace runs with the collector at its most eager; a subprocess, so that a deadlock is a timeout.
+# while workspace() runs with the collector at its most eager; a subprocess, so that a deadlock is a timeout.
 GC_REENTRY = r"""
 import gc, numpy as np
-from rnnfast import functional
-kernels = functional.kernels_for(np.zeros(1, np.float32))
+from rnnfast._core import arrays
 fired = []
 def finalizer_at_collection(phase, info):
     if phase == "start" and len(fired) < 200:
         fired.append(1)
-        functional._recycle(np.empty((7, 3), np.float32))
+        arrays.recycle(np.empty((7, 3), np.float32))
 gc.callbacks.append(finalizer_at_collection)
 gc.set_threshold(1, 1, 1)
-taken = sum(functional._workspace(kernels, (7, 3), np.dtype(np.float32)).shape == (7, 3) for _ in range(300))
+taken = sum(arrays.workspace((7, 3), np.dtype(np.float32)).shape == (7, 3) for _ in range(300))
 gc.callbacks.remove(finalizer_at_collection)
 gc.set_threshold(700, 10, 10)
-print(len(fired), taken, len(functional._ws_free))
+print(len(fired), taken, len(arrays._ws_free))
 """
 
 
@@ -489,10 +488,10 @@ def test_kernel_buffers_start_on_a_cache_line():
     """The CPU kernels load and store 64-byte vectors; NumPy's large arrays start 16 bytes past a page, where
     every such vector straddles two cache lines (the LSTM backward's walk ran 1.7x slower). Every buffer of
     64 KB or more the package allocates for them starts on a line; shapes and dtypes are np.empty's."""
-    from rnnfast import functional
+    from rnnfast._core import arrays
     for shape, dtype in (((0,), np.float32), ((3, 0, 2), np.float64), ((1,), np.float32), ((6400, 256), np.float32),
                          ((7, 5, 3), np.float64)):
-        a = functional._aligned_empty(shape, dtype)
+        a = arrays.aligned_empty(shape, dtype)
         assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
         if a.nbytes >= 1 << 16:  # below, the alignment costs more than it saves (a batch-1 call's overhead)
             assert a.ctypes.data % 64 == 0, (shape, a.ctypes.data % 64)
@@ -503,5 +502,5 @@ def test_kernel_buffers_start_on_a_cache_line():
         assert arr.ctypes.data % 64 == 0, name
     dx = layer.backward(np.ones_like(y))[0]
     assert dx.ctypes.data % 64 == 0
-    for key, arr in functional._scratch_local.pool.items():
+    for key, arr in arrays._scratch_local.pool.items():
         assert arr.nbytes < 1 << 16 or arr.ctypes.data % 64 == 0, key

@@ -3,6 +3,11 @@
 // This is the only place where a cell's gate count, its workspace layout and its equations exist in C++
 // (Python reads the first two through rnnfast._C.cell_info()). Each cell is a traits type:
 //   kName, kGates      torch's name and the number of gates (row blocks of W_ih and W_hh)
+//   kCellState         whether the cell carries a state c beside h (the LSTM)
+//   kRecurrentGrads    whether the gate gradients on the recurrent side differ from the input side's (the GRU,
+//                      whose candidate multiplies W_hn h by r): backward then writes them apart (dhg)
+//   kResetBeforeProduct whether the candidate's W_hh rows read r*h_{t-1} instead of h_{t-1} (the original GRU):
+//                      its W_hh gradient then reads the workspace slot "rh"
 //   enum Slot          the per-unit values a training forward keeps for backward, in workspace order:
 //                      ws is [N, slots * H] and slot s of unit u of token row r sits at ws[r*slots*H + s*H + u]
 //   forward / backward the pointwise math of one step, reading and writing the workspace by slot name
@@ -40,6 +45,7 @@ enum CellId : int { kRnnTanh = 0, kRnnRelu = 1, kLstm = 2, kGru = 3, kGruOrigina
 template <bool Relu>
 struct RnnCell {
     static constexpr const char* kName = Relu ? "rnn_relu" : "rnn_tanh";
+    static constexpr bool kCellState = false, kRecurrentGrads = false, kResetBeforeProduct = false;
     static constexpr int kGates = 1;
     enum Slot { kSlots = 0 };  // backward needs only h_t, which is the output
     static constexpr const char* kSlotNames[] = {nullptr};
@@ -64,6 +70,7 @@ using RnnRelu = RnnCell<true>;
 // m = o*tanh(c'), kept in slot kM, and h' = W_hr m (the backend's product).
 struct Lstm {
     static constexpr const char* kName = "lstm";
+    static constexpr bool kCellState = true, kRecurrentGrads = false, kResetBeforeProduct = false;
     static constexpr int kGates = 4;
     enum Slot { kI, kF, kG, kO, kC, kSlots, kM = kSlots };
     static constexpr const char* kSlotNames[] = {"i", "f", "g", "o", "c", "m"};
@@ -98,6 +105,7 @@ struct Lstm {
 // r, z = sigmoid(x* + h*); n = tanh(xn + r*hn); h' = (1-z)*n + z*h. hn = (W_hn h + b_hn) is kept.
 struct Gru {
     static constexpr const char* kName = "gru";
+    static constexpr bool kCellState = false, kRecurrentGrads = true, kResetBeforeProduct = false;
     static constexpr int kGates = 3;
     enum Slot { kR, kZ, kN, kHn, kSlots };
     static constexpr const char* kSlotNames[] = {"r", "z", "n", "hn"};
@@ -130,6 +138,7 @@ struct Gru {
 // Slot kRh keeps r*h, which the W_hn product read (dW_hn pairs with it).
 struct GruOriginal {
     static constexpr const char* kName = "gru_original";
+    static constexpr bool kCellState = false, kRecurrentGrads = false, kResetBeforeProduct = true;
     static constexpr int kGates = 3;
     enum Slot { kR, kZ, kN, kRh, kSlots };
     static constexpr const char* kSlotNames[] = {"r", "z", "n", "rh"};
@@ -177,17 +186,24 @@ struct CellInfo {
     int slots;                      // workspace slots per unit
     int proj_slots;                 // with an LSTM projection (0: the cell has none)
     const char* const* slot_names;  // max(slots, proj_slots) of them, in workspace order
+    bool cell_state, recurrent_grads, reset_before_product;  // the traits' kCellState, ...
 };
 
 RNNFAST_HD constexpr CellInfo cell_info(int cell) {
     switch (cell) {
-        case kRnnTanh: return {RnnTanh::kName, RnnTanh::kGates, RnnTanh::kSlots, 0, RnnTanh::kSlotNames};
-        case kRnnRelu: return {RnnRelu::kName, RnnRelu::kGates, RnnRelu::kSlots, 0, RnnRelu::kSlotNames};
-        case kLstm: return {Lstm::kName, Lstm::kGates, Lstm::slots(false), Lstm::slots(true), Lstm::kSlotNames};
-        case kGru: return {Gru::kName, Gru::kGates, Gru::kSlots, 0, Gru::kSlotNames};
+        case kRnnTanh: return {RnnTanh::kName, RnnTanh::kGates, RnnTanh::kSlots, 0, RnnTanh::kSlotNames,
+                               RnnTanh::kCellState, RnnTanh::kRecurrentGrads, RnnTanh::kResetBeforeProduct};
+        case kRnnRelu: return {RnnRelu::kName, RnnRelu::kGates, RnnRelu::kSlots, 0, RnnRelu::kSlotNames,
+                               RnnRelu::kCellState, RnnRelu::kRecurrentGrads, RnnRelu::kResetBeforeProduct};
+        case kLstm: return {Lstm::kName, Lstm::kGates, Lstm::slots(false), Lstm::slots(true), Lstm::kSlotNames,
+                           Lstm::kCellState, Lstm::kRecurrentGrads, Lstm::kResetBeforeProduct};
+        case kGru:
+            return {Gru::kName, Gru::kGates, Gru::kSlots, 0, Gru::kSlotNames, Gru::kCellState, Gru::kRecurrentGrads,
+                    Gru::kResetBeforeProduct};
         case kGruOriginal:
-            return {GruOriginal::kName, GruOriginal::kGates, GruOriginal::kSlots, 0, GruOriginal::kSlotNames};
-        default: return {nullptr, 0, 0, 0, nullptr};
+            return {GruOriginal::kName, GruOriginal::kGates, GruOriginal::kSlots, 0, GruOriginal::kSlotNames,
+                    GruOriginal::kCellState, GruOriginal::kRecurrentGrads, GruOriginal::kResetBeforeProduct};
+        default: return {nullptr, 0, 0, 0, nullptr, false, false, false};
     }
 }
 

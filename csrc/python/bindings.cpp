@@ -543,11 +543,13 @@ PYBIND11_MODULE(_C, m) {
             for (int i = 0; i < std::max(c.slots, c.proj_slots); ++i) names.append(c.slot_names[i]);
             out[py::str(c.name)] = py::dict(py::arg("id") = id, py::arg("gates") = c.gates,
                                             py::arg("slots") = c.slots, py::arg("proj_slots") = c.proj_slots,
-                                            py::arg("slot_names") = names);
+                                            py::arg("slot_names") = names, py::arg("cell_state") = c.cell_state,
+                                            py::arg("recurrent_grads") = c.recurrent_grads,
+                                            py::arg("reset_before_product") = c.reset_before_product);
         }
         return out;
-    }, "Every cell's id, gate count and workspace slots per unit (with an LSTM projection: proj_slots), as the "
-       "kernels define them (csrc/common/cells.h).");
+    }, "Every cell's id, gate count, workspace slots per unit (with an LSTM projection: proj_slots) and the facts the "
+       "data flow asks (cell_state, recurrent_grads, reset_before_product), as csrc/common/cells.h defines them.");
 
     py::class_<ForwardCallObject>(m, "ForwardCall",
         "One recurrence forward over packed tokens (csrc/cpu/recurrence.h documents every tensor), checked when "

@@ -20,7 +20,8 @@ import os
 
 import numpy as np
 
-from .module import check_array
+from ..module import check_array
+from .arrays import is_cupy_array
 
 # Each size of a layer or cell at most this: the kernels index rows with 32-bit counts in places, and no
 # size near it could be allocated anyway.
@@ -94,23 +95,31 @@ def check_parameter_memory(owner: str, count: int, dtype: np.dtype, sizes: str) 
                           f"{need / 2**30:.1f} GiB, more than this machine's {have / 2**30:.1f} GiB of memory")
 
 
-def canonical(a):
-    """`a`, or a view of it, whose dtype object is NumPy's own float32/float64 singleton. Unpickled arrays
-    carry an equal but distinct dtype object, which the compiled kernels (comparing dtypes by identity) would
-    refuse with a confusing "expected float32, got float32"."""
-    if isinstance(a, np.ndarray) and a.dtype in _DTYPES and a.dtype.isnative:
-        want = np.dtype(a.dtype.type)
-        if a.dtype is not want:
-            return a.view(want)
-    return a
-
-
 def check_input_array(value, name: str, dtype, owner: str) -> np.ndarray:
     """An input of the module's dtype (see module.check_array, which also takes np.matrix as the plain ndarray it
-    holds and refuses masked arrays), with NumPy's own dtype object."""
-    return canonical(check_array(value, name, dtype, owner))
+    holds and refuses masked arrays)."""
+    return check_array(value, name, dtype, owner)
 
 
 def uniform_bound(hidden_size: int) -> float:
     """torch.nn's initialisation bound 1/sqrt(hidden_size) (0 for hidden_size=0, where nothing is drawn)."""
     return 1.0 / math.sqrt(hidden_size) if hidden_size else 0.0
+
+
+def check_lengths(lengths, T: int, B: int):
+    """lengths (any integer array, a torch tensor or a CuPy array) as an int64 NumPy array of B values in
+    [1, T], or None (every sequence T long)."""
+    if lengths is None:
+        return None
+    if hasattr(lengths, "detach") and hasattr(lengths, "cpu"):  # a torch tensor
+        lengths = lengths.detach().cpu().numpy()
+    elif is_cupy_array(lengths):  # the step table is host data: one small copy
+        lengths = lengths.get()
+    arr = np.asarray(lengths)
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"lengths: expected integers, got dtype {arr.dtype}")
+    if arr.shape != (B,):
+        raise ValueError(f"lengths: expected one length per batch element, shape ({B},), got {arr.shape}")
+    if B and (arr.min() < 1 or arr.max() > T):
+        raise ValueError(f"lengths: every length must be in [1, {T}] (T), got min {arr.min()} and max {arr.max()}")
+    return arr.astype(np.int64)

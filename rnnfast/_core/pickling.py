@@ -6,10 +6,6 @@ their gradients, the constructor's arguments and the generator.
 """
 from __future__ import annotations
 
-import numpy as np
-
-from ._checks import canonical
-
 
 class DropsCachesWhenPickled:
     """Mixin for a Module: ``_CACHES`` names the attributes the subclass's ``_drop_caches()`` (re)creates;
@@ -25,8 +21,4 @@ class DropsCachesWhenPickled:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        # Unpickled dtypes and arrays carry equal but distinct dtype objects, which the kernels refuse.
-        self.__dict__["dtype"] = np.dtype(self.dtype.type)
-        for p in self.parameters():
-            p.data, p.grad = canonical(p.data), canonical(p.grad)
         self._drop_caches()
