@@ -7,6 +7,7 @@ inputs, same thread count, each library timed in its own block.
     python bench/bench_cpu.py --quick                 # a smoke test on tiny sizes, a few seconds
     python bench/bench_cpu.py --threads 1 --no-reference --json /tmp/bench.json
     python bench/bench_cpu.py --modes infer --bf16    # also the opt-in bfloat16 weights, in a table of their own
+    python bench/bench_cpu.py --load 1 --modes train  # with a busy process beside the timed libraries
 
 Modes:
   infer  eval() forward (torch: module.eval() under torch.no_grad(); ONNX Runtime and OpenVINO: their native
@@ -70,6 +71,9 @@ def parse_args(argv=None):
                         "inference, float32 layers): an opt-in reduced-precision mode, shown in a table of its own "
                         "with its speed-up and its difference from rnnfast's float32 output, never in the float32 "
                         "tables, ratios, targets or agreement checks")
+    p.add_argument("--load", type=int, default=0, metavar="N",
+                   help="run N busy processes (spin loops) beside the timed libraries for the whole run: how each "
+                        "library holds up on a machine doing other work (default 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON to PATH")
     a = p.parse_args(argv)
@@ -92,6 +96,8 @@ def parse_args(argv=None):
             p.error(f"--cells: unknown cell {c!r} (expected lstm, gru and/or rnn)")
     if a.threads is not None and a.threads < 1:
         p.error("--threads must be >= 1")
+    if a.load < 0:
+        p.error("--load must be >= 0")
     if a.bf16 and (a.dtype != "float32" or "infer" not in a.modes or a.no_rnnfast):
         p.error("--bf16 times rnnfast's float32 layers in inference: it needs --dtype float32, the infer mode "
                 "and rnnfast")

@@ -9,6 +9,7 @@ import numpy as np
 
 from . import cases as case_sets, floor, machine, report, targets
 from .lengths import lengths_section
+from .load import Load
 from .measure import Bench
 from .onnx_models import engine_versions
 from .roofline import gemm_rates, layers_gemms, roofline
@@ -146,8 +147,22 @@ def print_targets(b):
 
 
 
+def print_torch_step(b):
+    """The sweep ends with what users of the drop-in get: bench/bench_torch_step.py's whole training steps, with
+    the package's own choices, the same threads and the same load."""
+    from . import bench_torch_step
+    print("\nA whole torch training step through the drop-in (bench/bench_torch_step.py, same run):", flush=True)
+    bench_torch_step.main(["--threads", str(b.nthreads)])
+
+
 def run(args, blas_note=None):
-    """The whole bench for parsed arguments: prints every section; returns the exit code."""
+    """The whole bench for parsed arguments, with args.load busy processes beside it: prints every section;
+    returns the exit code."""
+    with Load(args.load) as load:
+        return _run(args, blas_note, load)
+
+
+def _run(args, blas_note, load):
     try:
         import torch
     except Exception:  # torch is optional
@@ -163,8 +178,10 @@ def run(args, blas_note=None):
     versions = engine_versions()
     b = Bench(args, torch, rnnfast, ref, versions, thread_count(args, rnnfast, torch))
     info = header(b, rnnfast_err, versions)
-    if blas_note:
-        print(f"# {blas_note}")
+    info["load"] = args.load
+    for note in (blas_note, load.description()):
+        if note:
+            print(f"# {note}")
 
     full = case_sets.sweep_cases() if args.sweep else case_sets.DEFAULT_CASES
     specs = [case_sets.quick(c) for c in full] if args.quick else full
@@ -209,6 +226,8 @@ def run(args, blas_note=None):
             b.errors.append(("variable lengths", "-", "rnnfast", traceback.format_exc()))
 
     print_targets(b)
+    if args.sweep and not args.quick and rnnfast is not None and torch is not None:
+        print_torch_step(b)
     if b.checks:
         print(f"\nAgreement, max |a-b| / max(1, max|b|) (y for infer, dx and weight grads for train; "
               f"* = above {b.tol:g}):")

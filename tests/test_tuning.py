@@ -406,3 +406,48 @@ def test_two_threads_on_one_core_wait_by_yielding_and_the_probe_is_time_bounded(
     # all); a pure spin takes a slice per crossing (8 s or more).
     assert got["layer_s"] < 4.0, got
 
+
+
+# A team whose member shares its core with another busy process waits a scheduler slice at many crossings: the
+# kernels then run their teams on one thread for a while (threads.h TeamPressure). Here the process may use two
+# CPUs and a busy process is pinned to the second: the starvation must be seen, the teams must go solo, and the
+# bits must stay those of the idle machine.
+STARVED = r"""
+import json, os, subprocess, sys, time
+cpus = sorted(os.sched_getaffinity(0))[:2]
+os.sched_setaffinity(0, set(cpus))
+import numpy as np
+import rnnfast
+from rnnfast import _C
+rnnfast.set_num_threads(2)
+layer = rnnfast.LSTM(8, 64, seed=1)
+x = np.random.default_rng(0).standard_normal((300, 4, 8)).astype(np.float32)
+def run():
+    y = layer(x)[0]
+    layer.zero_grad()
+    dx = layer.backward(np.ones_like(y))[0]
+    return [y, dx] + [p.grad.copy() for _, p in layer.named_parameters()]
+idle = run()
+before = _C.team_pressure()["starved_calls"]
+busy = subprocess.Popen([sys.executable, "-c", "import os\nos.sched_setaffinity(0, {%d})\nwhile True: pass" % cpus[1]])
+time.sleep(0.3)
+try:
+    solo = False
+    for _ in range(30):
+        loaded = run()
+        solo = solo or _C.team_pressure()["solo"]
+        same = all(np.array_equal(a, b) for a, b in zip(loaded, idle))
+        if not same:
+            break
+finally:
+    busy.kill()
+print(json.dumps({"starved": _C.team_pressure()["starved_calls"] - before, "solo": solo, "same": same}))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs two CPUs and os.sched_setaffinity (Linux)")
+def test_starved_teams_go_solo_without_changing_a_bit(tmp_path):
+    got = run({"RNNFAST_TUNE": "0"}, script=STARVED, cwd=tmp_path)
+    assert got["same"], got
+    assert got["starved"] > 0 and got["solo"], got

@@ -110,6 +110,10 @@ struct Isa {
     // The multiply-adds a barrier crossing is worth when a recurrence picks its team (skeleton.h threads_for):
     // sets it when macs > 0, returns the value in force.
     int (*crossing_macs)(int macs);
+    // How many team calls found the process's teams starved (threads.h TeamPressure), and whether teams run on
+    // one thread now.
+    int64_t (*starved_team_calls)();
+    bool (*teams_solo)();
 };
 
 // The kernels of the widest instruction-set library this processor runs (RNNFAST_ISA=avx2|generic asks for
@@ -125,7 +129,7 @@ bool equal_bytes(const void* a, const void* b, size_t n, int threads);
 double core_round_trip_ns(int iterations, double max_ms);
 
 // Bumped whenever Isa, Table or a call struct changes: a library of another version is refused.
-constexpr int kAbiVersion = 6;
+constexpr int kAbiVersion = 7;
 
 }  // namespace rnnfast::cpu
 

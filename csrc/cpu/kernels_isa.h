@@ -37,7 +37,7 @@ void gemm_entry(const rnnfast::cpu::GemmCall<T>& g, int threads) {
     const GemmVariant& v = variant_of<T>(g.variant, 0);
     const int MR = v.mr, ku = ku_for(g.M);
     const double flops = 2.0 * g.M * g.N * g.K;
-    int nt = threads < 0 ? -threads : std::max(1, std::min<int>(threads, static_cast<int>(flops / 2e6)));
+    int nt = threads < 0 ? -threads : std::max(1, std::min<int>(team_request(threads), static_cast<int>(flops / 2e6)));
     const bool cols_enough = g.N >= static_cast<ptrdiff_t>(nt) * 4 * NR;
     const bool rows_enough = g.M >= static_cast<ptrdiff_t>(nt) * 4 * MR;
     const bool by_cols = cols_enough && (g.N >= g.M || !rows_enough);
@@ -67,7 +67,7 @@ void gemm_packed_entry(const rnnfast::cpu::PackedGemmCall<T>& g, int threads) {
     const GemmVariant& v = variant_of<T>(g.variant, 0);
     const int MR = v.mr, ku = ku_for(g.M);
     const double flops = 2.0 * g.M * g.N * g.K;
-    int nt = threads < 0 ? -threads : std::max(1, std::min<int>(threads, static_cast<int>(flops / 2e6)));
+    int nt = threads < 0 ? -threads : std::max(1, std::min<int>(team_request(threads), static_cast<int>(flops / 2e6)));
     const ptrdiff_t panels = (g.N + NR - 1) / NR, tiles = (g.M + MR - 1) / MR;
     const bool by_cols = panels >= static_cast<ptrdiff_t>(nt) * 4 || panels >= tiles;
     const ptrdiff_t units = by_cols ? panels : tiles;
@@ -108,7 +108,7 @@ void run_calls(const Call* calls, int n, int threads, F one) {
         one(calls[0], threads);
         return;
     }
-    const int team_size = std::max(1, std::min(n, threads < 0 ? -threads : threads));
+    const int team_size = std::max(1, std::min(n, team_request(threads)));
     run_team(team_size, [&](int tid, int team, Barrier&) {
         for (int i = tid; i < n; i += team) one(calls[i], 1);
     });
@@ -131,6 +131,9 @@ rnnfast::cpu::Table<T> make_table() {
             Variants<T>::count, &variant_info<T>, &chosen_variant_entry<T>, &choose_variant_entry<T>};
 }
 
+int64_t starved_team_calls_entry() { return TeamPressure::instance().starved_calls(); }
+bool teams_solo_entry() { return TeamPressure::instance().solo(); }
+
 int crossing_macs_entry(int macs) {
     if (macs > 0) crossing_macs().store(macs, std::memory_order_relaxed);
     return crossing_macs().load(std::memory_order_relaxed);
@@ -142,6 +145,7 @@ extern "C" __attribute__((visibility("default"))) const rnnfast::cpu::Isa* rnnfa
     static const rnnfast::cpu::Isa table{RNNFAST_ISA_NAME, make_table<float>(), make_table<double>(),
                                          {bf16_runs_natively() ? 1 : 0, &packed_size_forward_bf16, &pack_forward_bf16,
                                           &round_bf16},
-                                         &read_gbps, &crossing_macs_entry};
+                                         &read_gbps, &crossing_macs_entry, &starved_team_calls_entry,
+                                         &teams_solo_entry};
     return abi == rnnfast::cpu::kAbiVersion ? &table : nullptr;
 }

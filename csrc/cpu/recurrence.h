@@ -40,9 +40,10 @@ void recurrence_forward(const FwdArgs<T>& a, int requested_threads) {
     constexpr bool kCellState = std::is_same<Cell, rnnfast::Lstm>::value;
     const int H = a.H, B = a.B;
     // The split that fixes each sum's order (`nominal`, from the thread count and the shape alone) and the team
-    // that runs it (`nt`: fewer threads where the measured crossing is slow). So the bits never depend on how
-    // slow the crossing was when this process measured it, only on the thread count asked for.
-    const int nominal = threads_for(requested_threads, B, G, H, Slice<T>::blocks(H), kDefaultCrossingMacs);
+    // that runs it (`nt`: fewer threads where the measured crossing is slow or the process's teams are starved).
+    // So the bits never depend on how slow the crossing was, nor on the machine's load, only on the thread count
+    // asked for.
+    const int nominal = nominal_threads(requested_threads, B, G, H, Slice<T>::blocks(H));
     const int nt = std::min(nominal, threads_for(requested_threads, B, G, H, Slice<T>::blocks(H)));
     const Steps steps(a.bs, a.T_);
     const Biases<T> bias(a.b_ih, a.b_hh, G * H);

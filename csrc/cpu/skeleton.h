@@ -60,12 +60,23 @@ inline std::atomic<int>& crossing_macs() {
 // Threads worth using for a step of this size: one per crossing's worth of multiply-adds, at most one per
 // block (a thread needs a block). A negative request asks for exactly that many threads (tests use it to
 // exercise the split).
-inline int threads_for(int requested, int B, int G, int H, int blocks,
-                       int crossing = crossing_macs().load(std::memory_order_relaxed)) {
+inline int team_for_step(int requested, int B, int G, int H, int blocks, int crossing) {
     if (requested < 0) return std::max(1, std::min(-requested, blocks));
     const double macs = static_cast<double>(B) * G * H * H;
     const int nt = static_cast<int>(macs / std::max(crossing, 1));
     return std::max(1, std::min({requested, blocks, std::max(nt, 1)}));
+}
+
+// The split that fixes the order of a step's sums: from the thread count asked for and the shape alone.
+inline int nominal_threads(int requested, int B, int G, int H, int blocks) {
+    return team_for_step(requested, B, G, H, blocks, kDefaultCrossingMacs);
+}
+
+// The team that runs a step: fewer threads where the measured crossing is slow, one while the process's teams
+// are starved (threads.h TeamPressure).
+inline int threads_for(int requested, int B, int G, int H, int blocks) {
+    const int asked = requested < 0 ? requested : team_request(requested);
+    return team_for_step(asked, B, G, H, blocks, crossing_macs().load(std::memory_order_relaxed));
 }
 
 // ------------------------------------------------------------------------------------------- steps

@@ -6,7 +6,9 @@
 // After a while spinning it yields, so an oversubscribed machine still makes progress.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <thread>
 #include <vector>
@@ -23,17 +25,68 @@ inline void cpu_relax() {
 #endif
 }
 
+inline int64_t now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
+
 // Waits until done() holds: spinning first (a step's wait is well under a microsecond when each thread has a
 // core: a few dozen pauses), then yielding, so that a thread sharing its core with the one it waits for (an
 // oversubscribed process, a CPU quota, a VM whose vCPU the host took away) hands the core over instead of
 // burning its time slice. A pure spin there made each crossing cost a whole slice (milliseconds: seen as a
 // 30 s hang of the crossing probe). 2000 pauses are 50-100 us on current x86 cores; a yield with nothing else
 // to run returns in under a microsecond, so a long legitimate wait loses little.
+// Returns the nanoseconds waited after the spin (0 on the fast path, which reads no clock): what TeamPressure
+// reads.
 template <class Done>
-inline void spin_until(Done&& done) {
-    for (int spins = 0; !done(); ++spins) {
-        if (spins < 2000) cpu_relax(); else std::this_thread::yield();
+inline int64_t spin_until(Done&& done) {
+    for (int spins = 0; spins < 2000; ++spins) {
+        if (done()) return 0;
+        cpu_relax();
     }
+    const int64_t t0 = now_ns();
+    while (!done()) std::this_thread::yield();
+    return now_ns() - t0;
+}
+
+// Whether this process's teams are starved: a team whose members spent most of a call waiting at its barriers,
+// each wait past the spin, was waiting for a member the OS had taken off its core (another process on it, a CPU
+// quota, a vCPU the host took away). There every step's crossing can cost a scheduler time slice: LSTM(1, 32)
+// at batch 32 trained 10x slower beside one busy process. Teams then run on one thread for a while (the backoff
+// doubles while the pressure lasts, from kMinBackoff to kMaxBackoff; a calm team call halves it again), and the
+// next team call after that looks again. Only the team size changes, never an order of sums (the recurrences'
+// nominal split, the GEMMs' splits), so results do not depend on it. Requests for an exact thread count (tests)
+// are never reduced.
+class TeamPressure {
+  public:
+    static TeamPressure& instance() {
+        static TeamPressure p;
+        return p;
+    }
+    bool solo() const { return now_ns() < solo_until_.load(std::memory_order_relaxed); }
+    // One team call of `call_ns` whose most patient member waited `wait_ns` past the spin.
+    void report(int64_t call_ns, int64_t wait_ns) {
+        int64_t backoff = backoff_ns_.load(std::memory_order_relaxed);
+        if (wait_ns > kMinWaitNs && 2 * wait_ns > call_ns) {
+            solo_until_.store(now_ns() + backoff, std::memory_order_relaxed);
+            backoff_ns_.store(std::min(2 * backoff, kMaxBackoffNs), std::memory_order_relaxed);
+            starved_.fetch_add(1, std::memory_order_relaxed);
+        } else if (8 * wait_ns < call_ns) {
+            backoff_ns_.store(std::max(backoff / 2, kMinBackoffNs), std::memory_order_relaxed);
+        }
+    }
+    int64_t starved_calls() const { return starved_.load(std::memory_order_relaxed); }
+
+  private:
+    static constexpr int64_t kMinWaitNs = 200000, kMinBackoffNs = 50000000, kMaxBackoffNs = 1000000000;
+    std::atomic<int64_t> solo_until_{0}, backoff_ns_{kMinBackoffNs}, starved_{0};
+};
+
+// The team a call asks for: one thread while TeamPressure says the process's teams are starved, unless the
+// count is exact (negative: tests exercising the split). Returns the magnitude.
+inline int team_request(int requested) {
+    if (requested < 0) return -requested;
+    return requested > 1 && TeamPressure::instance().solo() ? 1 : requested;
 }
 
 // Each thread publishes how many barriers it has reached on a cache line of its own and waits until
@@ -58,17 +111,26 @@ class Barrier {
 
     void wait_for(int tid, uint64_t epoch) {
         if (n_ <= 1) return;
+        Slot& mine = slots_[static_cast<size_t>(tid)];
         for (int j = 0; j < n_; ++j) {
             if (j == tid) continue;
             const std::atomic<uint64_t>& other = slots_[static_cast<size_t>(j)].reached;
-            spin_until([&] { return other.load(std::memory_order_acquire) >= epoch; });
+            mine.waited_ns += spin_until([&] { return other.load(std::memory_order_acquire) >= epoch; });
         }
+    }
+
+    // The longest any member waited past the spin, summed over the call (read after the team has joined).
+    int64_t longest_wait_ns() const {
+        int64_t w = 0;
+        for (int j = 0; j < n_; ++j) w = std::max(w, slots_[static_cast<size_t>(j)].waited_ns);
+        return w;
     }
 
   private:
     struct alignas(64) Slot {
         std::atomic<uint64_t> reached{0};
-        uint64_t reached_local = 0;  // only its owner touches it
+        uint64_t reached_local = 0;  // only its owner touches these two
+        int64_t waited_ns = 0;
     };
     int n_;
     std::vector<Slot> slots_;
@@ -76,6 +138,7 @@ class Barrier {
 
 // Runs body(tid, team_size, barrier) on a team of up to `threads` threads. The body must not throw.
 // The team may be smaller than asked (nested parallelism, thread limits); bodies split work by team_size.
+// A team's call tells TeamPressure how long its members waited.
 template <class F>
 void run_team(int threads, F&& body) {
     Barrier barrier(threads > 1 ? threads : 1);
@@ -84,6 +147,7 @@ void run_team(int threads, F&& body) {
         return;
     }
 #if defined(_OPENMP)
+    const int64_t t0 = now_ns();
 #pragma omp parallel num_threads(threads)
     {
         // The team may be smaller than asked (nested parallelism, thread limits).
@@ -92,6 +156,7 @@ void run_team(int threads, F&& body) {
         // (implicit barrier after single: every thread sees the count)
         body(omp_get_thread_num(), omp_get_num_threads(), barrier);
     }
+    TeamPressure::instance().report(now_ns() - t0, barrier.longest_wait_ns());
 #else
     barrier.set_count(1);
     body(0, 1, barrier);

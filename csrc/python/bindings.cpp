@@ -461,6 +461,11 @@ PYBIND11_MODULE(_C, m) {
     }, py::arg("macs") = 0,
           "The multiply-adds one barrier crossing is worth when a recurrence sizes its team (threads only where a "
           "step has that many per thread); sets it when macs > 0, returns the value in force.");
+    m.def("team_pressure", [] {
+        const auto& isa = rnnfast::cpu::select();
+        return py::dict(py::arg("starved_calls") = isa.starved_team_calls(), py::arg("solo") = isa.teams_solo());
+    }, "How many kernel team calls of this process found its teams starved (members waiting most of the call for a "
+       "thread the OS had taken off its core), and whether teams run on one thread now because of it.");
     m.def("read_bandwidth_gbps", [](py::ssize_t bytes, int threads, int reps) {
         if (bytes < 1) throw py::value_error("bytes: expected a positive integer");
         if (threads < 1 || threads > 256) throw py::value_error("threads: expected 1..256");
