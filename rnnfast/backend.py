@@ -86,6 +86,39 @@ def _whole_items(arr: np.ndarray) -> bool:
     return all(s % arr.itemsize == 0 for s in arr.strides)
 
 
+def _check_operands(a, b, accumulate):
+    for name, arr in (("a", a), ("b", b)):
+        if not isinstance(arr, np.ndarray):
+            raise TypeError(f"matmul: {name} must be a numpy.ndarray, got {type(arr).__name__}")
+        if arr.ndim != 2:
+            raise ValueError(f"matmul: {name} must be 2-D, got shape {arr.shape}")
+        if arr.dtype not in (np.float32, np.float64):
+            raise TypeError(f"matmul: {name} must be float32 or float64, got {arr.dtype}")
+    if a.dtype != b.dtype:
+        raise TypeError(f"matmul: a and b dtypes differ ({a.dtype} and {b.dtype})")
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not align")
+    if not isinstance(accumulate, (bool, np.bool_)):
+        raise TypeError(f"matmul: accumulate must be a bool, got {type(accumulate).__name__}")
+
+
+def _check_out(out, want, a, b):
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"matmul: out must be a numpy.ndarray, got {type(out).__name__}")
+    if out.dtype != a.dtype:
+        raise TypeError(f"matmul: out must have dtype {a.dtype} (a's), got {out.dtype}")
+    if out.shape != want:
+        raise ValueError(f"matmul: out must have shape {want}, got {out.shape}")
+    if not out.flags.writeable:
+        raise ValueError("matmul: out is read-only")
+    if not _whole_items(out) or (out.size and out.shape[1] > 1 and out.strides[1] != out.itemsize) \
+            or (out.size and out.shape[0] > 1 and out.strides[0] < out.shape[1] * out.itemsize):
+        raise ValueError(f"matmul: out's rows must be contiguous with whole-item strides, got strides "
+                         f"{out.strides} for itemsize {out.itemsize}")
+    if np.shares_memory(out, a) or np.shares_memory(out, b):
+        raise ValueError("matmul: out overlaps an input")
+
+
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, accumulate: bool = False) -> np.ndarray:
     """a @ b on rnnfast's threaded GEMM.
 
@@ -100,39 +133,14 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, accumula
     Returns:
         ``out``, or a new (M, N) array.
     """
-    for name, arr in (("a", a), ("b", b)):
-        if not isinstance(arr, np.ndarray):
-            raise TypeError(f"matmul: {name} must be a numpy.ndarray, got {type(arr).__name__}")
-        if arr.ndim != 2:
-            raise ValueError(f"matmul: {name} must be 2-D, got shape {arr.shape}")
-        if arr.dtype not in (np.float32, np.float64):
-            raise TypeError(f"matmul: {name} must be float32 or float64, got {arr.dtype}")
-    if a.dtype != b.dtype:
-        raise TypeError(f"matmul: a and b dtypes differ ({a.dtype} and {b.dtype})")
-    if a.shape[1] != b.shape[0]:
-        raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not align")
-    if not isinstance(accumulate, (bool, np.bool_)):
-        raise TypeError(f"matmul: accumulate must be a bool, got {type(accumulate).__name__}")
+    _check_operands(a, b, accumulate)
     want = (a.shape[0], b.shape[1])
     if out is None:
         if accumulate:
             raise ValueError("matmul: accumulate=True needs out")
         out = np.empty(want, dtype=a.dtype)
     else:
-        if not isinstance(out, np.ndarray):
-            raise TypeError(f"matmul: out must be a numpy.ndarray, got {type(out).__name__}")
-        if out.dtype != a.dtype:
-            raise TypeError(f"matmul: out must have dtype {a.dtype} (a's), got {out.dtype}")
-        if out.shape != want:
-            raise ValueError(f"matmul: out must have shape {want}, got {out.shape}")
-        if not out.flags.writeable:
-            raise ValueError("matmul: out is read-only")
-        if not _whole_items(out) or (out.size and out.shape[1] > 1 and out.strides[1] != out.itemsize) \
-                or (out.size and out.shape[0] > 1 and out.strides[0] < out.shape[1] * out.itemsize):
-            raise ValueError(f"matmul: out's rows must be contiguous with whole-item strides, got strides "
-                             f"{out.strides} for itemsize {out.itemsize}")
-        if np.shares_memory(out, a) or np.shares_memory(out, b):
-            raise ValueError("matmul: out overlaps an input")
+        _check_out(out, want, a, b)
     # Misaligned views (strides that are not whole items) are copied: the kernels would misread them.
     a = a if _whole_items(a) else a.copy()
     b = b if _whole_items(b) else b.copy()

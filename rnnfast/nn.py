@@ -18,6 +18,7 @@ import numpy as np
 
 from ._core.arrays import namespace as _xp
 from ._core.checks import check_dtype as _check_dtype, check_seed as _rng, check_size as _check_size
+from .backend import matmul
 from .module import Module, Parameter, check_array
 
 __all__ = ["Linear", "Embedding", "Dropout", "Conv1d", "Sequential", "Tanh", "ReLU", "Sigmoid", "LeakyReLU",
@@ -75,6 +76,15 @@ class _Recorded(Module):
         return dy
 
 
+def _mm(a, b):
+    """a @ b for 2-D arrays: NumPy arrays on rnnfast's GEMM, on rnnfast's threads (NumPy's BLAS would start its
+    own thread pool, which keeps spinning after the call, beside the recurrent layers' team: see
+    rnnfast/_core/tuning.py); CuPy arrays on CuPy's."""
+    if isinstance(a, np.ndarray):
+        return matmul(a, b)
+    return a @ b
+
+
 class Linear(_Recorded):
     """y = x W^T + b over the last axis (torch.nn.Linear); x (..., in_features) -> y (..., out_features).
 
@@ -94,7 +104,8 @@ class Linear(_Recorded):
         x = check_array(x, "x", self.dtype, "module")
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x: expected {self.in_features} features in the last dimension, got shape {x.shape}")
-        y = x @ self._params["weight"].data.T
+        y = _mm(x.reshape(-1, self.in_features), self._params["weight"].data.T)
+        y = y.reshape(x.shape[:-1] + (self.out_features,))
         if self._has_bias:
             y += self._params["bias"].data
         self._push(x.copy())
@@ -104,10 +115,10 @@ class Linear(_Recorded):
         x = self._pop()
         dy = self._check_dy(dy, x.shape[:-1] + (self.out_features,))
         x2, dy2 = x.reshape(-1, self.in_features), dy.reshape(-1, self.out_features)
-        self._params["weight"].grad += dy2.T @ x2
+        self._params["weight"].grad += _mm(dy2.T, x2)
         if self._has_bias:
             self._params["bias"].grad += dy2.sum(axis=0)
-        return dy @ self._params["weight"].data
+        return _mm(dy2, self._params["weight"].data).reshape(x.shape)
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self._has_bias}"

@@ -52,6 +52,9 @@ def _as(name, a, dtype, shape):
 
 
 # --------------------------------------------------------------------------- forward
+# forward and backward are longer than a screen on purpose: each is the step loop with every cell's equations
+# written out in the order docs/DESIGN.md states them, so that the oracle can be checked against the equations
+# by reading it top to bottom; helpers would hide the order of the operations it exists to show.
 
 
 def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
