@@ -272,6 +272,27 @@ inline void pack_panels(const T* b, ptrdiff_t b_ks, ptrdiff_t b_ns, ptrdiff_t k0
 
 inline ptrdiff_t round_up(ptrdiff_t x, ptrdiff_t m) { return (x + m - 1) / m * m; }
 
+// Packs rows [i0, i0+mc) and depth [k0, k0+kc) of A(i, k) = a[i*a_rs + k*a_ks] into MR-row blocks, k-major inside a
+// block and zero-padded: out[blk*kc*MR + k*MR + r] = A(i0 + blk*MR + r, k0 + k). With a unit row stride (a
+// transposed matrix) each k gives mc consecutive values, copied MR at a time; otherwise element by element.
+template <typename T>
+inline void pack_a_block(const T* a, ptrdiff_t a_rs, ptrdiff_t a_ks, ptrdiff_t i0, ptrdiff_t k0, ptrdiff_t mc,
+                         ptrdiff_t kc, int MR, T* out) {
+    for (ptrdiff_t k = 0; k < kc; ++k) {
+        const T* src = a + i0 * a_rs + (k0 + k) * a_ks;
+        for (ptrdiff_t r0 = 0; r0 < mc; r0 += MR) {
+            T* d = out + (r0 / MR) * kc * MR + k * MR;
+            const ptrdiff_t mr = std::min<ptrdiff_t>(MR, mc - r0);
+            ptrdiff_t r = 0;
+            if (a_rs == 1)
+                for (; r < mr; ++r) d[r] = src[r0 + r];
+            else
+                for (; r < mr; ++r) d[r] = src[(r0 + r) * a_rs];
+            for (; r < MR; ++r) d[r] = T(0);
+        }
+    }
+}
+
 // Packing buffers of one thread of gemm_block, sized before the threads start (nothing may throw inside a
 // parallel region). KC is fixed: it decides where each sum is cut into partial sums added into C.
 template <typename T>
@@ -338,12 +359,19 @@ void gemm_block(const GemmVariant& v, int ku, ptrdiff_t m0, ptrdiff_t m1, ptrdif
     const int MR = v.mr;
     const ptrdiff_t MC = buf.mc;
     if (m1 <= m0 || n1 <= n0) return;
-    // A with a unit stride (row-major, as dx's dg; or transposed, as the weight gradients' dg^T) is read in
-    // place: the micro-kernel broadcasts one value at a time, from anywhere. Packing it cost as much as the
-    // multiply-adds it fed at H=64 (a scalar gather); reading in place measured faster on every shape tried here
-    // (Zen 5: dx at N=6400, G*H=256, I=64 300 -> 420 GFLOP/s, dW 250 -> 360, 2048^3 no worse). The sums are the
-    // same either way. Other strides (a view of a view) are packed.
-    const bool in_place = a_ks == 1 || a_rs == 1;
+    // A row-major A (dx's dg) is read in place: the micro-kernel broadcasts one value at a time, and each of a
+    // tile's rows is a contiguous stream. A transposed A (the weight gradients' dg^T: unit row stride, each k a
+    // whole row of dg away) is packed where its k's lie far apart and enough panels share the packed block: read
+    // in place, each k of a tile sits on another page once rows of dg are 4 KB, which no prefetcher follows;
+    // packed, MR consecutive values are copied per k and tile, which costs about what the multiply-adds of 4
+    // panels do. Measured on Zen 3 (AVX2, one thread, 6400 tokens, GFLOP/s in place -> packed): G*H x I =
+    // 2048x256 69 -> 83, 2048x512 68 -> 82, 1024x128 65 -> 71, 512x512 72 -> 79, but 2048x64 66 -> 59, 512x128
+    // 73 -> 63, 256x64 77 -> 56; hence at least 8 panels and 32 KB of k-stride over them. An element-by-element
+    // gather (any other strides: a view of a view) cost as much as the multiply-adds it fed at H=64, so it is
+    // left to the rare layouts that need it. The sums are the same either way.
+    const ptrdiff_t panels = (n1 - n0 + NR - 1) / NR;
+    const bool in_place = a_ks == 1 || (a_rs == 1 && (panels < 8 || panels * a_ks * static_cast<ptrdiff_t>(sizeof(T))
+                                                                         < (32 << 10)));
     AlignedVector<T>& bbuf = buf.b;
     AlignedVector<T>& abuf = buf.a;
     if (K == 0) {
@@ -359,14 +387,7 @@ void gemm_block(const GemmVariant& v, int ku, ptrdiff_t m0, ptrdiff_t m1, ptrdif
             pack_panels<T>(b, b_ks, b_ns, pc, kc, jc, nc, bbuf.data());
             for (ptrdiff_t ic = m0; ic < m1; ic += MC) {
                 const ptrdiff_t mc = std::min(MC, m1 - ic);
-                // Pack A into MR-row blocks, k-major inside a block: abuf[blk*kc*MR + k*MR + r].
-                for (ptrdiff_t i0 = 0; i0 < mc && !in_place; i0 += MR) {
-                    T* dst = abuf.data() + (i0 / MR) * kc * MR;
-                    const ptrdiff_t mr = std::min<ptrdiff_t>(MR, mc - i0);
-                    for (ptrdiff_t k = 0; k < kc; ++k)
-                        for (ptrdiff_t r = 0; r < MR; ++r)
-                            dst[k * MR + r] = r < mr ? a[(ic + i0 + r) * a_rs + (pc + k) * a_ks] : T(0);
-                }
+                if (!in_place) pack_a_block<T>(a, a_rs, a_ks, ic, pc, mc, kc, MR, abuf.data());
                 for (ptrdiff_t j = 0; j < nc; j += NR) {
                     const T* panel = bbuf.data() + (j / NR) * kc * NR;
                     const int n = static_cast<int>(std::min<ptrdiff_t>(NR, nc - j));
