@@ -3,7 +3,7 @@ inputs, same thread count, each library timed in its own block.
 
     python bench/bench_cpu.py                         # the default cases, both modes
     python -m bench.bench_cpu --cases "T=1000"        # a subset (also --cells, --H, --B)
-    python bench/bench_cpu.py --sweep                 # issue 8's grid as ratio tables
+    python bench/bench_cpu.py --sweep                 # the LSTM/GRU grid as ratio tables, then the torch step
     python bench/bench_cpu.py --quick                 # a smoke test on tiny sizes, a few seconds
     python bench/bench_cpu.py --threads 1 --no-reference --json /tmp/bench.json
     python bench/bench_cpu.py --modes infer --bf16    # also the opt-in bfloat16 weights, in a table of their own
@@ -26,10 +26,11 @@ import sys
 if __package__ in (None, ""):  # run as a file: make the `bench` package importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-SWEEP_HELP = ("issue 8's grid instead of the default cases: LSTM and GRU, H in 64..1024, B in 1, 8, 64, T=100, "
+SWEEP_HELP = ("the grid of issues 8 and 22 instead of the default cases: LSTM and GRU, H in 64..1024, B in 1, 8, 64, T=100, "
               "I=H, both modes; rnnfast, torch and (inference) the engines, 3 blocks of 5 runs after 1 warm-up, "
-              "no reference, no variable lengths. Prints torch/rnnfast ratio grids with their median and min. "
-              "About 5-10 minutes on 2 cores (the bench prints an estimate after the roofline)")
+              "no reference, no variable lengths. Prints torch/rnnfast ratio grids with their median and min, then "
+              "runs bench/bench_torch_step.py's whole training steps. The package's own choices (printed in the "
+              "header). About 10-15 minutes on 2 cores (the bench prints an estimate after the roofline)")
 
 
 def int_list(text):

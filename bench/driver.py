@@ -139,7 +139,7 @@ def print_targets(b):
             lines += targets.sweep_lines("LSTM and GRU", [r for ratios in per_cell.values() for r in ratios])
         lines += targets.sweep_engine_line(b.rows)
     if lines:
-        print("\nTargets (issue 8; information, not an exit code):")
+        print("\nTargets (issues 8 and 22; information, not an exit code):")
         if b.args.quick:
             print("  (--quick sizes: these rows stand in for the named cases; the ratios mean nothing)")
         print("\n".join(lines))

@@ -1,5 +1,6 @@
-"""Issue 8's speed targets, and whether this run meets each. They inform; they set no exit code (a shared or
-unfamiliar machine can miss them for reasons that are not the code's)."""
+"""The speed targets (issue 8's headline and engine targets; issue 22's sweep targets, on the package's own choices),
+and whether this run meets each. They inform; they set no exit code (a shared or unfamiliar machine can miss them
+for reasons that are not the code's)."""
 import statistics
 
 from .cases import case
@@ -14,7 +15,7 @@ HEADLINE = [
     (case("gru", 100, 64, 256, 512), "train", 2.0),
     (case("rnn", 100, 64, 256, 512, "tanh"), "train", 2.0),
 ]
-SWEEP_EVERY, SWEEP_MEDIAN = 1.1, 1.5
+SWEEP_EVERY, SWEEP_MEDIAN = 1.0, 1.5  # issue 22: no cell slower than torch.nn, the median cell 1.5x
 
 
 def verdict(ratio, target, against):
@@ -45,7 +46,7 @@ def headline_lines(rows):
 
 
 def sweep_lines(label, ratios):
-    """The sweep's targets against torch: every cell at least 1.1x, the median cell at least 1.5x."""
+    """The sweep's targets against torch: every cell at least SWEEP_EVERY, the median cell at least SWEEP_MEDIAN."""
     if not ratios:
         return []
     worst, median = min(ratios), statistics.median(ratios)
