@@ -58,7 +58,7 @@ def main(argv=None):
         print("bench_gpu: no CUDA device visible; nothing to measure")
         return 0
     try:
-        from rnnfast import _cuda  # noqa: F401
+        from _rnnfast import _cuda  # noqa: F401
     except ImportError:
         print("bench_gpu: rnnfast was built without CUDA (no nvcc at install time)")
         return 0

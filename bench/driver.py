@@ -72,7 +72,7 @@ def print_floor(b, roof):
     """The floor of each inference case (bench/floor.py), beside rnnfast's time."""
     if b.rnnfast is None or not roof or b.args.dtype != "float32":
         return
-    from rnnfast import _C
+    from _rnnfast import _C
     fl = floor.Floor(_C, b.nthreads, roof, machine.core_round_trip_ns() if b.nthreads > 1 else 0.0)
     print("\nFloor of each inference run (bench/floor.py): per step, the busiest thread's W_hh bytes over its "
           "measured read bandwidth at that footprint (or its multiply-adds at the roofline, whichever is longer) "

@@ -72,7 +72,7 @@ def loadavg():
 def core_round_trip_ns():
     """The kernels' barrier round trip between two cores, or None where the extension does not measure it."""
     try:
-        from rnnfast import _C
+        from _rnnfast import _C
         return min(_C.core_round_trip_ns(100000, max_ms=100.0) for _ in range(3))
     except (ImportError, AttributeError):
         return None

@@ -21,7 +21,7 @@ def gemms(n, rnnfast, torch, threads, engines=True):
         calls["rnnfast.matmul"] = lambda: rnnfast.matmul(a, b, out=c)
         # The GEMM a layer runs for its input projection: B packed once, as a layer caches W_ih^T.
         try:
-            from rnnfast import _C
+            from _rnnfast import _C
             packed = _C.PackedWeights(np.ascontiguousarray(b.T), 0)
             calls["rnnfast packed"] = lambda: _C.gemm_packed(a, packed, c, False, rnnfast.get_num_threads())
         except (ImportError, AttributeError, TypeError) as e:

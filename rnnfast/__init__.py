@@ -1,16 +1,9 @@
 """rnnfast: fused C++ kernels for RNN, LSTM and GRU, forward and backpropagation through time,
 behind a torch.nn-like NumPy API. See README.md."""
 
-try:
-    from . import _C  # noqa: F401 - the compiled kernels; everything below needs them
-except ImportError as _e:  # say what happened, as NumPy does, instead of a "partially initialized module" error
-    import os as _os
+from . import _compiled
 
-    raise ImportError(
-        f"rnnfast's compiled extension rnnfast._C could not be imported from {_os.path.dirname(__file__)}. "
-        "If that folder is rnnfast's source tree (you started Python in the repository root, so the "
-        "source folder shadows the installed package), start Python from another directory; otherwise install "
-        f"the package (pip install .), which builds the extension. (The import error was: {_e})") from None
+_compiled.check()  # the compiled kernels (the package _rnnfast): everything below needs them
 
 from ._core.version import VERSION as __version__
 from .backend import current_backend, get_num_threads, isa, matmul, set_num_threads, use_backend

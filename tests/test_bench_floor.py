@@ -11,7 +11,7 @@ sys.path.append(ROOT)  # after the installed rnnfast, so the checkout's bench pa
 
 from bench import floor  # noqa: E402
 from bench.cases import case  # noqa: E402
-from rnnfast import _C  # noqa: E402
+from _rnnfast import _C  # noqa: E402
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import rnnfast
-from rnnfast import _C
+from _rnnfast import _C
 
 from bf16_reference import bf16, check
 
@@ -185,7 +185,9 @@ def test_bf16_instructions_only_in_the_checked_functions():
     objdump = shutil.which("objdump")
     if objdump is None:
         pytest.skip("objdump (binutils) is not installed")
-    folder = os.path.dirname(rnnfast.__file__)
+    import _rnnfast
+
+    folder = os.path.dirname(_rnnfast.__file__)  # the kernel libraries lie beside _C
     lib = os.path.join(folder, "rnnfast_cpu_avx512.so")
     if not os.path.exists(lib):
         pytest.skip("no AVX-512 library in this build (not x86-64)")

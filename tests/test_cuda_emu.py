@@ -130,7 +130,7 @@ def test_emulated_cells_match_cpu_cells(cuda_options):
 
 
 def test_automatic_path_takes_persistent_when_w_fits_and_per_step_when_not(cuda_options):
-    from rnnfast import _cuda_emu
+    from _rnnfast import _cuda_emu
     rng = np.random.default_rng(0)
     batch_sizes = np.array([2, 2], dtype=np.int64)  # T=2, B=2
 
@@ -222,7 +222,7 @@ def _readonly(a):
     (dict(weight_hr=np.zeros((2, 5), np.float32)), ValueError, r"weight_hh: expected shape \(20, 2\)"),
 ])
 def test_emulated_forward_call_names_the_bad_argument(change, error, message):
-    from rnnfast import _cuda_emu
+    from _rnnfast import _cuda_emu
     args = _lstm_forward_args()
     args.update(change)
     with pytest.raises(error, match=message):
@@ -230,7 +230,7 @@ def test_emulated_forward_call_names_the_bad_argument(change, error, message):
 
 
 def test_emulated_calls_are_keyword_only_and_check_each_cell():
-    from rnnfast import _cuda_emu
+    from _rnnfast import _cuda_emu
     args = _lstm_forward_args()
     assert _cuda_emu.ForwardCall(**args).cell == "lstm"
     with pytest.raises(TypeError):
@@ -260,7 +260,7 @@ def test_emulated_launch_raises_when_host_threads_cannot_start(tmp_path):
     import sys
     script = """
 import resource, numpy as np
-from rnnfast import _cuda_emu
+from _rnnfast import _cuda_emu
 H, B = 64, 2
 f = lambda *s: np.zeros(s, np.float32)
 call = _cuda_emu.ForwardCall(cell="rnn_tanh", batch_sizes=np.array([B], np.int64), xp=f(B, H), h0=f(B, H),
@@ -274,7 +274,7 @@ except (RuntimeError, MemoryError) as e:
 else:
     print("ran")
 """
-    # cwd: the installed package, not the source folder (which has no built modules)
+    # cwd: the installed package, as in this process (from the root, `python -c` imports the checkout's rnnfast/)
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "raised" in r.stdout, r.stdout

@@ -6,7 +6,7 @@ import pytest
 
 def test_cuda_module_builds_where_nvcc_exists_and_reports_devices():
     try:
-        from rnnfast import _cuda
+        from _rnnfast import _cuda
     except ImportError:
         if shutil.which("nvcc"):
             pytest.fail("nvcc is on PATH but rnnfast._cuda was not built")

@@ -81,7 +81,8 @@ def test_package_runs_every_cell_on_an_emulated_cpu(cpu, tmp_path):
     env.pop("RNNFAST_ISA", None)
     # sys.executable as it is (a venv's link, whose pyvenv.cfg the interpreter finds from argv[0]).
     python = sys.executable
-    # cwd outside the checkout: `python -c` puts cwd first on sys.path, and the source folder has no _C.
+    # cwd outside the checkout: `python -c` puts cwd first on sys.path, and the package under test is the
+    # installed one, as in this process (`pytest`; from the root, the checkout's rnnfast/ would be imported).
     out = subprocess.run([qemu, "-cpu", cpu, python, "-c", SCRIPT], env=env, capture_output=True, text=True,
                          timeout=900, cwd=tmp_path)
     stderr = "\n".join(line for line in out.stderr.splitlines() if "TCG doesn't support" not in line)

@@ -49,7 +49,7 @@ class Worker:
         self.stderr = None
 
     def _start(self):
-        # -P: never import rnnfast from the source tree next to tests/ (the installed package is tested).
+        # -P: not tests/ first on sys.path: the worker imports the installed package, as this process does.
         # Its stderr goes to a file: where a case hangs, the worker writes its threads' stacks there first.
         self.stderr = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen([sys.executable, "-P", os.path.join(HERE, "fuzz_worker.py")],

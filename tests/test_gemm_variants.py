@@ -16,7 +16,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conftest import skip_unless_cpu_runs  # noqa: E402
 
-from rnnfast import _C
+from _rnnfast import _C
 
 ROWS = (1, 2, 3, 13, 37, 64, 100)
 # (N, K): N not a multiple of any panel width, K past the 256-deep block of the unpacked GEMM.
@@ -25,7 +25,7 @@ COLS_DEPTHS = ((45, 67), (33, 300), (100, 513))
 SCRIPT = r"""
 import json, sys
 import numpy as np
-from rnnfast import _C
+from _rnnfast import _C
 
 ROWS, COLS_DEPTHS = json.loads(sys.argv[1])
 rng = np.random.default_rng(7)

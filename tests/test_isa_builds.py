@@ -45,7 +45,8 @@ def run_on_build(isa, script, tmp_path):
     """The JSON that `script` prints last, run in a process forced onto the `isa` build (checked)."""
     skip_unless_cpu_runs(isa)
     env = dict(os.environ, RNNFAST_ISA=isa)
-    # cwd outside the checkout: `python -c` puts cwd first on sys.path, and the source folder has no _C.
+    # cwd outside the checkout: `python -c` puts cwd first on sys.path, and the package under test is the
+    # installed one, as in this process (`pytest`; from the root, the checkout's rnnfast/ would be imported).
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
                          cwd=tmp_path)
     assert out.returncode == 0, out.stderr

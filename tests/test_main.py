@@ -7,7 +7,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(args, cwd, env=None, timeout=120):
-    # -P: do not put the working directory first on sys.path (the installed package, not the source tree).
+    # -P: do not put the working directory first on sys.path: the installed package, as in this process.
     return subprocess.run([sys.executable, "-P", "-m", "rnnfast", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env)
 

@@ -390,16 +390,7 @@ def test_set_num_threads_validates_and_caps():
 
 
 # --------------------------------------------------------------------------- item 17
-def test_import_from_source_tree_says_what_happened(tmp_path):
-    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "rnnfast")
-    if not os.path.isfile(os.path.join(src, "__init__.py")):
-        pytest.skip("not run from a source checkout")
-    if any(n.startswith("_C") for n in os.listdir(src)):
-        pytest.skip("the source tree holds a built extension (an in-place build): it imports fine")
-    proc = subprocess.run([sys.executable, "-c", "import rnnfast"], cwd=os.path.dirname(src), capture_output=True,
-                          text=True, timeout=60)
-    assert proc.returncode != 0
-    assert "source tree" in proc.stderr and "another directory" in proc.stderr, proc.stderr[-800:]
+# Importing from the source tree: tests/test_source_checkout.py (it works there since issue 18).
 
 
 # --------------------------------------------------------------------------- item 18

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import rnnfast
-from rnnfast import _C
+from _rnnfast import _C
 from rnnfast._core import tuning
 
 # A bidirectional LSTM layer (H=40: panels cut short; B=13: a short last tile) forward and backward, with the
@@ -21,7 +21,8 @@ LAYER = r"""
 import hashlib, json, sys
 import numpy as np
 import rnnfast
-from rnnfast import _C, backend
+from _rnnfast import _C
+from rnnfast import backend
 calls = {"n": 0}
 _matmul = np.matmul
 def counting(*a, **k):
@@ -142,7 +143,8 @@ def test_measured_choice_reports_every_candidate(tmp_path):
 SEQUENCE = r"""
 import json
 import numpy as np
-from rnnfast import _C, backend
+from _rnnfast import _C
+from rnnfast import backend
 seen = []
 for name in ("gemm_packed", "forward", "backward", "gemm"):
     real = getattr(_C, name)
@@ -314,7 +316,7 @@ def test_info_reports_the_choice():
 def test_recurrence_bits_do_not_depend_on_the_measured_crossing_cost(cls, H, B):
     # The tuner sizes a recurrence's team by the core round trip it measured (slow on some VM placements); the
     # order of every sum is fixed by the thread count asked for, so a smaller team must give the same bits.
-    from rnnfast import _C
+    from _rnnfast import _C
     rnnfast.backend.tuning(np.float32)  # the tuner sets the crossing at the process's first GEMM: not in between
     before, threads = _C.crossing_macs(), rnnfast.get_num_threads()
     layer = getattr(rnnfast, cls)(12, H, seed=3)
@@ -333,7 +335,7 @@ def test_recurrence_bits_do_not_depend_on_the_measured_crossing_cost(cls, H, B):
 
 
 def test_crossing_macs_reads_without_changing_and_rejects_bad_values():
-    from rnnfast import _C
+    from _rnnfast import _C
     before = _C.crossing_macs()
     assert _C.crossing_macs() == before and _C.crossing_macs(0) == before
     for bad in (-1, 1 << 27):
@@ -343,7 +345,7 @@ def test_crossing_macs_reads_without_changing_and_rejects_bad_values():
 
 
 def test_tuning_reports_the_crossing_it_put_in_force():
-    from rnnfast import _C
+    from _rnnfast import _C
     t = rnnfast.backend.tuning(np.float32)
     assert t["crossing_macs"] == _C.crossing_macs() >= tuning._DEFAULT_CROSSING
     c = t["crossing"]
@@ -356,7 +358,7 @@ def test_tuning_reports_the_crossing_it_put_in_force():
 def test_crossing_follows_the_two_step_times(monkeypatch, t1, t2, want):
     # Two threads win where c*M/2 + X < c*M: crossing = M*(t2/t1 - 1/2), M = 16384 multiply-adds a step of the
     # probe layer; never below the default, never above CROSSING_CAP times it.
-    from rnnfast import _C
+    from _rnnfast import _C
     before = _C.crossing_macs()
     monkeypatch.setattr(tuning, "_time_candidates", lambda step, cands, apply, rounds=3: {1: t2, 1 << 24: t1})
     try:
@@ -375,7 +377,7 @@ import json, os, time
 os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 import numpy as np
 import rnnfast
-from rnnfast import _C
+from _rnnfast import _C
 out = {}
 t = time.perf_counter()
 out["round_trip_ns"] = _C.core_round_trip_ns(100000, max_ms=50.0)
@@ -418,7 +420,7 @@ cpus = sorted(os.sched_getaffinity(0))[:2]
 os.sched_setaffinity(0, set(cpus))
 import numpy as np
 import rnnfast
-from rnnfast import _C
+from _rnnfast import _C
 rnnfast.set_num_threads(2)
 layer = rnnfast.LSTM(8, 64, seed=1)
 x = np.random.default_rng(0).standard_normal((300, 4, 8)).astype(np.float32)

@@ -1,7 +1,7 @@
 // cells.h: every cell's descriptor and pointwise math, written once for the CPU and CUDA kernels.
 //
 // This is the only place where a cell's gate count, its workspace layout and its equations exist in C++
-// (Python reads the first two through rnnfast._C.cell_info()). Each cell is a traits type:
+// (Python reads the first two through _rnnfast._C.cell_info()). Each cell is a traits type:
 //   kName, kGates      torch's name and the number of gates (row blocks of W_ih and W_hh)
 //   kCellState         whether the cell carries a state c beside h (the LSTM)
 //   kRecurrentGrads    whether the gate gradients on the recurrent side differ from the input side's (the GRU,

@@ -1,6 +1,6 @@
 // select.cpp: checks the processor, then loads the one instruction-set library it can run.
 //
-// This file is compiled into rnnfast._C with the baseline flags of the target (no -m options), as is
+// This file is compiled into _rnnfast._C with the baseline flags of the target (no -m options), as is
 // everything that runs before the check. The kernels live in three shared libraries beside _C
 // (rnnfast_cpu_avx512.so, rnnfast_cpu_avx2.so, rnnfast_cpu_generic.so), each built alone with its own flags
 // and hidden visibility; only the chosen one is ever opened, so not even its static initialisers run on a
@@ -32,7 +32,8 @@ bool supports(const std::string& name) {
     return name == "generic";
 }
 
-// The folder this code was loaded from (the installed package), with a trailing slash.
+// The folder this code was loaded from (site-packages/_rnnfast, where the kernel libraries are installed beside
+// _C), with a trailing slash.
 std::string own_folder() {
     Dl_info info{};
     if (!dladdr(reinterpret_cast<const void*>(&own_folder), &info) || !info.dli_fname)

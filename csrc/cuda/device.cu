@@ -1,4 +1,4 @@
-// device.cu: device discovery for rnnfast._cuda, every status checked (the recurrence kernels are in
+// device.cu: device discovery for _rnnfast._cuda, every status checked (the recurrence kernels are in
 // launch.cu and the .cuh files it includes).
 #include <cuda_runtime.h>
 

@@ -1,7 +1,7 @@
 // launch.cu: host side of the CUDA recurrences: switches on the cell once, picks the persistent or the
 // per-step path, sizes the grid, moves the step table (and a two-phase cell's scratch) to the device and
-// launches, checking every CUDA status. Compiled by nvcc for rnnfast._cuda and, through launch_emu.cpp, by
-// the host compiler for rnnfast._cuda_emu.
+// launches, checking every CUDA status. Compiled by nvcc for _rnnfast._cuda and, through launch_emu.cpp, by
+// the host compiler for _rnnfast._cuda_emu.
 #include <cstring>
 #include <string>
 #include <vector>

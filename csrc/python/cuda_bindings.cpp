@@ -1,4 +1,4 @@
-// cuda_bindings.cpp: rnnfast._cuda (the kernels on a GPU) and rnnfast._cuda_emu (the same kernel sources run
+// cuda_bindings.cpp: _rnnfast._cuda (the kernels on a GPU) and _rnnfast._cuda_emu (the same kernel sources run
 // on the host by compat.cuh's emulation). Bindings only.
 //
 // A call is a named, keyword-only object (ForwardCall, BackwardCall) whose constructor checks every array

@@ -2,7 +2,7 @@
 kernels (``_cuda``, built where nvcc was found) or their host emulation (``_cuda_emu``, always built)."""
 from __future__ import annotations
 
-from .. import _C  # noqa: F401 - re-exported: every engine module reads the CPU kernels from here
+from _rnnfast import _C  # noqa: F401 - re-exported: every engine module reads the CPU kernels from here
 
 __all__ = ["_C", "cuda_module", "CELLS"]
 
@@ -15,9 +15,9 @@ def cuda_module(emulated: bool):
     """rnnfast._cuda_emu (emulated=True) or rnnfast._cuda; RuntimeError saying why when it is missing."""
     try:
         if emulated:
-            from .. import _cuda_emu as mod
+            from _rnnfast import _cuda_emu as mod
         else:
-            from .. import _cuda as mod
+            from _rnnfast import _cuda as mod
     except ImportError as e:
         what = "rnnfast._cuda_emu" if emulated else "rnnfast._cuda (built only where nvcc was found at install time)"
         raise RuntimeError(f"{what} is not available: {e}") from None
