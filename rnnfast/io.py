@@ -132,18 +132,39 @@ def from_keras(weights, kind, *, reset_after=True, dtype=np.float32, batch_first
 
     Nothing in ``weights`` is modified or aliased by the new layer.
     """
-    if not isinstance(kind, str):
-        raise TypeError(f"kind must be a str ('rnn', 'lstm' or 'gru'), got {type(kind).__name__}")
-    kind_l = kind.lower()
-    if kind_l not in _KINDS:
-        raise ValueError(f"kind must be 'rnn', 'lstm' or 'gru', got {kind!r}")
-    kind = kind_l
+    kind = _check_kind(kind)
     reset_after = _check_bool(reset_after, "reset_after")
     batch_first = _check_bool(batch_first, "batch_first")
     dtype = _check_dtype(dtype)
     if kind != "gru" and not reset_after:
         raise ValueError(f"reset_after=False applies to kind='gru' only, got kind={kind!r}")
+    act = _check_activations(kind, activation, recurrent_activation)
+    kernel, recurrent, bias = _keras_arrays(weights, kind, reset_after)
+    I, H = kernel.shape[0], recurrent.shape[0]
+    common = dict(bias=bias is not None, batch_first=batch_first, dtype=dtype, seed=0)
+    if kind == "rnn":
+        module = RNN(I, H, nonlinearity=act, **common)
+    elif kind == "lstm":
+        module = LSTM(I, H, **common)
+    elif reset_after:
+        module = GRU(I, H, **common)
+    else:
+        module = GRU(I, H, linear_before_reset=False, **common)
+    module.load_state_dict(_torch_state(kind, kernel, recurrent, bias, reset_after, dtype))
+    return module
 
+
+def _check_kind(kind):
+    """'rnn', 'lstm' or 'gru' (any case)."""
+    if not isinstance(kind, str):
+        raise TypeError(f"kind must be a str ('rnn', 'lstm' or 'gru'), got {type(kind).__name__}")
+    if kind.lower() not in _KINDS:
+        raise ValueError(f"kind must be 'rnn', 'lstm' or 'gru', got {kind!r}")
+    return kind.lower()
+
+
+def _check_activations(kind, activation, recurrent_activation):
+    """The Keras layer's activation name, when it and the recurrent activation are ones rnnfast computes."""
     act = _activation_name(activation, "activation")
     rec_act = _activation_name(recurrent_activation, "recurrent_activation")
     allowed = ("tanh", "relu") if kind == "rnn" else ("tanh",)
@@ -159,7 +180,11 @@ def from_keras(weights, kind, *, reset_after=True, dtype=np.float32, batch_first
                 if rec_act == "hard_sigmoid" else "")
         raise ValueError(f"recurrent_activation must be 'sigmoid' (the exact logistic function), got {rec_act!r}"
                          + hint)
+    return act
 
+
+def _keras_arrays(weights, kind, reset_after):
+    """(kernel (I, G*H), recurrent_kernel (H, G*H), bias or None) of a get_weights() list, shapes checked."""
     if isinstance(weights, (str, bytes, np.ndarray)) or not isinstance(weights, (list, tuple)):
         raise TypeError("weights: expected the list layer.get_weights() returns, [kernel, recurrent_kernel, bias] "
                         f"or [kernel, recurrent_kernel], got {type(weights).__name__}")
@@ -168,9 +193,7 @@ def from_keras(weights, kind, *, reset_after=True, dtype=np.float32, batch_first
                          f"got {len(weights)}")
     kernel = _real_array(weights[0], "weights[0] (kernel)")
     recurrent = _real_array(weights[1], "weights[1] (recurrent_kernel)")
-    use_bias = len(weights) == 3
-    bias = _real_array(weights[2], "weights[2] (bias)") if use_bias else None
-
+    bias = _real_array(weights[2], "weights[2] (bias)") if len(weights) == 3 else None
     G = _KINDS[kind]
     if recurrent.ndim != 2 or recurrent.shape[0] < 1 or recurrent.shape[1] != G * recurrent.shape[0]:
         raise ValueError(f"weights[1] (recurrent_kernel): expected shape (H, {G}*H) for kind={kind!r}, "
@@ -179,19 +202,28 @@ def from_keras(weights, kind, *, reset_after=True, dtype=np.float32, batch_first
     if kernel.ndim != 2 or kernel.shape[0] < 1 or kernel.shape[1] != G * H:
         raise ValueError(f"weights[0] (kernel): expected shape (input_size, {G * H}) for kind={kind!r} with "
                          f"H={H} (from recurrent_kernel), got {kernel.shape}")
-    I = kernel.shape[0]
-    if use_bias:
-        want = (2, G * H) if kind == "gru" and reset_after else (G * H,)
-        if bias.shape != want:
-            hint = ""
-            if kind == "gru" and bias.shape == (G * H,) and reset_after:
-                hint = " (a (3H,) bias is a reset_after=False GRU's: pass reset_after=False)"
-            elif kind == "gru" and bias.shape == (2, G * H) and not reset_after:
-                hint = " (a (2, 3H) bias is a reset_after=True GRU's: pass reset_after=True)"
-            raise ValueError(f"weights[2] (bias): expected shape {want} for kind={kind!r}"
-                             + (f", reset_after={reset_after}" if kind == "gru" else "")
-                             + f", got {bias.shape}{hint}")
+    if bias is not None:
+        _check_keras_bias(bias, kind, reset_after, G * H)
+    return kernel, recurrent, bias
 
+
+def _check_keras_bias(bias, kind, reset_after, GH):
+    want = (2, GH) if kind == "gru" and reset_after else (GH,)
+    if bias.shape == want:
+        return
+    hint = ""
+    if kind == "gru" and bias.shape == (GH,) and reset_after:
+        hint = " (a (3H,) bias is a reset_after=False GRU's: pass reset_after=False)"
+    elif kind == "gru" and bias.shape == (2, GH) and not reset_after:
+        hint = " (a (2, 3H) bias is a reset_after=True GRU's: pass reset_after=True)"
+    raise ValueError(f"weights[2] (bias): expected shape {want} for kind={kind!r}"
+                     + (f", reset_after={reset_after}" if kind == "gru" else "")
+                     + f", got {bias.shape}{hint}")
+
+
+def _torch_state(kind, kernel, recurrent, bias, reset_after, dtype):
+    """The layer-0 state_dict (torch's names and layouts, in dtype) of checked Keras arrays; new arrays."""
+    H = recurrent.shape[0]
     # Keras computes x @ kernel (columns = gates), torch W_ih @ x (rows = gates): transpose, and for the
     # GRU put the gate blocks in torch's order. Every array below is a new one (astype copies).
     if kind == "gru":
@@ -200,26 +232,15 @@ def from_keras(weights, kind, *, reset_after=True, dtype=np.float32, batch_first
         w_ih, w_hh = kernel.T, recurrent.T
     state = {"weight_ih_l0": np.array(w_ih, dtype=dtype, order="C", copy=True),
              "weight_hh_l0": np.array(w_hh, dtype=dtype, order="C", copy=True)}
-    if use_bias:
+    if bias is not None:
         if kind == "gru" and reset_after:
             b_ih, b_hh = _gru_swap(bias[0], H), _gru_swap(bias[1], H)
         else:
             b_ih = _gru_swap(bias, H) if kind == "gru" else bias
-            b_hh = np.zeros(G * H)
+            b_hh = np.zeros(_KINDS[kind] * H)
         state["bias_ih_l0"] = np.array(b_ih, dtype=dtype, copy=True)
         state["bias_hh_l0"] = np.array(b_hh, dtype=dtype, copy=True)
-
-    common = dict(bias=use_bias, batch_first=batch_first, dtype=dtype, seed=0)
-    if kind == "rnn":
-        module = RNN(I, H, nonlinearity=act, **common)
-    elif kind == "lstm":
-        module = LSTM(I, H, **common)
-    elif reset_after:
-        module = GRU(I, H, **common)
-    else:
-        module = GRU(I, H, linear_before_reset=False, **common)
-    module.load_state_dict(state)
-    return module
+    return state
 
 
 def to_keras(module):

@@ -212,6 +212,42 @@ def fit(model, loss, train, val=None, *, optimizer, epochs=10, batch_size=32, sh
     """
     from tqdm import tqdm
 
+    train, n, val = _check_fit(model, optimizer, train, val, epochs, early_stopping, tbptt, resume, checkpoint)
+    history = {"epoch": [], "loss": [], "val_loss": [], "lr": [], "seconds": []}
+    state = {"best": math.inf, "bad": 0, "best_weights": None}
+    start = 1
+    if resume and os.path.exists(checkpoint):
+        history, start = _resume(checkpoint, model, optimizer, scheduler, state)
+    params = model.parameters()
+    model.train()
+    for epoch in range(start, epochs + 1):
+        t0 = time.perf_counter()
+        batches = minibatches(n, batch_size, shuffle=shuffle, seed=seed, epoch=epoch)
+        bar = tqdm(batches, desc=f"{desc} {epoch}/{epochs}", disable=not progress, leave=False, unit="batch")
+        train_loss = _train_epoch(model, loss, train, bar, optimizer, params, clip_norm, tbptt, epoch, checkpoint,
+                                  t0)
+        val_loss = evaluate(model, loss, val, batch_size=max(batch_size, 256)) if val is not None else None
+        _step_scheduler(scheduler, val_loss, train_loss)
+        seconds = time.perf_counter() - t0
+        for k, v in zip(("epoch", "loss", "val_loss", "lr", "seconds"),
+                        (epoch, train_loss, val_loss, optimizer.lr, seconds)):
+            history[k].append(v)
+        stop = _track_best(state, model, val_loss, early_stopping, restore_best)
+        if progress:
+            msg = f"{desc} epoch {epoch}/{epochs}: loss {train_loss:.4g}"
+            msg += f", val_loss {val_loss:.4g}" if val_loss is not None else ""
+            tqdm.write(msg + f", {seconds:.2f} s")
+        if checkpoint is not None:
+            _save_epoch(checkpoint, model, optimizer, scheduler, epoch, history, state)
+        if stop:
+            break
+    if restore_best and state["best_weights"] is not None:
+        model.load_state_dict(state["best_weights"])
+    return history
+
+
+def _check_fit(model, optimizer, train, val, epochs, early_stopping, tbptt, resume, checkpoint):
+    """fit's arguments checked; returns (train, its example count, val)."""
     if not isinstance(model, Module):
         raise TypeError(f"model: expected an rnnfast.Module, got {type(model).__name__}")
     if not isinstance(optimizer, Optimizer):
@@ -230,78 +266,78 @@ def fit(model, loss, train, val=None, *, optimizer, epochs=10, batch_size=32, sh
             raise ValueError("tbptt: train must be (inputs, targets) (no lengths)")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs a checkpoint path")
+    return train, n, val
 
-    history = {"epoch": [], "loss": [], "val_loss": [], "lr": [], "seconds": []}
-    state = {"best": math.inf, "bad": 0, "best_weights": None}
-    start = 1
-    if resume and os.path.exists(checkpoint):
-        extra = load_checkpoint(checkpoint, model, optimizer)
-        history, start = extra["history"], extra["epoch"] + 1
-        state.update(best=extra["best"], bad=extra["bad"])
-        if scheduler is not None:
-            scheduler.load_state_dict(extra["scheduler"])
-    params = model.parameters()
-    model.train()
-    for epoch in range(start, epochs + 1):
-        t0 = time.perf_counter()
-        batches = minibatches(n, batch_size, shuffle=shuffle, seed=seed, epoch=epoch)
-        total, seen = 0.0, 0
-        bar = tqdm(batches, desc=f"{desc} {epoch}/{epochs}", disable=not progress, leave=False, unit="batch")
-        for b, idx in enumerate(bar):
-            batch = tuple(a[idx] for a in train)
-            pieces = _tbptt_batches(batch, tbptt) if tbptt else [batch]
-            carried = None
-            for piece in pieces:
-                if tbptt:
-                    pred, carried = model(piece[0], carried)
-                    value, grad = loss(pred, piece[1])
-                    if math.isfinite(value):
-                        model.backward(grad)
-                else:
-                    value, _ = _run_batch(model, loss, piece, train=True)
-                if not math.isfinite(value):
-                    kept = f"; {checkpoint!r} keeps epoch {epoch - 1}" if checkpoint and epoch > 1 else ""
-                    raise FloatingPointError(f"fit: the loss is {value} at epoch {epoch}, batch {b + 1}: training "
-                                             f"diverged (lower the learning rate or clip gradients){kept}")
-                if clip_norm is not None:
-                    clip_grad_norm_(params, clip_norm)
-                optimizer.step()
-                optimizer.zero_grad()
-                total += value * len(idx) / len(pieces)
-            seen += len(idx)
-            bar.set_postfix(loss=f"{total / seen:.4g}", ex_per_s=f"{seen / (time.perf_counter() - t0):.0f}",
-                            refresh=False)  # drawn with the next update, with the current count
-        bar.close()
-        train_loss = total / seen
-        val_loss = evaluate(model, loss, val, batch_size=max(batch_size, 256)) if val is not None else None
-        if scheduler is not None:
-            if isinstance(scheduler, ReduceLROnPlateau):
-                scheduler.step(val_loss if val_loss is not None else train_loss)
+
+def _resume(checkpoint, model, optimizer, scheduler, state):
+    """Restores fit's run from its checkpoint (and `state`'s best loss and bad-epoch count); returns (history,
+    the first epoch to run)."""
+    extra = load_checkpoint(checkpoint, model, optimizer)
+    state.update(best=extra["best"], bad=extra["bad"])
+    if scheduler is not None:
+        scheduler.load_state_dict(extra["scheduler"])
+    return extra["history"], extra["epoch"] + 1
+
+
+def _train_epoch(model, loss, train, bar, optimizer, params, clip_norm, tbptt, epoch, checkpoint, t0):
+    """One epoch over the batches of `bar` (tqdm over the index batches): an optimizer step per batch (per chunk
+    with tbptt); returns the epoch's mean loss. A loss that is not finite raises FloatingPointError."""
+    total, seen = 0.0, 0
+    for b, idx in enumerate(bar):
+        batch = tuple(a[idx] for a in train)
+        pieces = _tbptt_batches(batch, tbptt) if tbptt else [batch]
+        carried = None
+        for piece in pieces:
+            if tbptt:
+                pred, carried = model(piece[0], carried)
+                value, grad = loss(pred, piece[1])
+                if math.isfinite(value):
+                    model.backward(grad)
             else:
-                scheduler.step()
-        seconds = time.perf_counter() - t0
-        for k, v in zip(("epoch", "loss", "val_loss", "lr", "seconds"),
-                        (epoch, train_loss, val_loss, optimizer.lr, seconds)):
-            history[k].append(v)
-        stop = False
-        if val_loss is not None:
-            if val_loss < state["best"]:
-                state["best"], state["bad"] = val_loss, 0
-                if restore_best:
-                    state["best_weights"] = model.state_dict()
-            else:
-                state["bad"] += 1
-                stop = early_stopping is not None and state["bad"] >= early_stopping
-        if progress:
-            msg = f"{desc} epoch {epoch}/{epochs}: loss {train_loss:.4g}"
-            msg += f", val_loss {val_loss:.4g}" if val_loss is not None else ""
-            tqdm.write(msg + f", {seconds:.2f} s")
-        if checkpoint is not None:
-            extra = {"epoch": epoch, "history": history, "best": state["best"], "bad": state["bad"],
-                     "scheduler": scheduler.state_dict() if scheduler is not None else None}
-            save_checkpoint(checkpoint, model, optimizer, extra)
-        if stop:
-            break
-    if restore_best and state["best_weights"] is not None:
-        model.load_state_dict(state["best_weights"])
-    return history
+                value, _ = _run_batch(model, loss, piece, train=True)
+            if not math.isfinite(value):
+                kept = f"; {checkpoint!r} keeps epoch {epoch - 1}" if checkpoint and epoch > 1 else ""
+                raise FloatingPointError(f"fit: the loss is {value} at epoch {epoch}, batch {b + 1}: training "
+                                         f"diverged (lower the learning rate or clip gradients){kept}")
+            if clip_norm is not None:
+                clip_grad_norm_(params, clip_norm)
+            optimizer.step()
+            optimizer.zero_grad()
+            total += value * len(idx) / len(pieces)
+        seen += len(idx)
+        bar.set_postfix(loss=f"{total / seen:.4g}", ex_per_s=f"{seen / (time.perf_counter() - t0):.0f}",
+                        refresh=False)  # drawn with the next update, with the current count
+    bar.close()
+    return total / seen
+
+
+def _step_scheduler(scheduler, val_loss, train_loss):
+    """Steps the schedule once an epoch: ReduceLROnPlateau with the validation loss (the training loss without
+    val)."""
+    if scheduler is None:
+        return
+    if isinstance(scheduler, ReduceLROnPlateau):
+        scheduler.step(val_loss if val_loss is not None else train_loss)
+    else:
+        scheduler.step()
+
+
+def _save_epoch(checkpoint, model, optimizer, scheduler, epoch, history, state):
+    """The checkpoint after an epoch: what _resume needs to continue the run bit for bit."""
+    extra = {"epoch": epoch, "history": history, "best": state["best"], "bad": state["bad"],
+             "scheduler": scheduler.state_dict() if scheduler is not None else None}
+    save_checkpoint(checkpoint, model, optimizer, extra)
+
+
+def _track_best(state, model, val_loss, early_stopping, restore_best):
+    """Updates `state` (best validation loss, epochs since, the best weights with restore_best) after an epoch;
+    True when early stopping ends the run here."""
+    if val_loss is None:
+        return False
+    if val_loss < state["best"]:
+        state["best"], state["bad"] = val_loss, 0
+        if restore_best:
+            state["best_weights"] = model.state_dict()
+        return False
+    state["bad"] += 1
+    return early_stopping is not None and state["bad"] >= early_stopping
