@@ -8,29 +8,34 @@
 
 namespace rnnfast::cpu {
 
-// Tensors are in the packed-sequence layout documented in recurrence.h: bs[t] active rows at step t.
+// Tensors are in the packed-sequence layout documented in recurrence.h: batch_sizes[t] active rows at step t.
+// The fields are named as in the CUDA kernels' FwdParams / BwdParams (csrc/cuda/launch.h), except the step count
+// T_ (T names the element type here); the weights are packed for the CPU kernels.
 template <typename T>
 struct ForwardCall {
     int cell, T_, B, H;
-    const int64_t* bs;
-    const T *xp, *h0, *c0, *wf, *b_ih, *b_hh;
-    T *y, *h_n, *c_n, *ws;  // ws null in inference
-    int P = 0;              // LSTM proj_size (0: none); then h0, y, h_n have P features
-    const T* wr = nullptr;  // W_hr (P, H) packed forward (panels over P)
+    const int64_t* batch_sizes;
+    const T *xp, *h0, *c0;
+    const T* w_hh;  // W_hh packed for the forward product (pack_forward)
+    const T *b_ih, *b_hh;
+    T *y, *h_n, *c_n, *ws;    // ws null in inference
+    int P = 0;                // LSTM proj_size (0: none); then h0, y, h_n have P features
+    const T* w_hr = nullptr;  // W_hr (P, H) packed forward (panels over P)
     // Inference with bfloat16 recurrent weights (float32 only): W_hh packed by Bf16Kernels::pack_forward,
-    // read instead of wf (then null) by the per-step product, whose state is rounded to bf16 each step.
-    const uint32_t* wf_bf16 = nullptr;
+    // read instead of w_hh (then null) by the per-step product, whose state is rounded to bf16 each step.
+    const uint32_t* w_hh_bf16 = nullptr;
 };
 
 template <typename T>
 struct BackwardCall {
     int cell, T_, B, H;
-    const int64_t* bs;
-    const T *wb, *h0, *c0, *y, *ws, *dy, *dh_n, *dc_n;  // dy, dh_n, dc_n may be null
-    T *dxg, *dhg, *dh0, *dc0, *db_ih, *db_hh;          // dhg: GRU only; db_* accumulate, may be null
-    int P = 0;              // LSTM proj_size (0: none)
-    const T* wr = nullptr;  // W_hr (P, H) packed backward (panels over H)
-    T* dh_all = nullptr;    // [N, P] gradient w.r.t. every h_t (what dW_hr needs)
+    const int64_t* batch_sizes;
+    const T* w_hh;  // W_hh packed for the backward product (pack_backward)
+    const T *h0, *c0, *y, *ws, *dy, *dh_n, *dc_n;  // dy, dh_n, dc_n may be null
+    T *dxg, *dhg, *dh0, *dc0, *db_ih, *db_hh;     // dhg: GRU only; db_* accumulate, may be null
+    int P = 0;                // LSTM proj_size (0: none)
+    const T* w_hr = nullptr;  // W_hr (P, H) packed backward (panels over H)
+    T* dh_all = nullptr;      // [N, P] gradient w.r.t. every h_t (what dW_hr needs)
 };
 
 // C (+)= A B with A(i,k) = a[i*a_rs + k*a_ks], B(k,j) = b[k*b_ks + j*b_ns], C row-major (ldc).

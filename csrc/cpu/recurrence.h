@@ -2,16 +2,17 @@
 // BPTT backward, templated on the cell's traits (csrc/common/cells.h).
 //
 // One call runs all T steps of one layer, one direction. Sequences of different lengths are packed as in
-// a torch PackedSequence: step t has bs[t] active batch rows (non-increasing in t: rows sorted by length,
-// longest first), and per-token tensors hold the active rows of step 0, then those of step 1, ...:
-// N = sum(bs) rows, row(t, b) = off[t] + b with off[t] = bs[0] + ... + bs[t-1]. A full-length batch is
-// bs[t] = B, which is the plain [T, B, ...] layout. Padded steps cost nothing. Tensors (row-major):
-//   bs    [T]           active rows per step; B = bs[0]
+// a torch PackedSequence: step t has batch_sizes[t] active batch rows (non-increasing in t: rows sorted by
+// length, longest first), and per-token tensors hold the active rows of step 0, then those of step 1, ...:
+// N = sum(batch_sizes) rows, row(t, b) = off[t] + b with off[t] = batch_sizes[0] + ... + batch_sizes[t-1]. A
+// full-length batch is batch_sizes[t] = B, which is the plain [T, B, ...] layout. Padded steps cost nothing.
+// Tensors (row-major):
+//   batch_sizes [T]     active rows per step; B = batch_sizes[0]
 //   xp    [N, G*H]      W_ih x_t for every token (no bias: the kernel adds b_ih)
 //   h0    [B, H]        initial hidden state;  c0 [B, H] initial cell state (LSTM)
-//   wf    packed W_hh for the forward product, panels (unit block, gate): see packing.h; or null and
-//         wf_bf16, the same panels in bf16 pairs (inference with bfloat16 weights: gemm_bf16.h)
-//   wb    packed W_hh for the backward product, panels (unit block):      see packing.h
+//   w_hh  W_hh packed, in a forward call for the forward product, panels (unit block, gate): see packing.h (or
+//         null and w_hh_bf16, the same panels in bf16 pairs: inference with bfloat16 weights, gemm_bf16.h); in
+//         a backward call for the backward product, panels (unit block): see packing.h
 //   b_ih, b_hh [G*H] or null
 //   y     [N, H]        outputs h_t (also the h_{t-1} that the next step reads)
 //   h_n, c_n [B, H]     final states: each row's state after its own last step
@@ -45,11 +46,11 @@ void recurrence_forward(const FwdArgs<T>& a, int requested_threads) {
     // asked for.
     const int nominal = nominal_threads(requested_threads, B, G, H, Slice<T>::blocks(H));
     const int nt = std::min(nominal, threads_for(requested_threads, B, G, H, Slice<T>::blocks(H)));
-    const Steps steps(a.bs, a.T_);
+    const Steps steps(a.batch_sizes, a.T_);
     const Biases<T> bias(a.b_ih, a.b_hh, G * H);
     // Per thread: gate sums [B][G][width] and, for the LSTM, the cell state [B][width].
     TeamScratch<T> scratch(static_cast<ptrdiff_t>(B) * (G + kCellState) * Slice<T>::blocks(H) * Tile<T>::NR, nt);
-    Bf16Product<T> bf16(a.wf_bf16, G, H, B, nt);
+    Bf16Product<T> bf16(a.w_hh_bf16, G, H, B, nt);
     std::vector<Slice<T>> nominal_slices;  // computed once: the product walks them every step
     for (int v = 0; v < nominal; ++v) nominal_slices.emplace_back(H, v, nominal);
 
@@ -80,7 +81,7 @@ void recurrence_forward(const FwdArgs<T>& a, int requested_threads) {
                 T* c = acc + (sub.b0 - s.b0) * Tile<T>::NR;
                 const bool in_l1 = static_cast<size_t>(G) * nv.width * H * sizeof(T) <= kL1Bytes;
                 auto part = [&](int k0, int k1, bool accumulate) {
-                    forward_product(a.wf, G, H, sub, 0, G, h_prev, H, Bt, k0, k1, c, ldc, accumulate, 1 << 30, in_l1);
+                    forward_product(a.w_hh, G, H, sub, 0, G, h_prev, H, Bt, k0, k1, c, ldc, accumulate, 1 << 30, in_l1);
                 };
                 if (!first_step && in_l1) {
                     part(nv.lo, nv.hi, false);
@@ -127,7 +128,7 @@ void recurrence_backward(const BwdArgs<T>& a, int requested_threads) {
     const int H = a.H, B = a.B;
     const ptrdiff_t GH = static_cast<ptrdiff_t>(G) * H;
     const int nt = threads_for(requested_threads, B, G, H, Slice<T>::blocks(H));
-    const Steps steps(a.bs, a.T_);
+    const Steps steps(a.batch_sizes, a.T_);
     T* const dhg_all = std::is_same<Cell, rnnfast::Gru>::value ? a.dhg : nullptr;  // else the product reads dxg
     // Per thread: the dh and dc carries [B][width].
     TeamScratch<T> scratch(2 * static_cast<ptrdiff_t>(B) * Slice<T>::blocks(H) * NR, nt);
@@ -154,7 +155,7 @@ void recurrence_backward(const BwdArgs<T>& a, int requested_threads) {
             barrier.wait(tid);
             // dh_{t-1}[:, own units] += dg_t W_hh[:, own units]
             const T* dg = (dhg_all ? dhg_all : a.dxg) + steps.row(t, 0) * GH;
-            backward_product(a.wb, GH, s, dg, GH, 0, GH, Bt, dhr, s.width, true);
+            backward_product(a.w_hh, GH, s, dg, GH, 0, GH, Bt, dhr, s.width, true);
         }
         store_carry(a.dh0, dhr, B, H, s);
         if (kCellState && a.dc0) store_carry(a.dc0, dcs, B, H, s);

@@ -18,11 +18,11 @@ void gru_original_forward(const FwdArgs<T>& a, int requested_threads) {
     constexpr int G = Cell::kGates, S = Cell::kSlots;
     const int H = a.H, B = a.B;
     const int nt = threads_for(requested_threads, B, G, H, Slice<T>::blocks(H));
-    const Steps steps(a.bs, a.T_);
+    const Steps steps(a.batch_sizes, a.T_);
     const Biases<T> bias(a.b_ih, a.b_hh, G * H);
     AlignedVector<T> rh_all(static_cast<size_t>(B) * H);  // r*h of the step, every unit: what W_hn multiplies
     TeamScratch<T> scratch(static_cast<ptrdiff_t>(B) * G * Slice<T>::blocks(H) * Tile<T>::NR, nt);  // gate sums
-    Bf16Product<T> bf16(a.wf_bf16, G, H, B, nt);
+    Bf16Product<T> bf16(a.w_hh_bf16, G, H, B, nt);
 
     run_team(nt, [&](int tid, int team, Barrier& barrier) {
         const Slice<T> s(H, tid, team);
@@ -34,7 +34,7 @@ void gru_original_forward(const FwdArgs<T>& a, int requested_threads) {
             if (bf16)
                 bf16(tid, s, 0, 2, h_prev, H, Bt, acc, ldc);
             else
-                forward_product(a.wf, G, H, s, 0, 2, h_prev, H, Bt, 0, H, acc, ldc, false);
+                forward_product(a.w_hh, G, H, s, 0, 2, h_prev, H, Bt, 0, H, acc, ldc, false);
             walk_forward<T, G>(a, steps, t, s, bias, acc, ldc, h_prev, S, [&](const auto& in, const auto& ws, int b,
                                                                               int u, int col) {
                 using V = ValueOf<decltype(in)>;
@@ -46,7 +46,7 @@ void gru_original_forward(const FwdArgs<T>& a, int requested_threads) {
             if (bf16)
                 bf16(tid, s, 2, 3, rh_all.data(), H, Bt, acc + 2 * s.width, ldc);
             else
-                forward_product(a.wf, G, H, s, 2, 3, rh_all.data(), H, Bt, 0, H, acc + 2 * s.width, ldc, false);
+                forward_product(a.w_hh, G, H, s, 2, 3, rh_all.data(), H, Bt, 0, H, acc + 2 * s.width, ldc, false);
             walk_forward<T, G>(a, steps, t, s, bias, acc, ldc, h_prev, S, [&](const auto& in, const auto& ws, int b,
                                                                               int u, int col) {
                 using V = ValueOf<decltype(in)>;
@@ -66,7 +66,7 @@ void gru_original_backward(const BwdArgs<T>& a, int requested_threads) {
     const int H = a.H, B = a.B;
     const ptrdiff_t GH = static_cast<ptrdiff_t>(G) * H;
     const int nt = threads_for(requested_threads, B, G, H, Slice<T>::blocks(H));
-    const Steps steps(a.bs, a.T_);
+    const Steps steps(a.batch_sizes, a.T_);
     // Per thread: the dh carry and drh = W_hn^T dn, [B][width] each.
     TeamScratch<T> scratch(2 * static_cast<ptrdiff_t>(B) * Slice<T>::blocks(H) * Tile<T>::NR, nt);
     BiasSums<T> sums(GH, nullptr);
@@ -86,7 +86,7 @@ void gru_original_backward(const BwdArgs<T>& a, int requested_threads) {
             });
             barrier.wait(tid);
             const T* dg = a.dxg + steps.row(t, 0) * GH;
-            backward_product(a.wb, GH, s, dg, GH, 2 * H, H, Bt, drh, s.width, false);  // W_hn^T dn
+            backward_product(a.w_hh, GH, s, dg, GH, 2 * H, H, Bt, drh, s.width, false);  // W_hn^T dn
             walk_backward<T, G>(a, steps, t, s, S, nullptr, true, [&](const auto& sv, const auto& gr, int, int,
                                                                       int col) {
                 using V = ValueOf<decltype(sv)>;
@@ -95,7 +95,7 @@ void gru_original_backward(const BwdArgs<T>& a, int requested_threads) {
             });
             sums.template add_step<G>(a, steps, t, s);
             barrier.wait(tid);
-            backward_product(a.wb, GH, s, dg, GH, 0, 2 * H, Bt, dhr, s.width, true);  // + W_h[r,z]^T d[r,z]
+            backward_product(a.w_hh, GH, s, dg, GH, 0, 2 * H, Bt, dhr, s.width, true);  // + W_h[r,z]^T d[r,z]
         }
         store_carry(a.dh0, dhr, B, H, s);
         sums.flush(a, G, s);

@@ -24,12 +24,12 @@ void lstm_proj_forward(const FwdArgs<T>& a, int requested_threads) {
     const int H = a.H, P = a.P, B = a.B;
     const int nt = threads_for(requested_threads, B, G, std::max(H, P),
                                std::min(Slice<T>::blocks(H), Slice<T>::blocks(P)));
-    const Steps steps(a.bs, a.T_);
+    const Steps steps(a.batch_sizes, a.T_);
     const Biases<T> bias(a.b_ih, a.b_hh, G * H);
     AlignedVector<T> m_all(static_cast<size_t>(B) * H);  // m_t of the step, every unit: what W_hr multiplies
     // Per thread: gate sums [B][G][width] and the cell state [B][width].
     TeamScratch<T> scratch(static_cast<ptrdiff_t>(B) * (G + 1) * Slice<T>::blocks(H) * Tile<T>::NR, nt);
-    Bf16Product<T> bf16(a.wf_bf16, G, P, B, nt);  // W_hh only: W_hr stays float32
+    Bf16Product<T> bf16(a.w_hh_bf16, G, P, B, nt);  // W_hh only: W_hr stays float32
 
     run_team(nt, [&](int tid, int team, Barrier& barrier) {
         const Slice<T> s(H, tid, team), sp(P, tid, team);
@@ -43,7 +43,7 @@ void lstm_proj_forward(const FwdArgs<T>& a, int requested_threads) {
             if (bf16)
                 bf16(tid, s, 0, G, h_prev, P, Bt, acc, ldc);
             else
-                forward_product(a.wf, G, P, s, 0, G, h_prev, P, Bt, 0, P, acc, ldc, false);
+                forward_product(a.w_hh, G, P, s, 0, G, h_prev, P, Bt, 0, P, acc, ldc, false);
             walk_forward<T, G>(a, steps, t, s, bias, acc, ldc, nullptr, S, [&](const auto& in, const auto& ws, int b,
                                                                               int u, int col) {
                 using V = ValueOf<decltype(in)>;
@@ -56,8 +56,8 @@ void lstm_proj_forward(const FwdArgs<T>& a, int requested_threads) {
             barrier.wait(tid);
             // h_t = m_t W_hr^T for the thread's slice of P, written straight into y (from its column sp.lo:
             // forward_product writes the slice's first block at acc).
-            forward_product(a.wr, 1, H, sp, 0, 1, m_all.data(), H, Bt, 0, H, a.y + steps.row(t, 0) * P + sp.lo, P, false,
-                            P);
+            forward_product(a.w_hr, 1, H, sp, 0, 1, m_all.data(), H, Bt, 0, H, a.y + steps.row(t, 0) * P + sp.lo, P,
+                            false, P);
             barrier.wait(tid);
         }
         copy_final_states(a, steps, P, sp.lo, sp.hi);
@@ -73,7 +73,7 @@ void lstm_proj_backward(const BwdArgs<T>& a, int requested_threads) {
     const ptrdiff_t GH = static_cast<ptrdiff_t>(G) * H;
     const int nt = threads_for(requested_threads, B, G, std::max(H, P),
                                std::min(Slice<T>::blocks(H), Slice<T>::blocks(P)));
-    const Steps steps(a.bs, a.T_);
+    const Steps steps(a.batch_sizes, a.T_);
     // Per thread: the dh carry [B][width over P], dm and the dc carry [B][width over H].
     TeamScratch<T> scratch(static_cast<ptrdiff_t>(B) * (Slice<T>::blocks(P) + 2 * Slice<T>::blocks(H)) * Tile<T>::NR,
                            nt);
@@ -99,7 +99,7 @@ void lstm_proj_backward(const BwdArgs<T>& a, int requested_threads) {
         for (int t = a.T_ - 1; t >= 0; --t) {
             const int Bt = steps.rows(t);
             // dm = dh_t W_hr for the thread's units.
-            backward_product(a.wr, P, s, a.dh_all + steps.row(t, 0) * P, P, 0, P, Bt, dm, s.width, false);
+            backward_product(a.w_hr, P, s, a.dh_all + steps.row(t, 0) * P, P, 0, P, Bt, dm, s.width, false);
             walk_backward<T, G>(a, steps, t, s, S, nullptr, false, [&](const auto& sv, const auto& gr, int, int,
                                                                       int col) {
                 using V = ValueOf<decltype(sv)>;
@@ -110,7 +110,7 @@ void lstm_proj_backward(const BwdArgs<T>& a, int requested_threads) {
             sums.template add_step<G>(a, steps, t, s);
             barrier.wait(tid);
             // dh_{t-1} = dg_t W_hh for the thread's slice of P, then the rows of step t-1 are assembled.
-            backward_product(a.wb, GH, sp, a.dxg + steps.row(t, 0) * GH, GH, 0, GH, Bt, dhr, sp.width, false);
+            backward_product(a.w_hh, GH, sp, a.dxg + steps.row(t, 0) * GH, GH, 0, GH, Bt, dhr, sp.width, false);
             if (t > 0) assemble(t - 1);
             barrier.wait(tid);
         }

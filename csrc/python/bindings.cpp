@@ -263,12 +263,12 @@ rnnfast::cpu::ForwardCall<T> forward_call(int cell, const py::array& bs, const p
     rnnfast::cpu::ForwardCall<T> c{};
     const bool lstm = cell == rnnfast::kLstm;
     c.cell = cell; c.T_ = static_cast<int>(T_); c.B = static_cast<int>(B); c.H = H;
-    c.bs = static_cast<const int64_t*>(bs.data());
+    c.batch_sizes = static_cast<const int64_t*>(bs.data());
     c.xp = in_ptr<T>(xp, "xp", {N, G * H});
     c.h0 = in_ptr<T>(h0, "h0", {B, S});
     c.c0 = in_ptr<T>(c0, "c0", {B, H}, !lstm);
-    c.wf = w.forward_panels<T>();
-    c.wf_bf16 = w.bf16_panels();
+    c.w_hh = w.forward_panels<T>();
+    c.w_hh_bf16 = w.bf16_panels();
     c.b_ih = in_ptr<T>(b_ih, "b_ih", {G * H}, true);
     c.b_hh = in_ptr<T>(b_hh, "b_hh", {G * H}, true);
     c.y = out_ptr<T>(y, "y", {N, S});
@@ -277,7 +277,7 @@ rnnfast::cpu::ForwardCall<T> forward_call(int cell, const py::array& bs, const p
     c.ws = out_ptr<T>(ws, "ws", {N, rnnfast::workspace_slots(cell, P > 0) * H}, true);
     c.P = P;
     if (P && wr->bfloat16()) throw py::value_error("weight_hr: the projection is read as float32 in every mode");
-    c.wr = P ? wr->forward_panels<T>() : nullptr;
+    c.w_hr = P ? wr->forward_panels<T>() : nullptr;
     return c;
 }
 
@@ -297,7 +297,7 @@ rnnfast::cpu::BackwardCall<T> backward_call(int cell, const py::array& bs, Packe
     const bool lstm = cell == rnnfast::kLstm;
     const int slots = rnnfast::workspace_slots(cell, P > 0);
     c.cell = cell; c.T_ = static_cast<int>(T_); c.B = static_cast<int>(B); c.H = H;
-    c.bs = static_cast<const int64_t*>(bs.data());
+    c.batch_sizes = static_cast<const int64_t*>(bs.data());
     c.y = in_ptr<T>(y, "y", {N, S});
     c.h0 = in_ptr<T>(h0, "h0", {B, S});
     c.c0 = in_ptr<T>(c0, "c0", {B, H}, !lstm);
@@ -311,10 +311,10 @@ rnnfast::cpu::BackwardCall<T> backward_call(int cell, const py::array& bs, Packe
     c.dc0 = out_ptr<T>(dc0, "dc0", {B, H}, true);
     c.db_ih = out_ptr<T>(db_ih, "db_ih", {G * H}, true);
     c.db_hh = out_ptr<T>(db_hh, "db_hh", {G * H}, true);
-    c.wb = w.backward_panels<T>();
+    c.w_hh = w.backward_panels<T>();
     c.P = P;
     if (P) {
-        c.wr = wr->backward_panels<T>();
+        c.w_hr = wr->backward_panels<T>();
         c.dh_all = out_ptr<T>(dh_all, "dh_all", {N, P});
     }
     return c;
