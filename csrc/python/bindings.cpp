@@ -1,4 +1,7 @@
-// bindings.cpp: the _rnnfast._C module. Array checks, GIL release, and nothing else: no math here.
+// bindings.cpp: the _rnnfast._C module: the CPU kernels (csrc/cpu/kernels.h) behind checked arguments. It holds
+// the packed weights (PackedWeights: packed once, compared with the weights' bytes at every call), the named
+// recurrence calls (ForwardCall, BackwardCall), the GEMMs, the tuner's hooks and the machine probes; the math
+// is in the kernels.
 //
 // Every entry point checks dtypes, shapes and contiguity of what it is given and raises ValueError or
 // TypeError naming the argument before any kernel runs; kernels run with the GIL released.
@@ -250,20 +253,34 @@ std::tuple<py::ssize_t, py::ssize_t, py::ssize_t> check_steps(const py::array& b
     return {N, T_, B};
 }
 
+// The sizes of a recurrence call: gates G, units H, projection P (0: none), state features S, tokens N, batch B.
+struct Sizes {
+    int G, H, P, S;
+    py::ssize_t N, B;
+};
+
+// Checks what fixes a call's sizes (the weights' dtype, cell and projection; batch_sizes against h0) and fills the
+// fields every call has: cell, steps, batch size, units, projection, batch_sizes.
+template <typename T, typename Call>
+Sizes call_sizes(Call& c, int cell, const py::array& bs, const Packed& w, Packed* wr, const py::object& h0) {
+    check_weight_dtype<T>(w, wr);
+    const int G = gates_of(cell), H = w.hidden();
+    if (w.gates() != G) throw py::value_error("weight_hh: packed for a different cell");
+    const int P = check_projection(cell, w, wr);
+    const auto [N, T_, B] = check_steps(bs, h0);
+    c.cell = cell; c.T_ = static_cast<int>(T_); c.B = static_cast<int>(B); c.H = H; c.P = P;
+    c.batch_sizes = static_cast<const int64_t*>(bs.data());
+    return {G, H, P, P ? P : H, N, B};
+}
+
 template <typename T>
 rnnfast::cpu::ForwardCall<T> forward_call(int cell, const py::array& bs, const py::array& xp, const py::object& h0,
                                           const py::object& c0, Packed& w, const py::object& b_ih,
                                           const py::object& b_hh, const py::object& y, const py::object& h_n,
                                           const py::object& c_n, const py::object& ws, Packed* wr) {
-    check_weight_dtype<T>(w, wr);
-    const int G = gates_of(cell), H = w.hidden();
-    if (w.gates() != G) throw py::value_error("weight_hh: packed for a different cell");
-    const int P = check_projection(cell, w, wr), S = P ? P : H;
-    const auto [N, T_, B] = check_steps(bs, h0);
     rnnfast::cpu::ForwardCall<T> c{};
+    const auto [G, H, P, S, N, B] = call_sizes<T>(c, cell, bs, w, wr, h0);
     const bool lstm = cell == rnnfast::kLstm;
-    c.cell = cell; c.T_ = static_cast<int>(T_); c.B = static_cast<int>(B); c.H = H;
-    c.batch_sizes = static_cast<const int64_t*>(bs.data());
     c.xp = in_ptr<T>(xp, "xp", {N, G * H});
     c.h0 = in_ptr<T>(h0, "h0", {B, S});
     c.c0 = in_ptr<T>(c0, "c0", {B, H}, !lstm);
@@ -275,7 +292,6 @@ rnnfast::cpu::ForwardCall<T> forward_call(int cell, const py::array& bs, const p
     c.h_n = out_ptr<T>(h_n, "h_n", {B, S});
     c.c_n = out_ptr<T>(c_n, "c_n", {B, H}, !lstm);
     c.ws = out_ptr<T>(ws, "ws", {N, rnnfast::workspace_slots(cell, P > 0) * H}, true);
-    c.P = P;
     if (P && wr->bfloat16()) throw py::value_error("weight_hr: the projection is read as float32 in every mode");
     c.w_hr = P ? wr->forward_panels<T>() : nullptr;
     return c;
@@ -288,16 +304,10 @@ rnnfast::cpu::BackwardCall<T> backward_call(int cell, const py::array& bs, Packe
                                             const py::object& dxg, const py::object& dhg, const py::object& dh0,
                                             const py::object& dc0, const py::object& db_ih, const py::object& db_hh,
                                             Packed* wr, const py::object& dh_all) {
-    check_weight_dtype<T>(w, wr);
-    const int G = gates_of(cell), H = w.hidden();
-    if (w.gates() != G) throw py::value_error("weight_hh: packed for a different cell");
-    const int P = check_projection(cell, w, wr), S = P ? P : H;
-    const auto [N, T_, B] = check_steps(bs, h0);
     rnnfast::cpu::BackwardCall<T> c{};
+    const auto [G, H, P, S, N, B] = call_sizes<T>(c, cell, bs, w, wr, h0);
     const bool lstm = cell == rnnfast::kLstm;
     const int slots = rnnfast::workspace_slots(cell, P > 0);
-    c.cell = cell; c.T_ = static_cast<int>(T_); c.B = static_cast<int>(B); c.H = H;
-    c.batch_sizes = static_cast<const int64_t*>(bs.data());
     c.y = in_ptr<T>(y, "y", {N, S});
     c.h0 = in_ptr<T>(h0, "h0", {B, S});
     c.c0 = in_ptr<T>(c0, "c0", {B, H}, !lstm);
@@ -312,7 +322,6 @@ rnnfast::cpu::BackwardCall<T> backward_call(int cell, const py::array& bs, Packe
     c.db_ih = out_ptr<T>(db_ih, "db_ih", {G * H}, true);
     c.db_hh = out_ptr<T>(db_hh, "db_hh", {G * H}, true);
     c.w_hh = w.backward_panels<T>();
-    c.P = P;
     if (P) {
         c.w_hr = wr->backward_panels<T>();
         c.dh_all = out_ptr<T>(dh_all, "dh_all", {N, P});
@@ -343,9 +352,71 @@ Packed& packed_arg(const py::object& o, const char* name) {
     return o.cast<Packed&>();
 }
 
-py::array batch_sizes_arg(const py::object& o) {
-    if (!py::isinstance<py::array>(o)) throw py::type_error("batch_sizes: expected a numpy int64 array");
+py::array array_arg(const py::object& o, const char* name, const char* expected) {
+    if (!py::isinstance<py::array>(o)) throw py::type_error(std::string(name) + ": expected " + expected);
     return o.cast<py::array>();
+}
+
+// What both call objects check first, in this order: the cell, the packed weights, the dtype (of `typed`, xp
+// for a forward and y for a backward) and batch_sizes.
+struct CallArgs {
+    int cell;
+    Packed& w;
+    Packed* wr;
+    py::array typed;
+    DType dtype;
+    py::array batch_sizes;
+};
+
+CallArgs call_args(const std::string& cell, const py::object& batch_sizes, const py::object& weight_hh,
+                   const py::object& weight_hr, const py::object& typed, const char* typed_name) {
+    const int id = cell_id(cell);
+    Packed& w = packed_arg(weight_hh, "weight_hh");
+    Packed* wr = optional_packed(weight_hr, "weight_hr");
+    const py::array a = array_arg(typed, typed_name, "a numpy array");
+    const DType dtype = dtype_of(a, typed_name);
+    return {id, w, wr, a, dtype, array_arg(batch_sizes, "batch_sizes", "a numpy int64 array")};
+}
+
+// Fills the call of the object's dtype: build(T{}) returns the Call<T>.
+template <typename Object, typename Build>
+void fill(Object& c, Build&& build) {
+    if (c.dtype == DType::f32) c.f32 = build(float{});
+    else c.f64 = build(double{});
+}
+
+std::unique_ptr<ForwardCallObject> make_forward_call(
+        const std::string& cell, const py::object& batch_sizes, const py::object& xp, const py::object& h0,
+        const py::object& c0, const py::object& weight_hh, const py::object& b_ih, const py::object& b_hh,
+        const py::object& y, const py::object& h_n, const py::object& c_n, const py::object& ws,
+        const py::object& weight_hr) {
+    const CallArgs a = call_args(cell, batch_sizes, weight_hh, weight_hr, xp, "xp");
+    auto c = std::make_unique<ForwardCallObject>();
+    c->dtype = a.dtype;
+    fill(*c, [&](auto tag) {
+        return forward_call<decltype(tag)>(a.cell, a.batch_sizes, a.typed, h0, c0, a.w, b_ih, b_hh, y, h_n, c_n,
+                                           ws, a.wr);
+    });
+    c->keep = py::make_tuple(batch_sizes, xp, h0, c0, weight_hh, b_ih, b_hh, y, h_n, c_n, ws, weight_hr);
+    return c;
+}
+
+std::unique_ptr<BackwardCallObject> make_backward_call(
+        const std::string& cell, const py::object& batch_sizes, const py::object& weight_hh, const py::object& h0,
+        const py::object& c0, const py::object& y, const py::object& ws, const py::object& dy,
+        const py::object& dh_n, const py::object& dc_n, const py::object& dxg, const py::object& dhg,
+        const py::object& dh0, const py::object& dc0, const py::object& db_ih, const py::object& db_hh,
+        const py::object& weight_hr, const py::object& dh_all) {
+    const CallArgs a = call_args(cell, batch_sizes, weight_hh, weight_hr, y, "y");
+    auto c = std::make_unique<BackwardCallObject>();
+    c->dtype = a.dtype;
+    fill(*c, [&](auto tag) {
+        return backward_call<decltype(tag)>(a.cell, a.batch_sizes, a.w, h0, c0, a.typed, ws, dy, dh_n, dc_n, dxg,
+                                            dhg, dh0, dc0, db_ih, db_hh, a.wr, dh_all);
+    });
+    c->keep = py::make_tuple(batch_sizes, weight_hh, h0, c0, y, ws, dy, dh_n, dc_n, dxg, dhg, dh0, dc0, db_ih, db_hh,
+                             weight_hr, dh_all);
+    return c;
 }
 
 // Runs independent recurrences (the two directions of a layer) at once, each on its own thread.
@@ -371,25 +442,35 @@ void run(const std::vector<Object*>& calls, int threads, bool forward) {
     if (calls[0]->dtype == DType::f32) go(float{}); else go(double{});
 }
 
+// c (M, N): the output of a GEMM, checked after its shape: rows contiguous, writeable.
+void check_c_shape(const py::array& c, py::ssize_t M, py::ssize_t N) {
+    if (c.shape(0) != M || c.shape(1) != N)
+        throw py::value_error("c: expected shape (" + std::to_string(M) + ", " + std::to_string(N) + "), got " +
+                              shape_str(c));
+}
+
+template <typename T>
+T* c_rows(const py::array& c, py::ssize_t N) {
+    if (c.strides(1) != static_cast<py::ssize_t>(sizeof(T)) || c.strides(0) < N * static_cast<py::ssize_t>(sizeof(T)))
+        throw py::value_error("c: rows must be contiguous");
+    if (!c.writeable()) throw py::value_error("c: array is read-only");
+    return static_cast<T*>(const_cast<void*>(c.data()));
+}
+
 template <typename T>
 void gemm_t(const py::array& a, const py::array& b, const py::array& c, bool accumulate, int threads, int variant) {
     if (a.ndim() != 2 || b.ndim() != 2 || c.ndim() != 2)
         throw py::value_error("gemm: a, b and c must be 2-D");
     const py::ssize_t M = a.shape(0), K = a.shape(1), N = b.shape(1);
     if (b.shape(0) != K) throw py::value_error("b: expected " + std::to_string(K) + " rows, got " + shape_str(b));
-    if (c.shape(0) != M || c.shape(1) != N)
-        throw py::value_error("c: expected shape (" + std::to_string(M) + ", " + std::to_string(N) + "), got " +
-                              shape_str(c));
+    check_c_shape(c, M, N);
     if (!has_dtype<T>(a) || !has_dtype<T>(b) || !has_dtype<T>(c)) throw py::type_error("gemm: a, b and c must share a dtype");
-    if (c.strides(1) != static_cast<py::ssize_t>(sizeof(T)) || c.strides(0) < N * static_cast<py::ssize_t>(sizeof(T)))
-        throw py::value_error("c: rows must be contiguous");
-    if (!c.writeable()) throw py::value_error("c: array is read-only");
+    T* out = c_rows<T>(c, N);
     const py::ssize_t s = sizeof(T);
     rnnfast::cpu::GemmCall<T> g{M, N, K,
                                 static_cast<const T*>(a.data()), a.strides(0) / s, a.strides(1) / s,
                                 static_cast<const T*>(b.data()), b.strides(0) / s, b.strides(1) / s,
-                                static_cast<T*>(const_cast<void*>(c.data())), c.strides(0) / s, accumulate,
-                                variant};
+                                out, c.strides(0) / s, accumulate, variant};
     py::gil_scoped_release nogil;
     table<T>().gemm(g, threads);
 }
@@ -402,15 +483,11 @@ void gemm_packed_t(const py::array& a, Packed& w, const py::array& c, bool accum
     if (K != w.cols()) throw py::value_error("a: expected " + std::to_string(w.cols()) + " columns, got " + shape_str(a));
     if (!has_dtype<T>(a) || !has_dtype<T>(c))
         throw py::type_error("gemm_packed: a, c and the weight must share a dtype");
-    if (c.shape(0) != M || c.shape(1) != N)
-        throw py::value_error("c: expected shape (" + std::to_string(M) + ", " + std::to_string(N) + "), got " + shape_str(c));
-    if (c.strides(1) != static_cast<py::ssize_t>(sizeof(T)) || c.strides(0) < N * static_cast<py::ssize_t>(sizeof(T)))
-        throw py::value_error("c: rows must be contiguous");
-    if (!c.writeable()) throw py::value_error("c: array is read-only");
+    check_c_shape(c, M, N);
+    T* out = c_rows<T>(c, N);
     const py::ssize_t s = sizeof(T);
     rnnfast::cpu::PackedGemmCall<T> g{M, N, K, static_cast<const T*>(a.data()), a.strides(0) / s, a.strides(1) / s,
-                                      w.forward_panels<T>(), static_cast<T*>(const_cast<void*>(c.data())),
-                                      c.strides(0) / s, accumulate, variant};
+                                      w.forward_panels<T>(), out, c.strides(0) / s, accumulate, variant};
     py::gil_scoped_release nogil;
     table<T>().gemm_packed(g, threads);
 }
@@ -446,12 +523,8 @@ py::list variants_of() {
     return out;
 }
 
-}  // namespace
-
-PYBIND11_MODULE(_C, m) {
-    m.doc() = "rnnfast CPU kernels (fused recurrences, packed weights, GEMM). Internal: use rnnfast.functional.";
-    m.def("source_fingerprint", [] { return std::string(rnnfast::source_fingerprint()); },
-          "SHA-256 of the sources this module was built from (CMakeLists.txt; rnnfast/_compiled.py checks it).");
+// The machine and the kernels on it: ISA, core round trip, barrier cost, team pressure, bandwidth, bf16.
+void bind_probes(py::module_& m) {
     m.def("isa", [] { return std::string(rnnfast::cpu::select().name); },
           "The instruction-set build the kernels run on (avx512, avx2 or generic).");
     m.def("core_round_trip_ns", [](int iterations, double max_ms) {
@@ -494,7 +567,31 @@ PYBIND11_MODULE(_C, m) {
     m.def("panel_width", [](const py::dtype& dt) {
         return dt.equal(py::dtype::of<float>()) ? table<float>().panel_width : table<double>().panel_width;
     });
+}
 
+// What the build is: the sources' fingerprint and the cells as the kernels define them.
+void bind_build(py::module_& m) {
+    m.def("source_fingerprint", [] { return std::string(rnnfast::source_fingerprint()); },
+          "SHA-256 of the sources this module was built from (CMakeLists.txt; rnnfast/_compiled.py checks it).");
+    m.def("cell_info", [] {
+        py::dict out;
+        for (int id = 0; id < rnnfast::kNumCells; ++id) {
+            const rnnfast::CellInfo c = rnnfast::cell_info(id);
+            py::list names;
+            for (int i = 0; i < std::max(c.slots, c.proj_slots); ++i) names.append(c.slot_names[i]);
+            out[py::str(c.name)] = py::dict(py::arg("id") = id, py::arg("gates") = c.gates,
+                                            py::arg("slots") = c.slots, py::arg("proj_slots") = c.proj_slots,
+                                            py::arg("slot_names") = names, py::arg("cell_state") = c.cell_state,
+                                            py::arg("recurrent_grads") = c.recurrent_grads,
+                                            py::arg("reset_before_product") = c.reset_before_product);
+        }
+        return out;
+    }, "Every cell's id, gate count, workspace slots per unit (with an LSTM projection: proj_slots) and the facts the "
+       "data flow asks (cell_state, recurrent_grads, reset_before_product), as csrc/common/cells.h defines them.");
+}
+
+// PackedWeights: a weight packed once for the kernels, compared with its source at every call.
+void bind_packed_weights(py::module_& m) {
     py::class_<Packed>(m, "PackedWeights")
         .def(py::init<py::array, int, bool>(), py::arg("weight"), py::arg("gates"), py::arg("bfloat16") = false,
              "Packs a recurrent weight_hh (gates = G) or, with gates=0, a matrix w for x @ w^T. bfloat16=True: a "
@@ -505,7 +602,10 @@ PYBIND11_MODULE(_C, m) {
         .def_property_readonly("bfloat16", &Packed::bfloat16)
         .def_property_readonly("hidden_size", &Packed::hidden)
         .def_property_readonly("state_size", &Packed::state);
+}
 
+// The time-parallel GEMMs: on a packed weight, and on any strided operands.
+void bind_gemm(py::module_& m) {
     m.def("gemm_packed",
           [](const py::array& a, Packed& w, const py::array& c, bool accumulate, int threads, int variant) {
               check_threads(threads);
@@ -519,6 +619,22 @@ PYBIND11_MODULE(_C, m) {
           "c = a @ weight^T (or +=) with weight packed by PackedWeights(weight, 0); variant: an index of "
           "gemm_variants (the tuner's timings), -1 for the one in force.");
 
+    m.def("gemm",
+          [](const py::array& a, const py::array& b, const py::array& c, bool accumulate, int threads, int variant) {
+              check_threads(threads);
+              const DType dt = dtype_of(a, "a");
+              check_variant(dt, variant);
+              if (dt == DType::f32) gemm_t<float>(a, b, c, accumulate, threads, variant);
+              else gemm_t<double>(a, b, c, accumulate, threads, variant);
+          },
+          py::arg("a"), py::arg("b"), py::arg("c"), py::arg("accumulate") = false, py::arg("threads") = 1,
+          py::arg("variant") = -1,
+          "c = a @ b, or c += a @ b with accumulate=True. a and b may be any strided 2-D views. variant: as in "
+          "gemm_packed.");
+}
+
+// The GEMM variants and the choice among them (rnnfast/_tuning.py).
+void bind_tuning(py::module_& m) {
     m.def("gemm_variants", [](const py::object& dtype) {
         return dtype_arg(dtype) == DType::f32 ? variants_of<float>() : variants_of<double>();
     }, py::arg("dtype"),
@@ -546,44 +662,14 @@ PYBIND11_MODULE(_C, m) {
     }, py::arg("dtype"), py::arg("gemm"), py::arg("step"),
           "Sets the variants the time-parallel GEMMs and the per-step recurrent products of a dtype run "
           "(rnnfast/_tuning.py does, once per process).");
+}
 
-    m.def("cell_info", [] {
-        py::dict out;
-        for (int id = 0; id < rnnfast::kNumCells; ++id) {
-            const rnnfast::CellInfo c = rnnfast::cell_info(id);
-            py::list names;
-            for (int i = 0; i < std::max(c.slots, c.proj_slots); ++i) names.append(c.slot_names[i]);
-            out[py::str(c.name)] = py::dict(py::arg("id") = id, py::arg("gates") = c.gates,
-                                            py::arg("slots") = c.slots, py::arg("proj_slots") = c.proj_slots,
-                                            py::arg("slot_names") = names, py::arg("cell_state") = c.cell_state,
-                                            py::arg("recurrent_grads") = c.recurrent_grads,
-                                            py::arg("reset_before_product") = c.reset_before_product);
-        }
-        return out;
-    }, "Every cell's id, gate count, workspace slots per unit (with an LSTM projection: proj_slots) and the facts the "
-       "data flow asks (cell_state, recurrent_grads, reset_before_product), as csrc/common/cells.h defines them.");
-
+// The recurrences: named, checked call objects, and the entry points that run them.
+void bind_calls(py::module_& m) {
     py::class_<ForwardCallObject>(m, "ForwardCall",
         "One recurrence forward over packed tokens (csrc/cpu/recurrence.h documents every tensor), checked when "
         "built: writes y, h_n, c_n and, in training, the workspace ws.")
-        .def(py::init([](const std::string& cell, const py::object& batch_sizes, const py::object& xp,
-                         const py::object& h0, const py::object& c0, const py::object& weight_hh,
-                         const py::object& b_ih, const py::object& b_hh, const py::object& y, const py::object& h_n,
-                         const py::object& c_n, const py::object& ws, const py::object& weight_hr) {
-                 auto c = std::make_unique<ForwardCallObject>();
-                 const int id = cell_id(cell);
-                 Packed& w = packed_arg(weight_hh, "weight_hh");
-                 Packed* wr = optional_packed(weight_hr, "weight_hr");
-                 if (!py::isinstance<py::array>(xp)) throw py::type_error("xp: expected a numpy array");
-                 c->dtype = dtype_of(xp.cast<py::array>(), "xp");
-                 const py::array bs = batch_sizes_arg(batch_sizes);
-                 if (c->dtype == DType::f32)
-                     c->f32 = forward_call<float>(id, bs, xp.cast<py::array>(), h0, c0, w, b_ih, b_hh, y, h_n, c_n, ws, wr);
-                 else
-                     c->f64 = forward_call<double>(id, bs, xp.cast<py::array>(), h0, c0, w, b_ih, b_hh, y, h_n, c_n, ws, wr);
-                 c->keep = py::make_tuple(batch_sizes, xp, h0, c0, weight_hh, b_ih, b_hh, y, h_n, c_n, ws, weight_hr);
-                 return c;
-             }),
+        .def(py::init(&make_forward_call),
              py::kw_only(), py::arg("cell"), py::arg("batch_sizes"), py::arg("xp"), py::arg("h0"),
              py::arg("c0") = py::none(), py::arg("weight_hh"), py::arg("b_ih") = py::none(),
              py::arg("b_hh") = py::none(), py::arg("y"), py::arg("h_n"), py::arg("c_n") = py::none(),
@@ -592,29 +678,7 @@ PYBIND11_MODULE(_C, m) {
     py::class_<BackwardCallObject>(m, "BackwardCall",
         "BPTT through one training forward (csrc/cpu/recurrence.h documents every tensor), checked when built: "
         "writes dxg (and dhg for the GRU), dh0, dc0 and dh_all; adds into db_ih and db_hh.")
-        .def(py::init([](const std::string& cell, const py::object& batch_sizes, const py::object& weight_hh,
-                         const py::object& h0, const py::object& c0, const py::object& y, const py::object& ws,
-                         const py::object& dy, const py::object& dh_n, const py::object& dc_n, const py::object& dxg,
-                         const py::object& dhg, const py::object& dh0, const py::object& dc0,
-                         const py::object& db_ih, const py::object& db_hh, const py::object& weight_hr,
-                         const py::object& dh_all) {
-                 auto c = std::make_unique<BackwardCallObject>();
-                 const int id = cell_id(cell);
-                 Packed& w = packed_arg(weight_hh, "weight_hh");
-                 Packed* wr = optional_packed(weight_hr, "weight_hr");
-                 if (!py::isinstance<py::array>(y)) throw py::type_error("y: expected a numpy array");
-                 c->dtype = dtype_of(y.cast<py::array>(), "y");
-                 const py::array bs = batch_sizes_arg(batch_sizes);
-                 if (c->dtype == DType::f32)
-                     c->f32 = backward_call<float>(id, bs, w, h0, c0, y.cast<py::array>(), ws, dy, dh_n, dc_n, dxg, dhg,
-                                                   dh0, dc0, db_ih, db_hh, wr, dh_all);
-                 else
-                     c->f64 = backward_call<double>(id, bs, w, h0, c0, y.cast<py::array>(), ws, dy, dh_n, dc_n, dxg,
-                                                    dhg, dh0, dc0, db_ih, db_hh, wr, dh_all);
-                 c->keep = py::make_tuple(batch_sizes, weight_hh, h0, c0, y, ws, dy, dh_n, dc_n, dxg, dhg, dh0, dc0,
-                                          db_ih, db_hh, weight_hr, dh_all);
-                 return c;
-             }),
+        .def(py::init(&make_backward_call),
              py::kw_only(), py::arg("cell"), py::arg("batch_sizes"), py::arg("weight_hh"), py::arg("h0"),
              py::arg("c0") = py::none(), py::arg("y"), py::arg("ws") = py::none(), py::arg("dy") = py::none(),
              py::arg("dh_n") = py::none(), py::arg("dc_n") = py::none(), py::arg("dxg"), py::arg("dhg") = py::none(),
@@ -627,17 +691,16 @@ PYBIND11_MODULE(_C, m) {
           "uses up to `threads` threads (-n: exactly n).");
     m.def("backward", [](const std::vector<BackwardCallObject*>& calls, int threads) { run(calls, threads, false); },
           py::arg("calls"), py::arg("threads"), "Runs BackwardCalls, as forward runs ForwardCalls.");
+}
 
-    m.def("gemm",
-          [](const py::array& a, const py::array& b, const py::array& c, bool accumulate, int threads, int variant) {
-              check_threads(threads);
-              const DType dt = dtype_of(a, "a");
-              check_variant(dt, variant);
-              if (dt == DType::f32) gemm_t<float>(a, b, c, accumulate, threads, variant);
-              else gemm_t<double>(a, b, c, accumulate, threads, variant);
-          },
-          py::arg("a"), py::arg("b"), py::arg("c"), py::arg("accumulate") = false, py::arg("threads") = 1,
-          py::arg("variant") = -1,
-          "c = a @ b, or c += a @ b with accumulate=True. a and b may be any strided 2-D views. variant: as in "
-          "gemm_packed.");
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+    m.doc() = "rnnfast CPU kernels (fused recurrences, packed weights, GEMM). Internal: use rnnfast.functional.";
+    bind_build(m);
+    bind_probes(m);
+    bind_packed_weights(m);
+    bind_gemm(m);
+    bind_tuning(m);
+    bind_calls(m);
 }
