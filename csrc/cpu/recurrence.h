@@ -35,6 +35,57 @@
 
 namespace {
 
+// h_{t-1} W_hh^T for a thread's units, the product of a single-phase forward step, each unit's sum in the order
+// of the nominal slice that owns it. Where a slice's weights stay in L1, its own units of h_{t-1} come first,
+// multiplied while the other threads finish theirs, then the rest (measured here: LSTM H=64 B=1 gains 2.4x from
+// it at two threads, while H=256, weights streamed from L2, loses 30%); else all of h_{t-1} after the crossing.
+// Step 0 reads h0, which is whole: no split. A team smaller than the nominal split (a slow crossing, nested
+// parallelism) runs each nominal slice it holds in turn, in the same order: results are identical run to run
+// for a thread count asked for, not across thread counts. Called by every thread every step: forced inline, its
+// lambdas too (else GCC calls them, and the cell walk beside it loses inlined vector math: measured on the code).
+template <typename T>
+struct SplitProduct {
+    const T* w_hh;
+    int G, H;
+    const Slice<T>& s;                     // the thread's units
+    const std::vector<Slice<T>>& nominal;  // the split that fixes the order of the sums
+    T* acc;                                // gate sums [rows][G][s.width], row stride ldc
+    ptrdiff_t ldc;
+    Barrier& barrier;
+    int tid;
+
+    // Waits for the crossing `epoch` (h_{t-1} complete) as late as the split allows.
+    inline __attribute__((always_inline)) void operator()(const T* h_prev, int Bt, bool first_step,
+                                                          uint64_t epoch) const {
+        bool waited = first_step;
+        auto wait = [&]() __attribute__((always_inline)) {
+            if (!waited) barrier.wait_for(tid, epoch);
+            waited = true;
+        };
+        for (const Slice<T>& nv : nominal) {
+            Slice<T> sub = s;
+            sub.b0 = std::max(s.b0, nv.b0);
+            sub.b1 = std::min(s.b1, nv.b1);
+            if (sub.b0 >= sub.b1) continue;
+            T* c = acc + (sub.b0 - s.b0) * Tile<T>::NR;
+            const bool in_l1 = static_cast<size_t>(G) * nv.width * H * sizeof(T) <= kL1Bytes;
+            auto part = [&](int k0, int k1, bool accumulate) __attribute__((always_inline)) {
+                forward_product(w_hh, G, H, sub, 0, G, h_prev, H, Bt, k0, k1, c, ldc, accumulate, 1 << 30, in_l1);
+            };
+            if (!first_step && in_l1) {
+                part(nv.lo, nv.hi, false);
+                wait();
+                part(0, nv.lo, true);
+                part(nv.hi, H, true);
+            } else {
+                wait();
+                part(0, H, false);
+            }
+        }
+        wait();
+    }
+};
+
 template <class Cell, typename T>
 void recurrence_forward(const FwdArgs<T>& a, int requested_threads) {
     constexpr int G = Cell::kGates, S = Cell::kSlots;
@@ -60,41 +111,7 @@ void recurrence_forward(const FwdArgs<T>& a, int requested_threads) {
         T* acc = scratch.of(tid);
         T* cst = acc + B * ldc;
         if (kCellState) load_carry(cst, a.c0, B, H, s);
-        // h_{t-1} W_hh^T for the thread's units, each unit's sum in the order of the nominal slice that owns it.
-        // Where a slice's weights stay in L1, its own units of h_{t-1} come first, multiplied while the other
-        // threads finish theirs, then the rest (measured here: LSTM H=64 B=1 gains 2.4x from it at two threads,
-        // while H=256, weights streamed from L2, loses 30%); else all of h_{t-1} after the crossing. Step 0 reads
-        // h0, which is whole: no split. A team smaller than the nominal split (a slow crossing, nested
-        // parallelism) runs each nominal slice it holds in turn, in the same order: results are identical run
-        // to run for a thread count asked for, not across thread counts.
-        auto product = [&](const T* h_prev, int Bt, bool first_step, uint64_t epoch) {
-            bool waited = first_step;
-            auto wait = [&] {
-                if (!waited) barrier.wait_for(tid, epoch);
-                waited = true;
-            };
-            for (const Slice<T>& nv : nominal_slices) {
-                Slice<T> sub = s;
-                sub.b0 = std::max(s.b0, nv.b0);
-                sub.b1 = std::min(s.b1, nv.b1);
-                if (sub.b0 >= sub.b1) continue;
-                T* c = acc + (sub.b0 - s.b0) * Tile<T>::NR;
-                const bool in_l1 = static_cast<size_t>(G) * nv.width * H * sizeof(T) <= kL1Bytes;
-                auto part = [&](int k0, int k1, bool accumulate) {
-                    forward_product(a.w_hh, G, H, sub, 0, G, h_prev, H, Bt, k0, k1, c, ldc, accumulate, 1 << 30, in_l1);
-                };
-                if (!first_step && in_l1) {
-                    part(nv.lo, nv.hi, false);
-                    wait();
-                    part(0, nv.lo, true);
-                    part(nv.hi, H, true);
-                } else {
-                    wait();
-                    part(0, H, false);
-                }
-            }
-            wait();
-        };
+        const SplitProduct<T> product{a.w_hh, G, H, s, nominal_slices, acc, ldc, barrier, tid};
         uint64_t epoch = 0;
         for (int t = 0; t < a.T_; ++t) {
             const int Bt = steps.rows(t);
