@@ -27,6 +27,24 @@ void backward_entry(const rnnfast::cpu::BackwardCall<T>& c, int threads) {
     rnnfast::with_single_phase_cell(c.cell, [&](auto cell) { recurrence_backward<decltype(cell), T>(c, threads); });
 }
 
+// The threads a time-parallel GEMM asks for: exactly -threads when threads < 0 (tests), else one per 2 MFLOP of
+// the product, at most what team_request grants of `threads` (threads.h: one while the teams are starved).
+inline int gemm_threads(int threads, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K) {
+    const double flops = 2.0 * M * N * K;
+    return threads < 0 ? -threads : std::max(1, std::min<int>(team_request(threads), static_cast<int>(flops / 2e6)));
+}
+
+// The team for a split of C into `units` (panels or tiles): the threads asked for, at most one per unit.
+inline int team_for(int asked, ptrdiff_t units) {
+    return static_cast<int>(std::max<ptrdiff_t>(1, std::min<ptrdiff_t>(asked, units)));
+}
+
+// Runs f(tid, q0, q1) on a team of nt threads, thread tid on the units [q0, q1) of `units`.
+template <typename F>
+void run_shares(int nt, ptrdiff_t units, F&& f) {
+    run_team(nt, [&](int tid, int team, Barrier&) { f(tid, units * tid / team, units * (tid + 1) / team); });
+}
+
 // Splits C by columns (panel-aligned) or by rows (tile-aligned). Every thread packs all of the operand it does not
 // split (by columns: all of A, M x K; by rows: all of B, K x N), so the split goes along the longer side of C
 // while that side has work for every thread: dx = dG W_ih (6400 x 256 from 6400 x 2048) split by columns made
@@ -35,17 +53,14 @@ template <typename T>
 void gemm_entry(const rnnfast::cpu::GemmCall<T>& g, int threads) {
     constexpr int NR = Tile<T>::NR;
     const GemmVariant& v = variant_of<T>(g.variant, 0);
-    const int MR = v.mr, ku = ku_for(g.M);
-    const double flops = 2.0 * g.M * g.N * g.K;
-    int nt = threads < 0 ? -threads : std::max(1, std::min<int>(team_request(threads), static_cast<int>(flops / 2e6)));
-    const bool cols_enough = g.N >= static_cast<ptrdiff_t>(nt) * 4 * NR;
-    const bool rows_enough = g.M >= static_cast<ptrdiff_t>(nt) * 4 * MR;
+    const int MR = v.mr, ku = ku_for(g.M), asked = gemm_threads(threads, g.M, g.N, g.K);
+    const bool cols_enough = g.N >= static_cast<ptrdiff_t>(asked) * 4 * NR;
+    const bool rows_enough = g.M >= static_cast<ptrdiff_t>(asked) * 4 * MR;
     const bool by_cols = cols_enough && (g.N >= g.M || !rows_enough);
     const ptrdiff_t units = by_cols ? (g.N + NR - 1) / NR : (g.M + MR - 1) / MR;
-    nt = static_cast<int>(std::max<ptrdiff_t>(1, std::min<ptrdiff_t>(nt, units)));
+    const int nt = team_for(asked, units);
     std::vector<GemmBuffers<T>> buffers = gemm_buffer_pool<T>().take(nt, v);
-    run_team(nt, [&](int tid, int team, Barrier&) {
-        const ptrdiff_t q0 = units * tid / team, q1 = units * (tid + 1) / team;
+    run_shares(nt, units, [&](int tid, ptrdiff_t q0, ptrdiff_t q1) {
         if (by_cols)
             gemm_block<T>(v, ku, 0, g.M, q0 * NR, std::min(g.N, q1 * NR), g.K, g.a, g.a_rs, g.a_ks, g.b, g.b_ks,
                           g.b_ns, g.c, g.ldc, g.accumulate, buffers[static_cast<size_t>(tid)]);
@@ -65,15 +80,11 @@ template <typename T>
 void gemm_packed_entry(const rnnfast::cpu::PackedGemmCall<T>& g, int threads) {
     constexpr int NR = Tile<T>::NR;
     const GemmVariant& v = variant_of<T>(g.variant, 0);
-    const int MR = v.mr, ku = ku_for(g.M);
-    const double flops = 2.0 * g.M * g.N * g.K;
-    int nt = threads < 0 ? -threads : std::max(1, std::min<int>(team_request(threads), static_cast<int>(flops / 2e6)));
+    const int MR = v.mr, ku = ku_for(g.M), asked = gemm_threads(threads, g.M, g.N, g.K);
     const ptrdiff_t panels = (g.N + NR - 1) / NR, tiles = (g.M + MR - 1) / MR;
-    const bool by_cols = panels >= static_cast<ptrdiff_t>(nt) * 4 || panels >= tiles;
+    const bool by_cols = panels >= static_cast<ptrdiff_t>(asked) * 4 || panels >= tiles;
     const ptrdiff_t units = by_cols ? panels : tiles;
-    nt = static_cast<int>(std::max<ptrdiff_t>(1, std::min<ptrdiff_t>(nt, units)));
-    run_team(nt, [&](int tid, int team, Barrier&) {
-        const ptrdiff_t q0 = units * tid / team, q1 = units * (tid + 1) / team;
+    run_shares(team_for(asked, units), units, [&](int, ptrdiff_t q0, ptrdiff_t q1) {
         if (by_cols)
             gemm_rows_panels<T>(v, ku, g.M, std::min(g.N, q1 * NR) - q0 * NR, g.K, g.a, g.a_rs, g.a_ks,
                                 g.bp + q0 * NR * g.K, g.c + q0 * NR, g.ldc, g.accumulate);
