@@ -8,6 +8,9 @@
 // KU interleaved accumulator sets, so the summation order of an element depends only on K and on the tile
 // height, and is the same for the native and the emulated kernel.
 
+// One function, though 61 lines (a third of them unroll pragmas): its KU * M_ * NV accumulators stay in registers
+// from the first multiply-add to the store, and pieces would have to be forced inline into one body again; it
+// follows gemm.h's ukernel_impl line for line, so the two read side by side.
 template <int M_, int KU>
 inline __attribute__((always_inline)) void ukernel_impl(ptrdiff_t Kp, const uint32_t* __restrict a, ptrdiff_t a_rs,
                                                         const uint32_t* __restrict bp, float* __restrict c,
