@@ -20,10 +20,10 @@ import rnnfast
 from rnnfast import data, losses, nn, optim, train
 
 try:
-    from common import parse_args, pyplot, report, save_figure
+    from common import parse_args, plot_one, report
 except ImportError:
     sys.path.insert(0, __import__("os").path.dirname(__file__))
-    from common import parse_args, pyplot, report, save_figure
+    from common import parse_args, plot_one, report
 
 
 def waves(n, rng):
@@ -87,16 +87,10 @@ def main(argv=None):
     print(f"{kind}: {len(tr[1])} training and {len(te[1])} test sequences, lengths {lengths.min()}..{lengths.max()}; "
           f"trained {epochs} epochs in {seconds:.1f} s (majority share in training {majority:.2f})")
     better = report(kind, "test accuracy", acc, "majority-class accuracy", majority_test, lower_is_better=False)
-    plt = pyplot() if args.plot else None
-    if plt is not None:
-        conf = np.zeros((classes, classes), int)
-        np.add.at(conf, (te[1], pred), 1)
-        fig, ax = plt.subplots(figsize=(5, 4.5))
-        ax.imshow(conf, cmap="Blues")
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(f"{kind}: accuracy {acc:.3f}")
-        save_figure(fig, args.plot)
+    conf = np.zeros((classes, classes), int)  # the confusion matrix
+    np.add.at(conf, (te[1], pred), 1)
+    plot_one(args.plot, (5, 4.5), lambda ax: ax.imshow(conf, cmap="Blues"), "predicted", "true",
+             f"{kind}: accuracy {acc:.3f}")
     return {"metric": acc, "baseline": majority_test, "better": better, "seconds": seconds}
 
 

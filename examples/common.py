@@ -42,6 +42,20 @@ def save_figure(fig, path):
     print(f"figure: {os.path.abspath(path)}")
 
 
+def plot_one(path, figsize, draw, xlabel, ylabel, title):
+    """One plot: draw(ax) on a figure of figsize, labelled, written to path; nothing without a path or without
+    matplotlib."""
+    plt = pyplot() if path else None
+    if plt is None:
+        return
+    fig, ax = plt.subplots(figsize=figsize)
+    draw(ax)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    save_figure(fig, path)
+
+
 def report(name, metric, value, baseline_name, baseline, lower_is_better=True):
     """Prints the result line and returns whether the model beat its baseline."""
     better = value < baseline if lower_is_better else value > baseline

@@ -19,10 +19,10 @@ import rnnfast
 from rnnfast import data, losses, nn, optim
 
 try:
-    from common import parse_args, pyplot, report, save_figure
+    from common import parse_args, plot_one, report
 except ImportError:
     sys.path.insert(0, __import__("os").path.dirname(__file__))
-    from common import parse_args, pyplot, report, save_figure
+    from common import parse_args, plot_one, report
 
 BOS, EOS, VOCAB = 10, 11, 12  # digits 0-9, begin and end of a decoded string
 
@@ -126,14 +126,8 @@ def main(argv=None):
     for s, p in list(zip(test_srcs, pred))[:3]:
         print(f"  {''.join(map(str, s))} -> {''.join(map(str, p))}")
     better = report("seq2seq", "digit accuracy", acc, "copy-the-source accuracy", copy, lower_is_better=False)
-    plt = pyplot() if args.plot else None
-    if plt is not None:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.plot(np.arange(1, epochs + 1), curve)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("training cross-entropy")
-        ax.set_title(f"reversing digit strings: digit accuracy {acc:.3f}")
-        save_figure(fig, args.plot)
+    plot_one(args.plot, (5, 3.5), lambda ax: ax.plot(np.arange(1, epochs + 1), curve), "epoch",
+             "training cross-entropy", f"reversing digit strings: digit accuracy {acc:.3f}")
     return {"metric": acc, "baseline": copy, "better": better, "seconds": seconds}
 
 

@@ -413,6 +413,15 @@ def test_given_states_differ_from_default_and_backward_without_dh_n(cell, dtype)
 # --------------------------------------------------------------------------- unbatched
 
 
+def _check_unbatched(cell, tol, **results):
+    """Each result name=(got, reference, expected shape): its shape, then its values; c_n and dc0 only for an LSTM."""
+    for name, (got, ref, shape) in results.items():
+        if name in ("c_n", "dc0") and cell != "lstm":
+            continue
+        assert got.shape == shape, (name, got.shape)
+        assert_close(got, ref, tol, f"unbatched {name}")
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("cell", CELLS)
 def test_unbatched_input_gives_outputs_without_batch_dim(cell, dtype, num_threads):
@@ -424,24 +433,14 @@ def test_unbatched_input_gives_outputs_without_batch_dim(cell, dtype, num_thread
     h0 = p["h0"].copy()  # (1, H): the batch dim of 1 is the layer dim for unbatched input
     c0 = None if p["c0"] is None else p["c0"].copy()
     y, h_n, c_n = layer_forward(m, cell, x, h0, c0)
-    assert y.shape == (T, H), y.shape
-    assert h_n.shape == (1, H), h_n.shape
-    assert_close(y, r["y"][:, 0, :], tol, "unbatched y")
-    assert_close(h_n, r["h_n"], tol, "unbatched h_n")
-    if cell == "lstm":
-        assert c_n.shape == (1, H), c_n.shape
-        assert_close(c_n, r["c_n"], tol, "unbatched c_n")
+    _check_unbatched(cell, tol, y=(y, r["y"][:, 0, :], (T, H)), h_n=(h_n, r["h_n"], (1, H)),
+                     c_n=(c_n, r["c_n"], (1, H)))
     dy = p["dy"][:, 0, :].copy()
     dh_n = p["dh_n"].copy()
     dc_n = None if p["dc_n"] is None else p["dc_n"].copy()
     dx, dh0, dc0 = layer_backward(m, cell, dy, dh_n, dc_n)
-    assert dx.shape == (T, I), dx.shape
-    assert dh0.shape == (1, H), dh0.shape
-    assert_close(dx, r["dx"][:, 0, :], tol, "unbatched dx")
-    assert_close(dh0, r["dh0"], tol, "unbatched dh0")
-    if cell == "lstm":
-        assert dc0.shape == (1, H), dc0.shape
-        assert_close(dc0, r["dc0"], tol, "unbatched dc0")
+    _check_unbatched(cell, tol, dx=(dx, r["dx"][:, 0, :], (T, I)), dh0=(dh0, r["dh0"], (1, H)),
+                     dc0=(dc0, r["dc0"], (1, H)))
     for n, g in r["grads"].items():
         assert_close(grads_of(m)[n], g, tol, f"unbatched {n}.grad")
 
