@@ -9,7 +9,7 @@ def test_cuda_module_builds_where_nvcc_exists_and_reports_devices():
         from _rnnfast import _cuda
     except ImportError:
         if shutil.which("nvcc"):
-            pytest.fail("nvcc is on PATH but rnnfast._cuda was not built")
+            pytest.fail("nvcc is on PATH but _rnnfast._cuda was not built")
         pytest.skip("no CUDA compiler on this machine: the CPU-only package is the expected build")
     assert _cuda.runtime_version() >= 12000
     try:
