@@ -5,6 +5,8 @@ from collections import OrderedDict
 
 import numpy as np
 
+from ._core.checks import check_array  # noqa: F401 - nn.py and users' code import it from here
+
 
 class Parameter:
     """A trainable array: ``data`` holds the value, ``grad`` the accumulated gradient (same shape/dtype).
@@ -38,22 +40,6 @@ def _to_numpy(value, name: str) -> np.ndarray:
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch.Tensor
         return value.detach().cpu().numpy()
     raise TypeError(f"state_dict[{name!r}]: expected a numpy array or a torch tensor, got {type(value).__name__}")
-
-
-def check_array(value, name: str, dtype, owner: str = "layer") -> np.ndarray:
-    """value must be a NumPy (or CuPy) array of the module's dtype: TypeError naming the argument otherwise.
-    An ndarray subclass such as np.matrix is used as the plain ndarray it holds (its operators differ); a
-    masked array is refused (its mask would be ignored)."""
-    if isinstance(value, np.ndarray) and type(value) is not np.ndarray:
-        if isinstance(value, np.ma.MaskedArray):
-            raise TypeError(f"{name}: masked arrays are not supported (the mask would be ignored); pass "
-                            f"{name}.filled(...) or a plain numpy.ndarray")
-        value = np.asarray(value)  # np.matrix and friends: the same memory, as a plain ndarray
-    if not isinstance(value, np.ndarray) and type(value).__module__.split(".")[0] != "cupy":
-        raise TypeError(f"{name}: expected a numpy.ndarray (or a cupy.ndarray), got {type(value).__name__}")
-    if value.dtype != dtype:
-        raise TypeError(f"{name}: expected dtype {dtype} (the {owner}'s dtype), got {value.dtype}")
-    return value
 
 
 class Module:

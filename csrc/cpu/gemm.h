@@ -115,6 +115,9 @@ const GemmVariant& variant_of(int index, int which) {
 // height of a tile: a row left over in a short last tile sums exactly as it would in a full one.
 inline int ku_for(ptrdiff_t rows) { return rows == 1 ? 4 : rows == 2 ? 2 : 1; }
 
+// One function of about 70 lines on purpose: its M_ x NV accumulators must stay in registers from the first k to
+// the store, and a helper taking them by reference would make the compiler spill them (gemm_bf16_body.h's
+// micro-kernel mirrors it for the same reason).
 template <typename T, int M_, int KU, bool PF = true>
 inline void ukernel_impl(ptrdiff_t K, const T* __restrict a, ptrdiff_t a_rs, ptrdiff_t a_ks,
                          const T* __restrict bp, T* __restrict c, ptrdiff_t ldc, int n, bool accumulate) {

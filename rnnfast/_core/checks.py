@@ -20,7 +20,6 @@ import os
 
 import numpy as np
 
-from ..module import check_array
 from .arrays import is_cupy_array
 
 # Each size of a layer or cell at most this: the kernels index rows with 32-bit counts in places, and no
@@ -31,6 +30,22 @@ MAX_SIZE = 2**31 - 1
 MAX_LAYERS = 10_000
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_array(value, name: str, dtype, owner: str = "layer") -> np.ndarray:
+    """value must be a NumPy (or CuPy) array of the module's dtype: TypeError naming the argument otherwise.
+    An ndarray subclass such as np.matrix is used as the plain ndarray it holds (its operators differ); a
+    masked array is refused (its mask would be ignored)."""
+    if isinstance(value, np.ndarray) and type(value) is not np.ndarray:
+        if isinstance(value, np.ma.MaskedArray):
+            raise TypeError(f"{name}: masked arrays are not supported (the mask would be ignored); pass "
+                            f"{name}.filled(...) or a plain numpy.ndarray")
+        value = np.asarray(value)  # np.matrix and friends: the same memory, as a plain ndarray
+    if not isinstance(value, np.ndarray) and not is_cupy_array(value):
+        raise TypeError(f"{name}: expected a numpy.ndarray (or a cupy.ndarray), got {type(value).__name__}")
+    if value.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype} (the {owner}'s dtype), got {value.dtype}")
+    return value
 
 
 def check_size(name: str, value, minimum: int = 1, maximum: int = MAX_SIZE) -> int:
@@ -96,7 +111,7 @@ def check_parameter_memory(owner: str, count: int, dtype: np.dtype, sizes: str) 
 
 
 def check_input_array(value, name: str, dtype, owner: str) -> np.ndarray:
-    """An input of the module's dtype (see module.check_array, which also takes np.matrix as the plain ndarray it
+    """An input of the module's dtype (see check_array, which also takes np.matrix as the plain ndarray it
     holds and refuses masked arrays)."""
     return check_array(value, name, dtype, owner)
 
