@@ -317,7 +317,7 @@ def test_kernels_refuse_bf16_weights_where_the_mode_has_none():
                         dc0=z.copy())
     w_hr = _C.PackedWeights(np.zeros((P, H), f32), 1, True)
     with pytest.raises(ValueError, match="weight_hr"):
-        _C.ForwardCall(cell="lstm", batch_sizes=bs, xp=np.zeros((T * B, 4 * H), f32), h0=np.zeros((B, P), f32),
+        _C.ForwardCall(cell="lstm", batch_sizes=bs, x_proj=np.zeros((T * B, 4 * H), f32), h0=np.zeros((B, P), f32),
                        c0=z, weight_hh=_C.PackedWeights(np.zeros((4 * H, P), f32), 4, True),
                        y=np.zeros((T * B, P), f32), h_n=np.zeros((B, P), f32), c_n=z.copy(), weight_hr=w_hr)
 

@@ -136,7 +136,7 @@ def test_automatic_path_takes_persistent_when_w_fits_and_per_step_when_not(cuda_
 
     def path_for(H):
         G = 4
-        call = _cuda_emu.ForwardCall(cell="lstm", batch_sizes=batch_sizes, xp=np.zeros((4, G * H), np.float32),
+        call = _cuda_emu.ForwardCall(cell="lstm", batch_sizes=batch_sizes, x_proj=np.zeros((4, G * H), np.float32),
                                      h0=np.zeros((2, H), np.float32), c0=np.zeros((2, H), np.float32),
                                      weight_hh=rng.standard_normal((G * H, H)).astype(np.float32),
                                      y=np.empty((4, H), np.float32), h_n=np.empty((2, H), np.float32),
@@ -197,7 +197,7 @@ def test_gpu_kernels_match_cpu_layers(cell, cls, kw, path, cuda_options):
 def _lstm_forward_args(B=3, H=5, T=2):
     f = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
     N = B * T
-    return dict(cell="lstm", batch_sizes=np.full(T, B, np.int64), xp=f(N, 4 * H), h0=f(B, H), c0=f(B, H),
+    return dict(cell="lstm", batch_sizes=np.full(T, B, np.int64), x_proj=f(N, 4 * H), h0=f(B, H), c0=f(B, H),
                 weight_hh=f(4 * H, H), b_ih=f(4 * H), b_hh=f(4 * H), y=f(N, H), h_n=f(B, H), c_n=f(B, H),
                 ws=f(N, 5 * H))
 
@@ -209,7 +209,7 @@ def _readonly(a):
 
 @pytest.mark.parametrize("change,error,message", [
     (dict(h0=np.zeros((3, 4), np.float32)), ValueError, r"h0: expected shape \(3, 5\), got \(3, 4\)"),
-    (dict(xp=np.zeros((6, 20), np.float64)), TypeError, "xp: expected float32"),
+    (dict(x_proj=np.zeros((6, 20), np.float64)), TypeError, "x_proj: expected float32"),
     (dict(y=np.zeros((5, 6), np.float32).T), ValueError, "y: expected a C-contiguous array"),
     (dict(h_n=_readonly(np.zeros((3, 5), np.float32))), ValueError, "h_n: read-only"),
     (dict(c0=None), ValueError, "c0: required"),
@@ -235,7 +235,7 @@ def test_emulated_calls_are_keyword_only_and_check_each_cell():
     assert _cuda_emu.ForwardCall(**args).cell == "lstm"
     with pytest.raises(TypeError):
         _cuda_emu.ForwardCall(*args.values())
-    gru = dict(args, cell="gru", xp=np.zeros((6, 15), np.float32), weight_hh=np.zeros((15, 5), np.float32),
+    gru = dict(args, cell="gru", x_proj=np.zeros((6, 15), np.float32), weight_hh=np.zeros((15, 5), np.float32),
                b_ih=None, b_hh=None, ws=None, c_n=None)
     with pytest.raises(ValueError, match="c0: only an lstm"):
         _cuda_emu.ForwardCall(**gru)
@@ -263,7 +263,7 @@ import resource, numpy as np
 from _rnnfast import _cuda_emu
 H, B = 64, 2
 f = lambda *s: np.zeros(s, np.float32)
-call = _cuda_emu.ForwardCall(cell="rnn_tanh", batch_sizes=np.array([B], np.int64), xp=f(B, H), h0=f(B, H),
+call = _cuda_emu.ForwardCall(cell="rnn_tanh", batch_sizes=np.array([B], np.int64), x_proj=f(B, H), h0=f(B, H),
                              weight_hh=f(H, H), y=f(B, H), h_n=f(B, H))
 vm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize")) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (vm + (64 << 20), resource.getrlimit(resource.RLIMIT_AS)[1]))

@@ -281,7 +281,7 @@ rnnfast::cpu::ForwardCall<T> forward_call(int cell, const py::array& bs, const p
     rnnfast::cpu::ForwardCall<T> c{};
     const auto [G, H, P, S, N, B] = call_sizes<T>(c, cell, bs, w, wr, h0);
     const bool lstm = cell == rnnfast::kLstm;
-    c.xp = in_ptr<T>(xp, "xp", {N, G * H});
+    c.xp = in_ptr<T>(xp, "x_proj", {N, G * H});
     c.h0 = in_ptr<T>(h0, "h0", {B, S});
     c.c0 = in_ptr<T>(c0, "c0", {B, H}, !lstm);
     c.w_hh = w.forward_panels<T>();
@@ -390,7 +390,7 @@ std::unique_ptr<ForwardCallObject> make_forward_call(
         const py::object& c0, const py::object& weight_hh, const py::object& b_ih, const py::object& b_hh,
         const py::object& y, const py::object& h_n, const py::object& c_n, const py::object& ws,
         const py::object& weight_hr) {
-    const CallArgs a = call_args(cell, batch_sizes, weight_hh, weight_hr, xp, "xp");
+    const CallArgs a = call_args(cell, batch_sizes, weight_hh, weight_hr, xp, "x_proj");
     auto c = std::make_unique<ForwardCallObject>();
     c->dtype = a.dtype;
     fill(*c, [&](auto tag) {
@@ -670,7 +670,7 @@ void bind_calls(py::module_& m) {
         "One recurrence forward over packed tokens (csrc/cpu/recurrence.h documents every tensor), checked when "
         "built: writes y, h_n, c_n and, in training, the workspace ws.")
         .def(py::init(&make_forward_call),
-             py::kw_only(), py::arg("cell"), py::arg("batch_sizes"), py::arg("xp"), py::arg("h0"),
+             py::kw_only(), py::arg("cell"), py::arg("batch_sizes"), py::arg("x_proj"), py::arg("h0"),
              py::arg("c0") = py::none(), py::arg("weight_hh"), py::arg("b_ih") = py::none(),
              py::arg("b_hh") = py::none(), py::arg("y"), py::arg("h_n"), py::arg("c_n") = py::none(),
              py::arg("ws") = py::none(), py::arg("weight_hr") = py::none());

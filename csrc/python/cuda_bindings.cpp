@@ -186,7 +186,7 @@ ForwardCall make_forward(const std::string& cell, const py::object& batch_sizes,
     const py::ssize_t GH = c.G * c.H;
     c.refuse("c_n", c_n, lstm, "only an lstm has a cell state");
     FwdParams& p = f.p;
-    p.xp = c.take("xp", xp, true, {c.N, GH}, false).data;
+    p.xp = c.take("x_proj", xp, true, {c.N, GH}, false).data;
     p.b_ih = c.take("b_ih", b_ih, false, {GH}, false).data;
     p.b_hh = c.take("b_hh", b_hh, false, {GH}, false).data;
     p.y = c.take("y", y, true, {c.N, c.S}, true).data;
@@ -274,7 +274,7 @@ PYBIND11_MODULE(RNNFAST_CUDA_MODULE, m) {
     py::class_<ForwardCall>(m, "ForwardCall",
                             "One layer direction's forward recurrence, checked: shapes as in csrc/cuda/launch.h. "
                             "c_n is the running cell state (LSTM); ws the training workspace or None.")
-        .def(py::init(&make_forward), py::kw_only(), py::arg("cell"), py::arg("batch_sizes"), py::arg("xp"),
+        .def(py::init(&make_forward), py::kw_only(), py::arg("cell"), py::arg("batch_sizes"), py::arg("x_proj"),
              py::arg("h0"), py::arg("c0") = none, py::arg("weight_hh"), py::arg("b_ih") = none,
              py::arg("b_hh") = none, py::arg("y"), py::arg("h_n"), py::arg("c_n") = none, py::arg("ws") = none,
              py::arg("weight_hr") = none)

@@ -182,7 +182,7 @@ def _forward_setup(kernels, cell, x, h0, c0, lw: LayerWeights, training, batch_s
     c_n = kernels.empty((B, H), dtype) if has_cell_state(cell) else None
     slots = workspace_slots(cell, lw.projection)
     ws = kernels.workspace((N, slots * H), dtype) if training and slots else None
-    call = kernels.forward_call(cell=cell, batch_sizes=batch_sizes, xp=x_proj, h0=h0, c0=c0,
+    call = kernels.forward_call(cell=cell, batch_sizes=batch_sizes, x_proj=x_proj, h0=h0, c0=c0,
                                 weight_hh=lw.recurrent_hh, b_ih=lw.b_ih, b_hh=lw.b_hh, y=y, h_n=h_n, c_n=c_n, ws=ws,
                                 weight_hr=lw.recurrent_hr)
 
