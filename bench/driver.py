@@ -162,7 +162,8 @@ def run(args, blas_note=None):
         return _run(args, blas_note, load)
 
 
-def _run(args, blas_note, load):
+def _setup(args, blas_note, load):
+    """(Bench, header info, rnnfast or None): the libraries imported, the header printed."""
     try:
         import torch
     except Exception:  # torch is optional
@@ -182,25 +183,22 @@ def _run(args, blas_note, load):
     for note in (blas_note, load.description()):
         if note:
             print(f"# {note}")
+    return b, info, rnnfast
 
+
+def _cases(args):
+    """The cases the arguments select (None, with the list printed, when none does)."""
     full = case_sets.sweep_cases() if args.sweep else case_sets.DEFAULT_CASES
     specs = [case_sets.quick(c) for c in full] if args.quick else full
     subs = [s.strip() for s in args.cases.split(",") if s.strip()] if args.cases else None
     specs = case_sets.select(specs, subs, args.cells, args.H, args.B)
     if not specs:
         print("\nno case matches the filters; cases are: " + "; ".join(c.name for c in full))
-        return 2
+        return None
+    return specs
 
-    rates, roof = ({}, None) if args.no_roofline else print_roofline(b)
-    if args.sweep and roof:
-        est = sweep_estimate(b, specs, roof)
-        print(f"\n# sweep: {len(specs)} cases; at the roofline rate its timed runs alone take {est / 60:.1f} min "
-              "(expect about twice that: small batches run far below the roofline)")
 
-    print("", flush=True)
-    for case in specs:
-        b.measure(case)
-
+def _print_tables(b, args, roof):
     print()
     print(report.main_table(b.rows, roof))
     if "infer" in args.modes:
@@ -216,18 +214,32 @@ def _run(args, blas_note, load):
     if args.sweep:
         print_sweep(b, roof)
 
-    lengths_rows = []
-    if rnnfast is not None and not args.no_lengths:
-        size = dict(T=10, B=4, I=16, H=32) if args.quick else {}
-        try:
-            lengths_rows = lengths_section(rnnfast, None if args.no_torch else torch, b.dtype, args.modes, b.timing,
-                                           args.seed, **size)
-        except Exception:
-            b.errors.append(("variable lengths", "-", "rnnfast", traceback.format_exc()))
 
-    print_targets(b)
-    if args.sweep and not args.quick and rnnfast is not None and torch is not None:
-        print_torch_step(b)
+def _lengths(b, args, rnnfast):
+    """The variable-length section's rows (printed by lengths_section); a failure goes to b.errors."""
+    if rnnfast is None or args.no_lengths:
+        return []
+    size = dict(T=10, B=4, I=16, H=32) if args.quick else {}
+    try:
+        return lengths_section(rnnfast, None if args.no_torch else b.torch, b.dtype, args.modes, b.timing,
+                               args.seed, **size)
+    except Exception:
+        b.errors.append(("variable lengths", "-", "rnnfast", traceback.format_exc()))
+        return []
+
+
+def _write_json(b, args, info, roof, rates, lengths_rows):
+    results = [{k: v for k, v in r.items() if k != "case_obj"} for r in b.rows]
+    payload = {"machine": info, "roofline_gflops": roof, "gemm_gflops": rates, "args": vars(args),
+               "results": results, "lengths": lengths_rows,
+               "checks": [{"case": c[0], "mode": c[1], "what": c[2], "max_rel_diff": c[3]} for c in b.checks]}
+    with open(args.json, "w") as f:
+        json.dump(payload, f, indent=2, default=str)
+    print(f"\nwrote {args.json}")
+
+
+def _verdict(b):
+    """Prints the agreement, the errors and any disagreement; the exit code (1: the libraries disagree)."""
     if b.checks:
         print(f"\nAgreement, max |a-b| / max(1, max|b|) (y for infer, dx and weight grads for train; "
               f"* = above {b.tol:g}):")
@@ -236,16 +248,6 @@ def _run(args, blas_note, load):
         print("\nErrors:")
         for name, mode, lib, tb in b.errors:
             print(f"--- {name} [{mode}] {lib}\n{tb.rstrip()}")
-
-    if args.json:
-        results = [{k: v for k, v in r.items() if k != "case_obj"} for r in b.rows]
-        payload = {"machine": info, "roofline_gflops": roof, "gemm_gflops": rates, "args": vars(args),
-                   "results": results, "lengths": lengths_rows,
-                   "checks": [{"case": c[0], "mode": c[1], "what": c[2], "max_rel_diff": c[3]} for c in b.checks]}
-        with open(args.json, "w") as f:
-            json.dump(payload, f, indent=2, default=str)
-        print(f"\nwrote {args.json}")
-
     bad = b.disagreements()
     if b.mismatches or bad:
         print("\nFAILED: libraries disagree, so the times above compare different computations:")
@@ -255,3 +257,27 @@ def _run(args, blas_note, load):
             print(f"  {name} [{mode}]: {what} {d}")
         return 1
     return 0
+
+
+def _run(args, blas_note, load):
+    b, info, rnnfast = _setup(args, blas_note, load)
+    specs = _cases(args)
+    if specs is None:
+        return 2
+    rates, roof = ({}, None) if args.no_roofline else print_roofline(b)
+    if args.sweep and roof:
+        est = sweep_estimate(b, specs, roof)
+        print(f"\n# sweep: {len(specs)} cases; at the roofline rate its timed runs alone take {est / 60:.1f} min "
+              "(expect about twice that: small batches run far below the roofline)")
+    print("", flush=True)
+    for case in specs:
+        b.measure(case)
+    _print_tables(b, args, roof)
+    lengths_rows = _lengths(b, args, rnnfast)
+    print_targets(b)
+    if args.sweep and not args.quick and rnnfast is not None and b.torch is not None:
+        print_torch_step(b)
+    code = _verdict(b)
+    if args.json:
+        _write_json(b, args, info, roof, rates, lengths_rows)
+    return code
