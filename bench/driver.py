@@ -238,8 +238,7 @@ def _write_json(b, args, info, roof, rates, lengths_rows):
     print(f"\nwrote {args.json}")
 
 
-def _verdict(b):
-    """Prints the agreement, the errors and any disagreement; the exit code (1: the libraries disagree)."""
+def _print_agreement(b):
     if b.checks:
         print(f"\nAgreement, max |a-b| / max(1, max|b|) (y for infer, dx and weight grads for train; "
               f"* = above {b.tol:g}):")
@@ -248,6 +247,10 @@ def _verdict(b):
         print("\nErrors:")
         for name, mode, lib, tb in b.errors:
             print(f"--- {name} [{mode}] {lib}\n{tb.rstrip()}")
+
+
+def _verdict(b):
+    """Prints any disagreement; the exit code (1: the libraries disagree)."""
     bad = b.disagreements()
     if b.mismatches or bad:
         print("\nFAILED: libraries disagree, so the times above compare different computations:")
@@ -277,7 +280,7 @@ def _run(args, blas_note, load):
     print_targets(b)
     if args.sweep and not args.quick and rnnfast is not None and b.torch is not None:
         print_torch_step(b)
-    code = _verdict(b)
+    _print_agreement(b)
     if args.json:
         _write_json(b, args, info, roof, rates, lengths_rows)
-    return code
+    return _verdict(b)
