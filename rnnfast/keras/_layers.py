@@ -7,8 +7,9 @@ serialization, ``stateful``, ``Bidirectional``, masks and the return conventions
 reach their cuDNN path): it returns Keras's ``(last_output, outputs, states)``. Where the kernels compute exactly
 what Keras would, the call goes to them; otherwise to Keras's own ``inner_loop`` (see ``_fallback_reason``).
 
-Masks: Keras runs a masked step by keeping the state and repeating the previous output (zeros before the first
-unmasked step; zeros at every masked step with ``zero_output_for_mask=True``). That is the same as dropping the
+Masks: Keras runs a masked step by keeping the state and repeating the previous output (before the first unmasked
+step: zeros on the torch backend, the initial state on JAX and numpy unless ``unroll=True``; zeros at every masked
+step with ``zero_output_for_mask=True``). That is the same as dropping the
 masked steps from the sequence, so any mask (right-padded, left-padded, holes, all-masked rows) is computed
 exactly: each row's unmasked steps are gathered to the front (``take_along_axis``), the kernels run them with
 per-row lengths (skipping the padding), and the outputs are gathered back to the steps Keras reports them at.
@@ -118,6 +119,10 @@ class _KernelPath:
         dtype = self.cell.compute_dtype
         if not isinstance(initial_state, (list, tuple)):
             initial_state = [initial_state]
+        features = self.cell.kernel.shape[0]
+        if sequences.shape[-1] != features:
+            raise ValueError(f"{self.name}: the input (sequences) has {sequences.shape[-1]} features per step, but the "
+                             f"layer was built for {features} (input shape {tuple(sequences.shape)})")
         x = ops.cast(sequences, dtype)
         h0 = ops.cast(initial_state[0], dtype)
         c0 = ops.cast(initial_state[1], dtype) if lstm else None
@@ -143,10 +148,13 @@ class _KernelPath:
         c_n = ops.where(ran, c_n, c0) if lstm else None
         states = [h_n, c_n] if lstm else [h_n]
         zero = ops.zeros((), dtype=dtype)
+        # Before a row's first unmasked step Keras reports zeros on the torch backend (and with unroll=True), but
+        # the initial state on JAX and numpy (their scan repeats states[0]): each backend's own rule.
+        fill = h0 if keras.backend.backend() in ("jax", "numpy") and not self.unroll else ops.zeros_like(h0)
         if self.zero_output_for_mask:
             last = ops.where(mask[:, -1:], h_n, zero)
         else:
-            last = ops.where(ran, h_n, zero)
+            last = ops.where(ran, h_n, fill)
         if not self.return_sequences:
             return last, last[:, None], states
         # Step t reports the output of the row's latest unmasked step up to t (index seen - 1 among them).
@@ -154,8 +162,10 @@ class _KernelPath:
         H = ops.shape(y)[2]
         source = ops.broadcast_to(ops.maximum(seen - 1, 0)[:, :, None], (B, T, H))
         outputs = ops.take_along_axis(y, source, axis=1)
-        shown = mask if self.zero_output_for_mask else seen > 0
-        outputs = ops.where(shown[:, :, None], outputs, zero)
+        if self.zero_output_for_mask:
+            outputs = ops.where(mask[:, :, None], outputs, zero)
+        else:
+            outputs = ops.where((seen > 0)[:, :, None], outputs, fill[:, None, :])
         return last, outputs, states
 
 
