@@ -398,13 +398,42 @@ def test_gradients_match_keras(variant, mask_kind, kernel_calls):
 if BACKEND == "jax":  # defined only where it runs (no empty or skipped test elsewhere)
     @pytest.mark.parametrize("variant", ["lstm", "gru_reset_before"])
     def test_gradients_under_jit_match_keras(variant, kernel_calls):
+        from rnnfast.keras import _jax
         rng = np.random.default_rng(19)
         ref, ours = pair(variant, rng, return_sequences=True, return_state=True)
         x, states = inputs(variant, rng)
         mask = masks()["all_masked_row"]
         assert_grads_close(gradients(ours, x, states, mask, jit=True), gradients(ref, x, states, mask, jit=True),
                            f"{variant} under jit")
-        assert {c[2] for c in kernel_calls} == {False, True}  # the forward, then the backward's training forward
+        # one training forward, whose record the backward took (nothing left behind, no second forward)
+        assert [c[2] for c in kernel_calls] == [True]
+        assert not _jax._records
+
+    def test_gradients_jax_backward_without_its_record_runs_the_forward_again(kernel_calls, monkeypatch):
+        from rnnfast.keras import _jax
+        rng = np.random.default_rng(21)
+        ref, ours = pair("lstm", rng, return_sequences=True, return_state=True)
+        x, states = inputs("lstm", rng)
+        mask = masks()["holes"]
+        monkeypatch.setattr(_jax, "_take", lambda token: _jax._records.pop(int(token)) and None)
+        assert_grads_close(gradients(ours, x, states, mask, jit=True), gradients(ref, x, states, mask, jit=True),
+                           "LSTM, backward from a recomputed forward")
+        assert [c[2] for c in kernel_calls] == [True, True]
+        assert not _jax._records
+
+    def test_gradients_jax_records_are_bounded(monkeypatch):
+        from rnnfast.keras import _jax
+        rng = np.random.default_rng(22)
+        _, ours = pair("gru", rng, return_sequences=True)
+        x, _ = inputs("gru", rng)
+        import jax
+        tv = [v.value for v in ours.trainable_variables]
+        ntv = [v.value for v in ours.non_trainable_variables]
+        monkeypatch.setattr(_jax, "KEEP_BYTES", 1)
+        for _ in range(3):  # forwards whose backward never runs
+            jax.vjp(lambda xx: ours.stateless_call(tv, ntv, xx)[0], x)
+        assert len(_jax._records) == 1  # the newest only
+        _jax._records.clear()
 
 
 @pytest.mark.parametrize("cls", ["LSTM", "GRU"])

@@ -53,3 +53,9 @@ def backward(record, dy, dh_n, dc_n):
     dx, dh0, dc0 = functional.stack_backward(saved, weights, dy_tm, None if dh_n is None else dh_n[None],
                                              None if dc_n is None else dc_n[None])
     return dx.transpose(1, 0, 2), dh0[0], None if dc0 is None else dc0[0], [grads[k] for k in _KINDS]
+
+
+def record_nbytes(record) -> int:
+    """The memory a training forward's record holds (its token copy of x, y and the workspace)."""
+    s = record[0].layers[0][0]
+    return sum(a.nbytes for a in (s.x, s.y, s.ws) if a is not None)
