@@ -294,6 +294,21 @@ def test_forward_other_activations_fall_back_to_keras_with_one_warning(variant, 
     assert kernel_calls == []
 
 
+def test_forward_fallback_reasons():
+    layer = rk.GRU(H, dropout=0.2)
+    layer.build((B, T, I))
+    x = ops.convert_to_tensor(np.zeros((B, T, I), "float32"))
+    assert layer._fallback_reason(x, None, training=False) is None
+    assert "dropout=0.2" in layer._fallback_reason(x, None, training=True)
+    assert "mask of shape" in layer._fallback_reason(x, ops.ones((B, T, 1), "bool"), training=False)
+    if BACKEND == "torch":
+        import torch
+        assert "meta" in layer._fallback_reason(torch.empty((B, T, I), device="meta"), None, training=False)
+    half = rk.LSTM(H, dtype="mixed_float16")
+    half.build((B, T, I))
+    assert "float16" in half._fallback_reason(x, None, training=False)
+
+
 def test_forward_keras_only_arguments_are_accepted(kernel_calls):
     # implementation, unroll and zero_output_for_mask change nothing else; use_cudnn=True, which Keras's own layer
     # refuses on a CPU with a mask, runs the kernels here.
@@ -457,3 +472,29 @@ def test_gradients_fit_matches_keras(cls, kernel_calls):
         assert_close(a, b, TOL, f"{cls} weight {k} after fit", scale=1.0)
     assert not np.allclose(models[1].get_weights()[1], weights[1])  # training moved them
     assert kernel_calls
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "SimpleRNN"])
+def test_gradients_stateful_fit_matches_keras(cls, kernel_calls):
+    """fit of a stateful model: the state the layer writes back after each batch is the next batch's initial state
+    (and, on torch, the tensor Keras updates in place after the forward)."""
+    rng = np.random.default_rng(23)
+    x = rng.standard_normal((3 * B, T, I)).astype("float32")
+    target = rng.standard_normal((3 * B, 1)).astype("float32")
+    models = []
+    for module in (keras.layers, rk):
+        # Keras's reference with use_cudnn=False: its default path (backend.lstm) cannot train a stateful LSTM on
+        # the torch backend (Keras 3.15.1 overwrites the state it saved for backward: RuntimeError in backward).
+        kw = dict(use_cudnn=False) if cls == "LSTM" and module is keras.layers else {}
+        models.append(keras.Sequential([keras.Input((T, I), batch_size=B),
+                                        getattr(module, cls)(H, stateful=True, **kw), keras.layers.Dense(1)]))
+    weights = random_weights(models[0], rng)
+    for m in models:
+        m.set_weights(weights)
+        m.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        m.fit(x, target, batch_size=B, epochs=1, shuffle=False, verbose=0)
+    for k, (a, b) in enumerate(zip(models[1].get_weights(), models[0].get_weights())):
+        assert_close(a, b, TOL, f"{cls} stateful weight {k} after fit", scale=1.0)
+    for a, b in zip(models[1].layers[0].states, models[0].layers[0].states):
+        assert_close(np_(a.value), np_(b.value), TOL, f"{cls} state after fit")
+    assert sum(training for _, _, training in kernel_calls) == 3

@@ -28,8 +28,10 @@ def forward(cell, x, h0, c0, params, lengths, training):
     lengths = np.asarray(lengths, dtype=np.int64).reshape(B)
     if B and (lengths.min() < 1 or lengths.max() > T):
         raise ValueError(f"lengths: each must be in 1..{T}, got {lengths.min()}..{lengths.max()}")
-    h0 = np.ascontiguousarray(h0)
-    c0 = None if c0 is None else np.ascontiguousarray(c0)
+    # Copies of the (small) initial states: a training record reads h0 in backward, and Keras overwrites a
+    # stateful layer's state variables in place right after the forward.
+    h0 = np.array(h0, order="C")
+    c0 = None if c0 is None else np.array(c0, order="C")
     params = [np.ascontiguousarray(p) for p in params]  # a transposed Keras kernel: one copy of the weights
     arrays = dict(zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), params))
     x_tm = x.transpose(1, 0, 2)

@@ -36,6 +36,17 @@ def _backend_module():
     return module
 
 
+def _device(x) -> str:
+    """Where a tensor lives, as the device type ("cpu", "cuda", ...); JAX: the default backend's platform."""
+    backend = keras.backend.backend()
+    if backend == "torch":
+        return x.device.type
+    if backend == "jax":
+        import jax
+        return jax.default_backend()
+    return "cpu"
+
+
 def _name(fn):
     return getattr(fn, "__name__", repr(fn))
 
@@ -53,11 +64,14 @@ class _KernelPath:
     def _kernel_cell(self) -> str:
         raise NotImplementedError
 
-    def _fallback_reason(self, mask, training):
+    def _fallback_reason(self, sequences, mask, training):
         """None when the kernels compute this call exactly as Keras's layer would; otherwise why not."""
         backend = keras.backend.backend()
         if backend not in _BACKENDS:
             return f"the {backend} backend (rnnfast.keras runs on {', '.join(_BACKENDS)})"
+        device = _device(sequences)
+        if device != "cpu":
+            return f"the input is on {device} (rnnfast.keras runs the CPU kernels; Keras's layer runs cuDNN there)"
         cell = self.cell
         allowed = {getattr(keras.activations, a) for a in self._activations}
         if cell.activation not in allowed:
@@ -106,7 +120,7 @@ class _KernelPath:
     def inner_loop(self, sequences, initial_state, mask, training=False):
         if isinstance(mask, (list, tuple)):
             mask = mask[0]
-        reason = self._fallback_reason(mask, training)
+        reason = self._fallback_reason(sequences, mask, training)
         if reason is not None:
             self._warn_fallback(reason)
             return super().inner_loop(sequences, initial_state, mask=mask, training=training)

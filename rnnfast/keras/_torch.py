@@ -25,16 +25,16 @@ class _Kernels(torch.autograd.Function):
                                               training=True)
         ctx.record, ctx.has_c = record, c0 is not None
         y = _t(y)
-        # The record reads h0 and y where they are: torch's version counters turn an in-place change of either
-        # before backward into an error instead of a wrong gradient.
-        ctx.save_for_backward(h0, y)
+        # The record reads y where it is (and its own copies of x and the states): torch's version counter turns
+        # an in-place change of y before backward into an error instead of a wrong gradient.
+        ctx.save_for_backward(y)
         ctx.set_materialize_grads(False)
         return (y, _t(h_n), _t(c_n)) if ctx.has_c else (y, _t(h_n))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dh_n, dc_n=None):
-        ctx.saved_tensors  # noqa: B018 - raises if h0 or y was modified in place since the forward
+        ctx.saved_tensors  # noqa: B018 - raises if y was modified in place since the forward
         if ctx.record is None:
             raise RuntimeError("rnnfast.keras: backward through a call whose saved state was freed (use "
                                "retain_graph=True to run backward twice)")
