@@ -157,7 +157,7 @@ class _KernelPath:
         order = ops.argsort(ops.where(mask, steps, steps + T), axis=1)
         x_valid = ops.take_along_axis(x, ops.broadcast_to(order[:, :, None], ops.shape(x)), axis=1)
         y, h_n, c_n = run(cell, x_valid, h0, c0, params, ops.maximum(count, 1))
-        ran = (count > 0)[:, None]  # rows with no unmasked step keep their initial state and output zeros
+        ran = (count > 0)[:, None]  # a row with no unmasked step keeps its initial state (its one run is dropped)
         h_n = ops.where(ran, h_n, h0)
         c_n = ops.where(ran, c_n, c0) if lstm else None
         states = [h_n, c_n] if lstm else [h_n]
