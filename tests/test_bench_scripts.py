@@ -174,3 +174,14 @@ def test_libraries_take_turns_block_by_block_and_a_failure_stops_only_its_own():
         t, times, out = res[name]
         assert out == name and len(times) == 6, (name, len(times))
         assert t == min(t for t in [np.median(times[i:i + 2]) for i in range(0, 6, 2)])
+
+
+def test_keras_bench_quick_times_every_model_on_torch_and_jax_and_the_losses_agree(tmp_path):
+    require_torch()
+    out = run([os.path.join(ROOT, "bench", "bench_keras.py"), "--quick", "--repeats", "1"], cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "| backend | model | Keras s | rnnfast s | speed-up | losses agree |" in out.stdout, out.stdout
+    rows = [line for line in out.stdout.splitlines() if line.startswith(("| torch |", "| jax |"))]
+    assert len(rows) == 6, out.stdout
+    assert all(row.rstrip(" |").split("| ")[-1].startswith("yes") for row in rows), out.stdout
+    assert "FAILED" not in out.stdout, out.stdout

@@ -15,8 +15,8 @@ import rnnfast
 PACKAGE_DIR = pathlib.Path(rnnfast.__file__).parent
 # What rnnfast/ may import besides itself and the standard library: its compiled modules, its one hard
 # dependency, and the optional ones each imported only where used (torch by rnnfast.torch, cupy by the CUDA
-# path, tqdm/matplotlib by the training utilities and examples' helpers).
-ALLOWED_OUTSIDE = {"_rnnfast", "numpy", "torch", "cupy", "tqdm", "matplotlib"}
+# path, tqdm/matplotlib by the training utilities and examples' helpers, keras and jax by rnnfast.keras alone).
+ALLOWED_OUTSIDE = {"_rnnfast", "numpy", "torch", "cupy", "tqdm", "matplotlib", "keras", "jax"}
 
 
 def module_name(path: pathlib.Path) -> str:
@@ -126,3 +126,13 @@ def test_nothing_outside_the_package_its_dependencies_and_the_standard_library()
 def test_nothing_imports_the_checkouts_folders(forbidden):
     for name, deps in graph().items():
         assert not any(d.split(".")[0] == forbidden for d in deps), f"{name} imports {forbidden}"
+
+
+def test_only_the_keras_adapter_imports_keras_and_jax():
+    g = graph()
+    assert {"rnnfast.keras", "rnnfast.keras._jax"} <= set(g)
+    for name, deps in g.items():
+        if name == "rnnfast.keras" or name.startswith("rnnfast.keras."):
+            continue
+        bad = sorted(d for d in deps if d.split(".")[0] in ("keras", "jax") or d.startswith("rnnfast.keras"))
+        assert not bad, f"{name} imports {bad} (only rnnfast/keras/ may)"

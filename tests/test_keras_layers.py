@@ -1,0 +1,502 @@
+"""rnnfast.keras against Keras itself: each layer with the same weights as Keras's own layer, forward and
+gradients, masks, states, Bidirectional, stateful, fit, configs and saving.
+
+Backend-neutral: the Keras backend is the one KERAS_BACKEND names when this module is imported (torch by default,
+like tests/test_io.py). tests/test_keras_backends.py runs this file again in subprocesses under the JAX backend
+(everything) and the numpy backend (the inference tests, named test_forward_*). A spy on the kernel entry point
+(rnnfast.keras._engine.forward) proves that the kernels computed each result that is meant to come from them.
+"""
+import os
+import sys
+import warnings
+import zlib
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from conftest import assert_close  # noqa: E402
+
+import keras  # noqa: E402 - the test extra's dependency; the backend is fixed above
+from keras import ops  # noqa: E402
+
+import rnnfast.keras as rk  # noqa: E402
+from rnnfast.keras import _engine  # noqa: E402
+
+BACKEND = keras.backend.backend()
+TRAINS = BACKEND in ("torch", "jax")  # the numpy backend has no autograd: its run selects test_forward_*
+FLOAT64 = BACKEND != "jax" or __import__("jax").config.jax_enable_x64
+B, T, I, H = 4, 7, 3, 5
+TOL = 2e-5  # float32, normwise relative (the kernels sum in another order than Keras)
+
+VARIANTS = {
+    "lstm": ("LSTM", {}),
+    "gru": ("GRU", {}),
+    "gru_reset_before": ("GRU", {"reset_after": False}),
+    "simplernn_tanh": ("SimpleRNN", {}),
+    "simplernn_relu": ("SimpleRNN", {"activation": "relu"}),
+}
+N_STATES = {"LSTM": 2, "GRU": 1, "SimpleRNN": 1}
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Records every kernel forward: (cell, lengths, training)."""
+    calls = []
+    real = _engine.forward
+
+    def spy(cell, x, h0, c0, params, lengths, training):
+        calls.append((cell, np.array(lengths), training))
+        return real(cell, x, h0, c0, params, lengths, training)
+
+    monkeypatch.setattr(_engine, "forward", spy)
+    return calls
+
+
+def seed_of(*parts):
+    return zlib.crc32(repr(parts).encode())
+
+
+def np_(a):
+    return np.asarray(ops.convert_to_numpy(a))
+
+
+def as_list(out):
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+def random_weights(layer, rng):
+    """Keras's initial weights plus noise (so that biases and every gate block differ)."""
+    return [(w + rng.uniform(-0.4, 0.4, w.shape)).astype(w.dtype) for w in layer.get_weights()]
+
+
+def pair(variant, rng, dtype="float32", **kw):
+    """(Keras's layer, rnnfast's layer) for a variant, built for (B, T, I), holding the same weights."""
+    cls, extra = VARIANTS[variant]
+    ref = getattr(keras.layers, cls)(H, dtype=dtype, **extra, **kw)
+    ours = getattr(rk, cls)(H, dtype=dtype, **extra, **kw)
+    assert isinstance(ours, getattr(keras.layers, cls))
+    ref.build((B, T, I))
+    ours.build((B, T, I))
+    weights = random_weights(ref, rng)
+    ref.set_weights(weights)
+    ours.set_weights(weights)
+    return ref, ours
+
+
+def inputs(variant, rng, dtype="float32"):
+    x = rng.standard_normal((B, T, I)).astype(dtype)
+    states = [(0.5 * rng.standard_normal((B, H))).astype(dtype) for _ in range(N_STATES[VARIANTS[variant][0]])]
+    return x, states
+
+
+def masks():
+    """Masks of every kind Keras accepts, over (B, T)."""
+    right = np.arange(T)[None, :] < np.array([T, 3, 1, 5])[:, None]
+    left = ~(np.arange(T)[None, :] < np.array([0, 4, 2, 6])[:, None])
+    holes = right.copy()
+    holes[0, [1, 4]] = False
+    holes[3, 0] = False
+    empty = right.copy()
+    empty[2] = False  # a row with no step at all
+    return {"right": right, "left": left, "holes": holes, "all_masked_row": empty}
+
+
+def compare(got, ref, name, tol=TOL):
+    got, ref = as_list(got), as_list(ref)
+    assert len(got) == len(ref), f"{name}: {len(got)} outputs, Keras gives {len(ref)}"
+    for k, (g, r) in enumerate(zip(got, ref)):
+        assert_close(np_(g), np_(r), tol, f"{name} output {k}")
+
+
+def loss_of(outs):
+    """A fixed, non-uniform weighting of every output (so that each element's gradient is tested)."""
+    total = 0.0
+    for k, o in enumerate(outs):
+        n = int(np.prod(o.shape))
+        w = ops.reshape(ops.cos(ops.arange(n, dtype=o.dtype) * 0.37 + k), o.shape)
+        total = total + ops.sum(o * w)
+    return total
+
+
+def gradients(layer, x, states, mask=None, jit=False, **call_kw):
+    """(outputs, gradients w.r.t. [x, *states], gradients w.r.t. layer.trainable_variables) through the backend's
+    autograd: torch's backward, or jax.grad (jit=True: under jax.jit) of the layer's stateless call."""
+    if BACKEND == "torch":
+        import torch
+        xs = [torch.tensor(a, requires_grad=True) for a in [x, *states]]
+        out = as_list(layer(xs[0], initial_state=xs[1:] or None, mask=None if mask is None else torch.tensor(mask),
+                            **call_kw))
+        variables = [v.value for v in layer.trainable_variables]
+        grads = torch.autograd.grad(loss_of(out), xs + variables)
+        return [np_(o.detach()) for o in out], [np_(g) for g in grads[:len(xs)]], [np_(g) for g in grads[len(xs):]]
+    import jax
+    tv = [v.value for v in layer.trainable_variables]
+    ntv = [v.value for v in layer.non_trainable_variables]
+
+    def f(tv, xs):
+        out, _ = layer.stateless_call(tv, ntv, xs[0], initial_state=list(xs[1:]) or None, mask=mask, **call_kw)
+        out = as_list(out)
+        return loss_of(out), out
+
+    fn = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)
+    if jit:
+        fn = jax.jit(fn)
+    (_, out), (gw, gx) = fn(tv, [x, *states])
+    return [np_(o) for o in out], [np_(g) for g in gx], [np_(g) for g in gw]
+
+
+def assert_grads_close(got, ref, name):
+    scale = max(float(np.max(np.abs(g))) for g in ref[1] + ref[2])
+    for part, label in ((0, "outputs"), (1, "input/state grads"), (2, "weight grads")):
+        for k, (g, r) in enumerate(zip(got[part], ref[part])):
+            assert_close(g, r, TOL, f"{name} {label}[{k}]", scale=scale if part else None)
+
+
+# ------------------------------------------------------------------------------------------------ forward
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("config", ["last", "sequences_states", "go_backwards", "initial_state", "no_bias"])
+def test_forward_matches_keras(variant, config, kernel_calls):
+    rng = np.random.default_rng(seed_of(variant, config))
+    kw = {"last": {}, "sequences_states": dict(return_sequences=True, return_state=True),
+          "go_backwards": dict(return_sequences=True, return_state=True, go_backwards=True),
+          "initial_state": dict(return_sequences=True, return_state=True),
+          "no_bias": dict(return_sequences=True, use_bias=False)}[config]
+    ref, ours = pair(variant, rng, **kw)
+    x, states = inputs(variant, rng)
+    call = dict(initial_state=states) if config == "initial_state" else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning: the kernels run it
+        got = ours(x, **call)
+    compare(got, ref(x, **call), f"{variant} {config}")
+    assert [c[0] for c in kernel_calls] == [{"lstm": "lstm", "gru": "gru", "gru_reset_before": "gru_original",
+                                             "simplernn_tanh": "rnn_tanh", "simplernn_relu": "rnn_relu"}[variant]]
+    assert list(kernel_calls[0][1]) == [T] * B
+
+
+@pytest.mark.parametrize("variant", ["lstm", "gru", "gru_reset_before", "simplernn_tanh"])
+@pytest.mark.parametrize("kind", list(masks()))
+@pytest.mark.parametrize("config", ["forward", "go_backwards", "zero_output_for_mask", "last_only", "unroll"])
+def test_forward_masked_matches_keras(variant, kind, config, kernel_calls):
+    # unroll=True: Keras's unrolled loop reports zeros, not the initial state, before a row's first unmasked step
+    # on JAX and numpy too
+    rng = np.random.default_rng(seed_of(variant, kind, config))
+    kw = dict(return_sequences=config != "last_only", return_state=True, go_backwards=config == "go_backwards",
+              zero_output_for_mask=config == "zero_output_for_mask", unroll=config == "unroll")
+    ref, ours = pair(variant, rng, **kw)
+    x, states = inputs(variant, rng)
+    mask = masks()[kind]
+    compare(ours(x, mask=mask, initial_state=states), ref(x, mask=mask, initial_state=states),
+            f"{variant} {kind} {config}")
+    assert len(kernel_calls) == 1
+    assert list(kernel_calls[0][1]) == list(np.maximum(mask.sum(axis=1), 1))  # token cost: the unmasked steps
+
+
+def test_forward_embedding_mask_zero_runs_the_tokens_only(kernel_calls):
+    rng = np.random.default_rng(5)
+    lengths = np.array([7, 3, 1, 5])
+    tokens = rng.integers(1, 20, (B, T))
+    tokens[np.arange(T)[None, :] >= lengths[:, None]] = 0
+    tokens[1] = 0  # and a row with no token at all
+    models = []
+    for module in (keras.layers, rk):
+        inp = keras.Input((T,), dtype="int32")
+        emb = keras.layers.Embedding(20, I, mask_zero=True)(inp)
+        y = module.LSTM(H, return_sequences=True)(emb)
+        models.append(keras.Model(inp, y))
+    models[1].set_weights(random_weights(models[0], rng))
+    models[0].set_weights(models[1].get_weights())
+    compare(models[1](tokens), models[0](tokens), "Embedding(mask_zero=True) -> LSTM")
+    assert list(kernel_calls[0][1]) == [7, 1, 1, 5]
+
+
+@pytest.mark.parametrize("merge_mode", ["concat", "sum", "mul", "ave", None])
+def test_forward_bidirectional_matches_keras(merge_mode, kernel_calls):
+    rng = np.random.default_rng(11)
+    ref = keras.layers.Bidirectional(keras.layers.GRU(H, return_sequences=True), merge_mode=merge_mode)
+    ours = keras.layers.Bidirectional(rk.GRU(H, return_sequences=True), merge_mode=merge_mode)
+    assert isinstance(ours.forward_layer, rk.GRU) and isinstance(ours.backward_layer, rk.GRU)
+    assert ours.backward_layer.go_backwards
+    ref.build((B, T, I))
+    ours.build((B, T, I))
+    ours.set_weights(random_weights(ref, rng))
+    ref.set_weights(ours.get_weights())
+    x = rng.standard_normal((B, T, I)).astype("float32")
+    mask = masks()["right"]
+    compare(ours(x, mask=mask), ref(x, mask=mask), f"Bidirectional merge_mode={merge_mode}")
+    assert len(kernel_calls) == 2
+
+
+def test_forward_stateful_across_two_batches(kernel_calls):
+    rng = np.random.default_rng(12)
+    ref, ours = pair("lstm", rng, stateful=True, return_sequences=True)
+    for step in range(2):
+        x = rng.standard_normal((B, T, I)).astype("float32")
+        compare(ours(x), ref(x), f"stateful batch {step}")
+        for a, b in zip(ours.states, ref.states):
+            assert_close(np_(a.value), np_(b.value), TOL, f"stateful states after batch {step}")
+    assert np.abs(np_(ours.states[0].value)).max() > 0.01  # the state really carried
+    ours.reset_states()
+    ref.reset_states()
+    x = rng.standard_normal((B, T, I)).astype("float32")
+    compare(ours(x), ref(x), "stateful after reset_states")
+    assert len(kernel_calls) == 3
+
+
+if FLOAT64:  # JAX has float64 only with jax_enable_x64
+    @pytest.mark.parametrize("variant", list(VARIANTS))
+    def test_forward_float64_against_the_keras_equations(variant):
+        from test_io import keras_forward
+        rng = np.random.default_rng(13)
+        cls, extra = VARIANTS[variant]
+        ours = getattr(rk, cls)(H, dtype="float64", return_sequences=True, return_state=True, **extra)
+        ours.build((B, T, I))
+        weights = [(w + rng.uniform(-0.4, 0.4, w.shape)) for w in ours.get_weights()]
+        ours.set_weights(weights)
+        x, states = inputs(variant, rng, "float64")
+        got = as_list(ours(x, initial_state=states))
+        assert all(np_(g).dtype == np.float64 for g in got)
+        name = {"gru": "gru_reset_after"}.get(variant, variant)
+        y, h, c = keras_forward(name, weights, x, *states)
+        assert_close(np_(got[0]), y, 1e-12, f"{variant} float64 y")
+        assert_close(np_(got[1]), h, 1e-12, f"{variant} float64 h")
+        if c is not None:
+            assert_close(np_(got[2]), c, 1e-12, f"{variant} float64 c")
+
+
+def test_forward_inference_with_dropout_runs_the_kernels(kernel_calls):
+    # dropout acts in training only: inference of a layer with dropout is the kernels' plain forward
+    rng = np.random.default_rng(14)
+    ref, ours = pair("gru", rng, dropout=0.3, recurrent_dropout=0.2, return_sequences=True)
+    x, _ = inputs("gru", rng)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = ours(x, training=False)
+    compare(got, ref(x, training=False), "GRU with dropout, inference")
+    assert len(kernel_calls) == 1
+
+
+@pytest.mark.parametrize("variant,kw,reason", [
+    ("lstm", dict(activation="relu"), "activation=relu"),
+    ("gru", dict(recurrent_activation="hard_sigmoid"), "recurrent_activation=hard_sigmoid"),
+    ("simplernn_tanh", dict(activation="sigmoid"), "activation=sigmoid"),
+])
+def test_forward_other_activations_fall_back_to_keras_with_one_warning(variant, kw, reason, kernel_calls):
+    rng = np.random.default_rng(15)
+    ref, ours = pair(variant, rng, return_sequences=True, **kw)
+    x, _ = inputs(variant, rng)
+    with pytest.warns(UserWarning, match=reason):
+        got = ours(x)
+    compare(got, ref(x), f"{variant} {kw} (Keras's recurrence)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per layer
+        ours(x)
+    assert kernel_calls == []
+
+
+def test_forward_fallback_reasons():
+    layer = rk.GRU(H, dropout=0.2)
+    layer.build((B, T, I))
+    x = ops.convert_to_tensor(np.zeros((B, T, I), "float32"))
+    assert layer._fallback_reason(x, None, training=False) is None
+    assert "dropout=0.2" in layer._fallback_reason(x, None, training=True)
+    assert "mask of shape" in layer._fallback_reason(x, ops.ones((B, T, 1), "bool"), training=False)
+    if BACKEND == "torch":
+        import torch
+        assert "meta" in layer._fallback_reason(torch.empty((B, T, I), device="meta"), None, training=False)
+    half = rk.LSTM(H, dtype="mixed_float16")
+    half.build((B, T, I))
+    assert "float16" in half._fallback_reason(x, None, training=False)
+
+
+def test_forward_keras_only_arguments_are_accepted(kernel_calls):
+    # implementation, unroll and zero_output_for_mask change nothing else; use_cudnn=True, which Keras's own layer
+    # refuses on a CPU with a mask, runs the kernels here.
+    rng = np.random.default_rng(16)
+    for variant, kw in [("lstm", dict(implementation=1, use_cudnn=True, unroll=True)),
+                        ("gru", dict(implementation=2, use_cudnn=False)),
+                        ("simplernn_tanh", dict(unroll=True))]:
+        ref, _ = pair(variant, rng, return_sequences=True, zero_output_for_mask=True)
+        cls, extra = VARIANTS[variant]
+        ours = getattr(rk, cls)(H, return_sequences=True, zero_output_for_mask=True, **extra, **kw)
+        ours.build((B, T, I))
+        ours.set_weights(ref.get_weights())
+        assert all(ours.get_config().get(k, v) == v for k, v in kw.items() if k != "implementation")
+        x, _ = inputs(variant, rng)
+        mask = masks()["holes"]
+        compare(ours(x, mask=mask), ref(x, mask=mask), f"{variant} {kw}")
+    assert len(kernel_calls) == 3
+
+
+def test_forward_bad_arguments_raise_kerass_errors():
+    with pytest.raises(ValueError, match="use_cudnn"):
+        rk.LSTM(H, use_cudnn="sometimes")
+    with pytest.raises(ValueError, match="units"):
+        rk.GRU(0)
+    layer = rk.LSTM(H)
+    layer.build((B, T, I))
+    with pytest.raises(ValueError, match="4 features per step, but the layer was built for 3"):
+        layer(np.zeros((B, T, I + 1), "float32"))
+    with pytest.raises(ValueError, match="ndim"):
+        layer(np.zeros((B, I), "float32"))
+
+
+def test_forward_engine_refuses_bad_lengths():
+    x = np.zeros((2, 3, 1), np.float32)
+    params = [np.zeros((4, 1), np.float32), np.zeros((4, 1), np.float32), np.zeros(4, np.float32),
+              np.zeros(4, np.float32)]
+    h0 = np.zeros((2, 1), np.float32)
+    with pytest.raises(ValueError, match="lengths"):
+        _engine.forward("lstm", x, h0, h0, params, [3, 0], training=False)
+    with pytest.raises(ValueError, match="lengths"):
+        _engine.forward("lstm", x, h0, h0, params, [4, 1], training=False)
+
+
+# ------------------------------------------------------------------------------------------------ config, saving
+def test_forward_config_round_trip_and_registration():
+    layer = rk.GRU(H, reset_after=False, return_sequences=True, go_backwards=True, dropout=0.1, seed=3,
+                   kernel_regularizer="l2", name="g")
+    config = layer.get_config()
+    assert config == keras.layers.GRU.from_config(config).get_config()
+    again = rk.GRU.from_config(config)
+    assert type(again) is rk.GRU and again.get_config() == config
+    assert keras.saving.get_registered_name(rk.LSTM) == "rnnfast>LSTM"
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(restored) is rk.GRU and restored.get_config() == config
+
+
+def _model(module, return_sequences=False):
+    return keras.Sequential([keras.Input((T, I)), module.LSTM(H, return_sequences=return_sequences),
+                             keras.layers.Dense(1)])
+
+
+def test_forward_save_load_model_round_trip(tmp_path, kernel_calls):
+    rng = np.random.default_rng(17)
+    model = _model(rk)
+    model.set_weights(random_weights(model, rng))
+    x = rng.standard_normal((B, T, I)).astype("float32")
+    want = np_(model(x))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert type(loaded.layers[0]) is rk.LSTM
+    compare(loaded(x), want, "load_model")
+    assert len(kernel_calls) == 2
+
+
+def test_forward_load_weights_saved_by_kerass_layers(tmp_path, kernel_calls):
+    rng = np.random.default_rng(18)
+    theirs = _model(keras.layers)
+    theirs.set_weights(random_weights(theirs, rng))
+    theirs.save_weights(tmp_path / "w.weights.h5")
+    ours = _model(rk)
+    ours.load_weights(tmp_path / "w.weights.h5")
+    x = rng.standard_normal((B, T, I)).astype("float32")
+    compare(ours(x), theirs(x), "load_weights")
+    assert [v.path for v in ours.weights] != [] and len(kernel_calls) == 1
+
+
+# ------------------------------------------------------------------------------------------------ gradients
+GRAD_CASES = [(v, m) for v in VARIANTS for m in (None, "holes")] + [("lstm", "all_masked_row"), ("gru", "left")]
+
+
+@pytest.mark.parametrize("variant,mask_kind", GRAD_CASES)
+def test_gradients_match_keras(variant, mask_kind, kernel_calls):
+    rng = np.random.default_rng(seed_of(variant, mask_kind))
+    ref, ours = pair(variant, rng, return_sequences=True, return_state=True, go_backwards=mask_kind == "left")
+    x, states = inputs(variant, rng)
+    mask = None if mask_kind is None else masks()[mask_kind]
+    got = gradients(ours, x, states, mask)
+    assert_grads_close(got, gradients(ref, x, states, mask), f"{variant} mask={mask_kind}")
+    assert any(training for _, _, training in kernel_calls), "no training forward ran on the kernels"
+
+
+if BACKEND == "jax":  # defined only where it runs (no empty or skipped test elsewhere)
+    @pytest.mark.parametrize("variant", ["lstm", "gru_reset_before"])
+    def test_gradients_under_jit_match_keras(variant, kernel_calls):
+        from rnnfast.keras import _jax
+        rng = np.random.default_rng(19)
+        ref, ours = pair(variant, rng, return_sequences=True, return_state=True)
+        x, states = inputs(variant, rng)
+        mask = masks()["all_masked_row"]
+        assert_grads_close(gradients(ours, x, states, mask, jit=True), gradients(ref, x, states, mask, jit=True),
+                           f"{variant} under jit")
+        # one training forward, whose record the backward took (nothing left behind, no second forward)
+        assert [c[2] for c in kernel_calls] == [True]
+        assert not _jax._records
+
+    def test_gradients_jax_backward_without_its_record_runs_the_forward_again(kernel_calls, monkeypatch):
+        from rnnfast.keras import _jax
+        rng = np.random.default_rng(21)
+        ref, ours = pair("lstm", rng, return_sequences=True, return_state=True)
+        x, states = inputs("lstm", rng)
+        mask = masks()["holes"]
+        monkeypatch.setattr(_jax, "_take", lambda token: _jax._records.pop(int(token)) and None)
+        assert_grads_close(gradients(ours, x, states, mask, jit=True), gradients(ref, x, states, mask, jit=True),
+                           "LSTM, backward from a recomputed forward")
+        assert [c[2] for c in kernel_calls] == [True, True]
+        assert not _jax._records
+
+    def test_gradients_jax_records_are_bounded(monkeypatch):
+        from rnnfast.keras import _jax
+        rng = np.random.default_rng(22)
+        _, ours = pair("gru", rng, return_sequences=True)
+        x, _ = inputs("gru", rng)
+        import jax
+        tv = [v.value for v in ours.trainable_variables]
+        ntv = [v.value for v in ours.non_trainable_variables]
+        monkeypatch.setattr(_jax, "KEEP_BYTES", 1)
+        for _ in range(3):  # forwards whose backward never runs
+            jax.vjp(lambda xx: ours.stateless_call(tv, ntv, xx)[0], x)
+        assert len(_jax._records) == 1  # the newest only
+        _jax._records.clear()
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "GRU"])
+def test_gradients_fit_matches_keras(cls, kernel_calls):
+    """One epoch of fit (Bidirectional over a masked Embedding, SGD) ends at Keras's weights."""
+    rng = np.random.default_rng(20)
+    tokens = rng.integers(1, 20, (16, T))
+    tokens[np.arange(T)[None, :] >= rng.integers(1, T + 1, 16)[:, None]] = 0
+    target = rng.standard_normal((16, 1)).astype("float32")
+    models = []
+    for module in (keras.layers, rk):
+        models.append(keras.Sequential([
+            keras.Input((T,), dtype="int32"), keras.layers.Embedding(20, I, mask_zero=True),
+            keras.layers.Bidirectional(getattr(module, cls)(H)), keras.layers.Dense(1)]))
+    weights = random_weights(models[0], rng)
+    for m in models:
+        m.set_weights(weights)
+        m.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        m.fit(tokens, target, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    for k, (a, b) in enumerate(zip(models[1].get_weights(), models[0].get_weights())):
+        assert_close(a, b, TOL, f"{cls} weight {k} after fit", scale=1.0)
+    assert not np.allclose(models[1].get_weights()[1], weights[1])  # training moved them
+    assert kernel_calls
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "SimpleRNN"])
+def test_gradients_stateful_fit_matches_keras(cls, kernel_calls):
+    """fit of a stateful model: the state the layer writes back after each batch is the next batch's initial state
+    (and, on torch, the tensor Keras updates in place after the forward)."""
+    rng = np.random.default_rng(23)
+    x = rng.standard_normal((3 * B, T, I)).astype("float32")
+    target = rng.standard_normal((3 * B, 1)).astype("float32")
+    models = []
+    for module in (keras.layers, rk):
+        # Keras's reference with use_cudnn=False: its default path (backend.lstm) cannot train a stateful LSTM on
+        # the torch backend (Keras 3.15.1 overwrites the state it saved for backward: RuntimeError in backward).
+        kw = dict(use_cudnn=False) if cls == "LSTM" and module is keras.layers else {}
+        models.append(keras.Sequential([keras.Input((T, I), batch_size=B),
+                                        getattr(module, cls)(H, stateful=True, **kw), keras.layers.Dense(1)]))
+    weights = random_weights(models[0], rng)
+    for m in models:
+        m.set_weights(weights)
+        m.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        m.fit(x, target, batch_size=B, epochs=1, shuffle=False, verbose=0)
+    for k, (a, b) in enumerate(zip(models[1].get_weights(), models[0].get_weights())):
+        assert_close(a, b, TOL, f"{cls} stateful weight {k} after fit", scale=1.0)
+    for a, b in zip(models[1].layers[0].states, models[0].layers[0].states):
+        assert_close(np_(a.value), np_(b.value), TOL, f"{cls} state after fit")
+    assert sum(training for _, _, training in kernel_calls) == 3
