@@ -9,7 +9,8 @@ import pytest
 import rnnfast
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
-NAMES = ["forecasting", "classification", "gradients", "char_lm", "seq2seq", "tagging", "cnn_rnn", "keras_forecasting"]
+NAMES = ["forecasting", "classification", "gradients", "char_lm", "seq2seq", "tagging", "cnn_rnn", "keras_forecasting",
+         "keras_sentiment"]
 
 
 @pytest.fixture

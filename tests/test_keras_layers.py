@@ -311,6 +311,21 @@ def test_forward_fallback_reasons():
     assert "float16" in half._fallback_reason(x, None, training=False)
 
 
+def test_gradients_fitting_a_bidirectional_model_warns_of_no_fallback(kernel_calls):
+    # Keras infers the output shapes of Bidirectional's sub-layers by a call on symbolic tensors (on the torch
+    # backend: tensors of the "meta" device, which Keras's own loop handles); that is no slow path to warn of.
+    # Recorded, not raised: Keras catches an exception of its shape inference and tries another way.
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        model = keras.Sequential([keras.Input((T,), dtype="int64"), keras.layers.Embedding(20, I, mask_zero=True),
+                                  keras.layers.Bidirectional(rk.LSTM(H)), keras.layers.Dense(1)])
+        model.compile(optimizer="sgd", loss="mse")
+        model.fit(np.ones((B, T), "int64"), np.ones((B, 1), "float32"), epochs=1, verbose=0)
+    fallbacks = [str(w.message) for w in seen if "Keras's own recurrence" in str(w.message)]
+    assert not fallbacks, fallbacks
+    assert kernel_calls  # the real calls ran the kernels
+
+
 def test_forward_keras_only_arguments_are_accepted(kernel_calls):
     # implementation, unroll and zero_output_for_mask change nothing else; use_cudnn=True, which Keras's own layer
     # refuses on a CPU with a mask, runs the kernels here.

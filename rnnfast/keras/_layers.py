@@ -122,7 +122,10 @@ class _KernelPath:
             mask = mask[0]
         reason = self._fallback_reason(sequences, mask, training)
         if reason is not None:
-            self._warn_fallback(reason)
+            # Keras's torch backend infers output shapes (Bidirectional, functional models) by a call on tensors of
+            # the "meta" device, which hold no data: Keras's loop computes nothing there, so it is no slow path.
+            if _device(sequences) != "meta":
+                self._warn_fallback(reason)
             return super().inner_loop(sequences, initial_state, mask=mask, training=training)
         return self._kernel_loop(sequences, initial_state, mask)
 
