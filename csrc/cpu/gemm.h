@@ -7,8 +7,8 @@
 // or a packed MR-row block all work) and Bp is a packed panel of NR columns: Bp[k*NR + j].
 //
 // What may vary from one processor to another is a runtime choice among compiled variants (GemmVariant:
-// the tile height MR, the size of the row block kept in L2, the loop order); rnnfast/_tuning.py times them
-// at first use. The panel width NR stays fixed per instruction set: packed weight layouts, the recurrences'
+// the tile height MR, the size of the row block kept in L2, the loop order); rnnfast/_core/tuning.py times
+// them inside a layer's training step at first use. The panel width NR stays fixed per instruction set: packed weight layouts, the recurrences'
 // thread split (Slice) and their scratch depend on it. None of the variants changes a single bit of a
 // result: an element's sum runs over k in one order whatever the tile it falls in (see ku_for), K is cut
 // into the same KC blocks, and the thread partition only moves whole elements. So results are identical

@@ -48,7 +48,8 @@ struct Slice {
 // What one barrier crossing is worth in multiply-adds of a step. The default was measured here with a 64 ns
 // core round trip (LSTM H=64 B=1 gains from 2 threads, RNN H=64 B=1 loses); the crossing grows with the round
 // trip, which on a VM moves with the host's vCPU placement (64 to 380 ns seen on one machine, 129 ns on an
-// Intel Xeon), so the tuner (rnnfast/_tuning.py) measures the round trip and scales it. Only the team size
+// Intel Xeon), so the tuner (rnnfast/_core/tuning.py) times a batch-1 training step on one thread and on two and sets it
+// from those times. Only the team size
 // depends on it: the recurrences fix the order of their sums by the default (their nominal split).
 constexpr int kDefaultCrossingMacs = 8192;
 

@@ -357,8 +357,8 @@ py::array array_arg(const py::object& o, const char* name, const char* expected)
     return o.cast<py::array>();
 }
 
-// What both call objects check first, in this order: the cell, the packed weights, the dtype (of `typed`, xp
-// for a forward and y for a backward) and batch_sizes.
+// What both call objects check first, in this order: the cell, the packed weights, the dtype (of `typed`,
+// x_proj for a forward and y for a backward) and batch_sizes.
 struct CallArgs {
     int cell;
     Packed& w;
@@ -633,7 +633,7 @@ void bind_gemm(py::module_& m) {
           "gemm_packed.");
 }
 
-// The GEMM variants and the choice among them (rnnfast/_tuning.py).
+// The GEMM variants and the choice among them (rnnfast/_core/tuning.py).
 void bind_tuning(py::module_& m) {
     m.def("gemm_variants", [](const py::object& dtype) {
         return dtype_arg(dtype) == DType::f32 ? variants_of<float>() : variants_of<double>();
@@ -661,7 +661,7 @@ void bind_tuning(py::module_& m) {
         }
     }, py::arg("dtype"), py::arg("gemm"), py::arg("step"),
           "Sets the variants the time-parallel GEMMs and the per-step recurrent products of a dtype run "
-          "(rnnfast/_tuning.py does, once per process).");
+          "(rnnfast/_core/tuning.py does, once per process).");
 }
 
 // The recurrences: named, checked call objects, and the entry points that run them.
@@ -696,7 +696,7 @@ void bind_calls(py::module_& m) {
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-    m.doc() = "rnnfast CPU kernels (fused recurrences, packed weights, GEMM). Internal: use rnnfast.functional.";
+    m.doc() = "rnnfast CPU kernels (fused recurrences, packed weights, GEMM). Internal: rnnfast/_core runs them.";
     bind_build(m);
     bind_probes(m);
     bind_packed_weights(m);
