@@ -60,9 +60,10 @@ def check() -> None:
     if root is None:
         return
     built = getattr(_C, "source_fingerprint", lambda: "unknown")()
-    if built != source_fingerprint(root):
+    checkout = source_fingerprint(root)
+    if built != checkout:
         raise ImportError(
             f"rnnfast runs from the source checkout {root}, but the installed compiled modules "
             f"({os.path.dirname(_C.__file__)}) were built from other sources than this checkout's csrc/ and "
-            f"CMakeLists.txt (fingerprint {built[:12]}, the checkout's {source_fingerprint(root)[:12]}): run "
+            f"CMakeLists.txt (fingerprint {built[:12]}, the checkout's {checkout[:12]}): run "
             f"`pip install .` in {root} again to rebuild them.")

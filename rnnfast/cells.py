@@ -153,7 +153,7 @@ class _CellBase(DropsCachesWhenPickled, Module):
 
     # -------------------------------------------------------------------------------- checks
     def _check_array(self, value, name):
-        return _checks.check_input_array(value, name, self.dtype, "cell")
+        return _checks.check_array(value, name, self.dtype, "cell")
 
     def _check_input(self, x):
         """x_t as a (1, B, I) view, B, and whether the call is batched."""

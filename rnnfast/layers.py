@@ -185,7 +185,7 @@ class _RNNBase(DropsCachesWhenPickled, Module):
 
     # -------------------------------------------------------------------------------- checks
     def _check_array(self, value, name):
-        return _checks.check_input_array(value, name, self.dtype, "layer")
+        return _checks.check_array(value, name, self.dtype, "layer")
 
     def _check_input(self, x):
         """x as a T-major (T, B, I) array (a view where possible), and whether the call is batched."""

@@ -5,7 +5,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ._core.checks import check_array  # noqa: F401 - nn.py and users' code import it from here
+from ._core.checks import check_array  # noqa: F401 - its home before the engine's checks; code may import it from here
 
 
 class Parameter:

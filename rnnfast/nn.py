@@ -19,7 +19,8 @@ import numpy as np
 from ._core.arrays import namespace as _xp
 from ._core.checks import check_dtype as _check_dtype, check_seed as _rng, check_size as _check_size
 from .backend import matmul
-from .module import Module, Parameter, check_array
+from ._core.checks import check_array
+from .module import Module, Parameter
 
 __all__ = ["Linear", "Embedding", "Dropout", "Conv1d", "Sequential", "Tanh", "ReLU", "Sigmoid", "LeakyReLU",
            "Identity", "ManyToOne", "last_step", "last_step_backward"]

@@ -110,11 +110,6 @@ def check_parameter_memory(owner: str, count: int, dtype: np.dtype, sizes: str) 
                           f"{need / 2**30:.1f} GiB, more than this machine's {have / 2**30:.1f} GiB of memory")
 
 
-def check_input_array(value, name: str, dtype, owner: str) -> np.ndarray:
-    """An input of the module's dtype (see check_array, which also takes np.matrix as the plain ndarray it
-    holds and refuses masked arrays)."""
-    return check_array(value, name, dtype, owner)
-
 
 def uniform_bound(hidden_size: int) -> float:
     """torch.nn's initialisation bound 1/sqrt(hidden_size) (0 for hidden_size=0, where nothing is drawn)."""

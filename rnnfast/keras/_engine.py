@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from .._core import dispatch, functional
+from .._core import checks, dispatch, functional
 
 _KINDS = ("w_ih", "w_hh", "b_ih", "b_hh")
 _SUFFIXES = [[""]]  # one layer, one direction: the parameter names carry no suffix
@@ -25,9 +25,7 @@ _SUFFIXES = [[""]]  # one layer, one direction: the parameter names carry no suf
 def forward(cell, x, h0, c0, params, lengths, training):
     """Runs the kernels; returns (y (B, T, H), h_n (B, H), c_n (B, H) or None, record or None)."""
     B, T = x.shape[0], x.shape[1]
-    lengths = np.asarray(lengths, dtype=np.int64).reshape(B)
-    if B and (lengths.min() < 1 or lengths.max() > T):
-        raise ValueError(f"lengths: each must be in 1..{T}, got {lengths.min()}..{lengths.max()}")
+    lengths = checks.check_lengths(lengths, T, B)
     # Copies of the (small) initial states: a training record reads h0 in backward, and Keras overwrites a
     # stateful layer's state variables in place right after the forward.
     h0 = np.array(h0, order="C")
