@@ -44,10 +44,10 @@ def reviews(n, max_len, seed):
     for i in range(n):
         length = rng.integers(8, max_len + 1)
         words = rng.integers(42, VOCAB, length)  # filler
-        kind = rng.random(length)
-        words[kind < 0.12] = rng.choice(POSITIVE, (kind < 0.12).sum())
-        words[(kind >= 0.12) & (kind < 0.24)] = rng.choice(NEGATIVE, ((kind >= 0.12) & (kind < 0.24)).sum())
-        words[(kind >= 0.24) & (kind < 0.30)] = NOT
+        kind = np.digitize(rng.random(length), [0.12, 0.24, 0.30])  # 0 positive, 1 negative, 2 "not", 3 filler
+        words[kind == 0] = rng.choice(POSITIVE, (kind == 0).sum())
+        words[kind == 1] = rng.choice(NEGATIVE, (kind == 1).sum())
+        words[kind == 2] = NOT
         score, flip = 0, False
         for w in words:
             if w == NOT:
