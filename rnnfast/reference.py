@@ -21,6 +21,11 @@ Conventions follow torch.nn (time-major, gate order, weight shapes):
         r, z as for gru ;  n = tanh(W_in x + b_in + W_hn (r*h) + b_hn) ;  h' = (1-z)*n + z*h
 
 All arithmetic is done in x.dtype (float32 or float64).
+
+Dropout inside the layer (Keras's `dropout` and `recurrent_dropout`, one mask per gate, fixed for the whole
+sequence): with input masks mi (B, G*I), gate k's input rows read x * mi[:, k*I:(k+1)*I]; with recurrent masks
+mr (B, G*H), gate k's recurrent rows read h * mr[:, k*H:(k+1)*H] (the GRU's r*h: r * (h * mr of the candidate)).
+Everything else reads h itself (the GRU's final mix z*h).
 """
 
 import numpy as np
@@ -43,6 +48,20 @@ def _check_cell(cell):
         raise ValueError(f"cell: expected one of {CELLS}, got {cell!r}")
 
 
+def _dropped(a, mask, G):
+    """The G gates' copies of a (B, F) under their masks (B, G*F), or a itself for every gate."""
+    if mask is None:
+        return [a] * G
+    F = a.shape[1]
+    return [a * mask[:, k * F:(k + 1) * F] for k in range(G)]
+
+
+def _gate_products(parts, w, gates):
+    """The rows of `gates` of w times their own inputs: concat over k in gates of parts[k] @ w[k*H:(k+1)*H].T."""
+    H = w.shape[0] // len(parts)
+    return np.concatenate([parts[k] @ w[k * H:(k + 1) * H].T for k in gates], axis=1)
+
+
 def _as(name, a, dtype, shape):
     """A private copy of `a` in `dtype`, checked to have `shape`."""
     a = np.array(a, dtype=dtype, copy=True)
@@ -57,11 +76,12 @@ def _as(name, a, dtype, shape):
 # by reading it top to bottom; helpers would hide the order of the operations it exists to show.
 
 
-def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, input_mask=None, recurrent_mask=None):
     """Run one layer, one direction, over all T steps.
 
     x (T,B,I); h0 (B,H); c0 (B,H) for lstm else None; w_ih (G*H, I); w_hh (G*H, H);
-    b_ih, b_hh (G*H,) or both None (bias=False). Computes in x.dtype (float32 or float64).
+    b_ih, b_hh (G*H,) or both None (bias=False); input_mask (B, G*I), recurrent_mask (B, G*H) or None (see the
+    module's docstring). Computes in x.dtype (float32 or float64).
     Returns (y, h_n, c_n, cache): y (T,B,H), h_n (B,H), c_n (B,H) or None; cache is
     whatever backward needs.
     """
@@ -101,20 +121,26 @@ def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
         b_ih = np.zeros(G * H, dtype)
         b_hh = np.zeros(G * H, dtype)
 
+    mi = None if input_mask is None else _as("input_mask", input_mask, dtype, (B, G * I))
+    mr = None if recurrent_mask is None else _as("recurrent_mask", recurrent_mask, dtype, (B, G * H))
     y = np.empty((T, B, H), dtype)
     steps = []
     h = h0
     c = c0
     for t in range(T):
-        gi = x[t] @ w_ih.T + b_ih  # (B, G*H): input part of every gate
+        if mi is None:
+            gi = x[t] @ w_ih.T + b_ih  # (B, G*H): input part of every gate
+        else:
+            gi = _gate_products(_dropped(x[t], mi, G), w_ih, range(G)) + b_ih
+        hd = _dropped(h, mr, G)  # what each gate's recurrent rows read
 
         if cell in ("rnn_tanh", "rnn_relu"):
-            a = gi + h @ w_hh.T + b_hh
+            a = gi + (h @ w_hh.T if mr is None else _gate_products(hd, w_hh, range(G))) + b_hh
             h_new = np.tanh(a) if cell == "rnn_tanh" else np.maximum(a, 0)
-            steps.append(dict(h_prev=h, h=h_new))
+            steps.append(dict(h_prev=h, hd=hd, h=h_new))
 
         elif cell == "lstm":
-            a = gi + h @ w_hh.T + b_hh
+            a = gi + (h @ w_hh.T if mr is None else _gate_products(hd, w_hh, range(G))) + b_hh
             i = _sigmoid(a[:, 0 * H:1 * H])
             f = _sigmoid(a[:, 1 * H:2 * H])
             g = np.tanh(a[:, 2 * H:3 * H])
@@ -122,26 +148,26 @@ def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
             c_new = f * c + i * g
             tanh_c = np.tanh(c_new)
             h_new = o * tanh_c
-            steps.append(dict(h_prev=h, c_prev=c, i=i, f=f, g=g, o=o, tanh_c=tanh_c))
+            steps.append(dict(h_prev=h, hd=hd, c_prev=c, i=i, f=f, g=g, o=o, tanh_c=tanh_c))
             c = c_new
 
         elif cell == "gru":
-            gh = h @ w_hh.T + b_hh  # (B, 3H): hidden part of every gate
+            gh = (h @ w_hh.T if mr is None else _gate_products(hd, w_hh, range(G))) + b_hh  # (B, 3H): hidden parts
             r = _sigmoid(gi[:, 0 * H:1 * H] + gh[:, 0 * H:1 * H])
             z = _sigmoid(gi[:, 1 * H:2 * H] + gh[:, 1 * H:2 * H])
             hn = gh[:, 2 * H:3 * H]  # W_hn h + b_hn
             n = np.tanh(gi[:, 2 * H:3 * H] + r * hn)
             h_new = (1 - z) * n + z * h
-            steps.append(dict(h_prev=h, r=r, z=z, n=n, hn=hn))
+            steps.append(dict(h_prev=h, hd=hd, r=r, z=z, n=n, hn=hn))
 
         else:  # gru_original
-            gh_rz = h @ w_hh[:2 * H].T + b_hh[:2 * H]
+            gh_rz = (h @ w_hh[:2 * H].T if mr is None else _gate_products(hd, w_hh, range(2))) + b_hh[:2 * H]
             r = _sigmoid(gi[:, 0 * H:1 * H] + gh_rz[:, 0 * H:1 * H])
             z = _sigmoid(gi[:, 1 * H:2 * H] + gh_rz[:, 1 * H:2 * H])
-            rh = r * h
+            rh = r * hd[2]
             n = np.tanh(gi[:, 2 * H:3 * H] + rh @ w_hh[2 * H:].T + b_hh[2 * H:])
             h_new = (1 - z) * n + z * h
-            steps.append(dict(h_prev=h, r=r, z=z, n=n, rh=rh))
+            steps.append(dict(h_prev=h, hd=hd, r=r, z=z, n=n, rh=rh))
 
         y[t] = h_new
         h = h_new
@@ -149,7 +175,7 @@ def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
     h_n = h.copy()
     c_n = c.copy() if cell == "lstm" else None
     cache = dict(cell=cell, dtype=dtype, T=T, B=B, I=I, H=H, G=G, x=x, w_ih=w_ih,
-                 w_hh=w_hh, has_bias=has_bias, steps=steps)
+                 w_hh=w_hh, has_bias=has_bias, steps=steps, mi=mi, mr=mr)
     return y, h_n, c_n, cache
 
 
@@ -169,6 +195,20 @@ def backward(cell, cache, dy, dh_n=None, dc_n=None):
     dtype = cache["dtype"]
     T, B, I, H, G = cache["T"], cache["B"], cache["I"], cache["H"], cache["G"]
     x, w_ih, w_hh, steps = cache["x"], cache["w_ih"], cache["w_hh"], cache["steps"]
+    mi, mr = cache["mi"], cache["mr"]
+
+    def recurrent_grads(dgh, hd, gates):
+        """Adds gates' dW_hh rows (each paired with what its product read); returns their share of dh_prev."""
+        if mr is None:
+            rows = slice(gates[0] * H, (gates[-1] + 1) * H)
+            dw_hh[rows] += dgh[:, rows].T @ hd[0]
+            return dgh[:, rows] @ w_hh[rows]
+        share = np.zeros((B, H), dtype)
+        for k in gates:
+            rows = slice(k * H, (k + 1) * H)
+            dw_hh[rows] += dgh[:, rows].T @ hd[k]
+            share += (dgh[:, rows] @ w_hh[rows]) * mr[:, rows]
+        return share
 
     dy = _as("dy", dy, dtype, (T, B, H))
     dh = np.zeros((B, H), dtype) if dh_n is None else _as("dh_n", dh_n, dtype, (B, H))
@@ -196,8 +236,7 @@ def backward(cell, cache, dy, dh_n=None, dc_n=None):
                 da = dh * (h > 0)
             dgi = da  # gradient w.r.t. W_ih x + b_ih
             dgh = da  # gradient w.r.t. W_hh h + b_hh
-            dw_hh += dgh.T @ h_prev
-            dh_prev = dgh @ w_hh
+            dh_prev = recurrent_grads(dgh, s["hd"], [0])
 
         elif cell == "lstm":
             i, f, g, o, tanh_c, c_prev = s["i"], s["f"], s["g"], s["o"], s["tanh_c"], s["c_prev"]
@@ -213,8 +252,7 @@ def backward(cell, cache, dy, dh_n=None, dc_n=None):
                                  do * o * (1 - o)], axis=1)
             dgi = da
             dgh = da
-            dw_hh += dgh.T @ h_prev
-            dh_prev = dgh @ w_hh
+            dh_prev = recurrent_grads(dgh, s["hd"], [0, 1, 2, 3])
             dc = dc_prev
 
         elif cell == "gru":
@@ -228,26 +266,32 @@ def backward(cell, cache, dy, dh_n=None, dc_n=None):
             daz = dz * z * (1 - z)
             dgi = np.concatenate([dar, daz, dan], axis=1)
             dgh = np.concatenate([dar, daz, dhn], axis=1)
-            dw_hh += dgh.T @ h_prev
-            dh_prev = dh * z + dgh @ w_hh
+            dh_prev = dh * z + recurrent_grads(dgh, s["hd"], [0, 1, 2])
 
         else:  # gru_original
             r, z, n, rh = s["r"], s["z"], s["n"], s["rh"]
             dn = dh * (1 - z)
             dz = dh * (h_prev - n)
             dan = dn * (1 - n * n)  # gradient w.r.t. n's pre-activation
-            drh = dan @ w_hh[2 * H:]  # gradient w.r.t. r*h
-            dr = drh * h_prev
+            hd = s["hd"]
+            drh = dan @ w_hh[2 * H:]  # gradient w.r.t. r*h (h under the candidate's mask)
+            dr = drh * hd[2]
             dar = dr * r * (1 - r)
             daz = dz * z * (1 - z)
             dgi = np.concatenate([dar, daz, dan], axis=1)
             dgh = np.concatenate([dar, daz, dan], axis=1)  # w.r.t. the W_hh rows' outputs + b_hh
-            dw_hh[:2 * H] += dgh[:, :2 * H].T @ h_prev
             dw_hh[2 * H:] += dan.T @ rh
-            dh_prev = dh * z + drh * r + dgh[:, :2 * H] @ w_hh[:2 * H]
+            drh_h = drh * r if mr is None else drh * r * mr[:, 2 * H:]
+            dh_prev = dh * z + drh_h + recurrent_grads(dgh, hd, [0, 1])
 
-        dx[t] = dgi @ w_ih
-        dw_ih += dgi.T @ x[t]
+        if mi is None:
+            dx[t] = dgi @ w_ih
+            dw_ih += dgi.T @ x[t]
+        else:
+            for k, xd in enumerate(_dropped(x[t], mi, G)):
+                rows = slice(k * H, (k + 1) * H)
+                dx[t] += (dgi[:, rows] @ w_ih[rows]) * mi[:, k * I:(k + 1) * I]
+                dw_ih[rows] += dgi[:, rows].T @ xd
         db_ih += dgi.sum(axis=0)
         db_hh += dgh.sum(axis=0)
         dh = dh_prev

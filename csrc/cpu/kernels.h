@@ -24,6 +24,12 @@ struct ForwardCall {
     // Inference with bfloat16 recurrent weights (float32 only): W_hh packed by Bf16Kernels::pack_forward,
     // read instead of w_hh (then null) by the per-step product, whose state is rounded to bf16 each step.
     const uint32_t* w_hh_bf16 = nullptr;
+    // Recurrent dropout (training; null: none, and always none with a projection or the original GRU): the
+    // product of gate g reads h_{t-1}[b][k] * rec_mask[b][g*H + k] where it read h_{t-1}[b][k]. h_drop
+    // [B + N, G*H]: rows b < B hold h0 under the mask (the caller's), row B + r is written here as y[r] under
+    // its batch row's mask: what the next step's product reads, and what dW_hh pairs with.
+    const T* rec_mask = nullptr;  // [B, G*H]
+    T* h_drop = nullptr;
 };
 
 template <typename T>
@@ -36,6 +42,7 @@ struct BackwardCall {
     int P = 0;                // LSTM proj_size (0: none)
     const T* w_hr = nullptr;  // W_hr (P, H) packed backward (panels over H)
     T* dh_all = nullptr;      // [N, P] gradient w.r.t. every h_t (what dW_hr needs)
+    const T* rec_mask = nullptr;  // the forward's recurrent dropout mask [B, G*H], or null
 };
 
 // C (+)= A B with A(i,k) = a[i*a_rs + k*a_ks], B(k,j) = b[k*b_ks + j*b_ns], C row-major (ldc).
@@ -134,7 +141,7 @@ bool equal_bytes(const void* a, const void* b, size_t n, int threads);
 double core_round_trip_ns(int iterations, double max_ms);
 
 // Bumped whenever Isa, Table or a call struct changes: a library of another version is refused.
-constexpr int kAbiVersion = 7;
+constexpr int kAbiVersion = 8;
 
 }  // namespace rnnfast::cpu
 

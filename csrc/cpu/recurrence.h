@@ -54,9 +54,10 @@ struct SplitProduct {
     Barrier& barrier;
     int tid;
 
-    // Waits for the crossing `epoch` (h_{t-1} complete) as late as the split allows.
-    inline __attribute__((always_inline)) void operator()(const T* h_prev, int Bt, bool first_step,
-                                                          uint64_t epoch) const {
+    // Waits for the crossing `epoch` (h_{t-1} complete) as late as the split allows. src: h_{t-1} (row stride
+    // ld), gate g's at src + g*gstride (recurrent dropout; else gstride 0).
+    inline __attribute__((always_inline)) void operator()(const T* src, ptrdiff_t ld, ptrdiff_t gstride, int Bt,
+                                                          bool first_step, uint64_t epoch) const {
         bool waited = first_step;
         auto wait = [&]() __attribute__((always_inline)) {
             if (!waited) barrier.wait_for(tid, epoch);
@@ -70,7 +71,8 @@ struct SplitProduct {
             T* c = acc + (sub.b0 - s.b0) * Tile<T>::NR;
             const bool in_l1 = static_cast<size_t>(G) * nv.width * H * sizeof(T) <= kL1Bytes;
             auto part = [&](int k0, int k1, bool accumulate) __attribute__((always_inline)) {
-                forward_product(w_hh, G, H, sub, 0, G, h_prev, H, Bt, k0, k1, c, ldc, accumulate, 1 << 30, in_l1);
+                forward_product(w_hh, G, H, sub, 0, G, src, ld, Bt, k0, k1, c, ldc, accumulate, 1 << 30, in_l1,
+                                gstride);
             };
             if (!first_step && in_l1) {
                 part(nv.lo, nv.hi, false);
@@ -91,6 +93,7 @@ void recurrence_forward(const FwdArgs<T>& a, int requested_threads) {
     constexpr int G = Cell::kGates, S = Cell::kSlots;
     constexpr bool kCellState = std::is_same<Cell, rnnfast::Lstm>::value;
     const int H = a.H, B = a.B;
+    const ptrdiff_t GH = static_cast<ptrdiff_t>(G) * H;
     // The split that fixes each sum's order (`nominal`, from the thread count and the shape alone) and the team
     // that runs it (`nt`: fewer threads where the measured crossing is slow or the process's teams are starved).
     // So the bits never depend on how slow the crossing was, nor on the machine's load, only on the thread count
@@ -120,15 +123,22 @@ void recurrence_forward(const FwdArgs<T>& a, int requested_threads) {
             if (bf16) {  // the state is rounded whole, once it is complete: no split (Bf16Product)
                 if (t > 0) barrier.wait_for(tid, epoch);
                 bf16(tid, s, 0, G, h_prev, H, Bt, acc, ldc);
+            } else if (a.rec_mask) {  // each gate reads h_{t-1} under its own mask, as the previous step left it
+                product(a.h_drop + (t == 0 ? 0 : B + steps.row(t - 1, 0)) * GH, GH, H, Bt, t == 0, epoch);
             } else {
-                product(h_prev, Bt, t == 0, epoch);
+                product(h_prev, H, 0, Bt, t == 0, epoch);
             }
             walk_forward<T, G>(a, steps, t, s, bias, acc, ldc, h_prev, S, [&](const auto& in, const auto& ws, int b,
                                                                               int u, int col) {
                 using V = ValueOf<decltype(in)>;
                 V c = kCellState ? ld<V>(cst + b * s.width + col) : V{};
-                st(a.y + steps.row(t, b) * H + u, Cell::template forward<MathFor<T, decltype(in)>, V>(in, c, ws));
+                const ptrdiff_t row = steps.row(t, b);
+                const V h = Cell::template forward<MathFor<T, decltype(in)>, V>(in, c, ws);
+                st(a.y + row * H + u, h);
                 if (kCellState) st(cst + b * s.width + col, c);
+                if (a.rec_mask)
+                    for (int g = 0; g < G; ++g)
+                        st(a.h_drop + (B + row) * GH + g * H + u, h * ld<V>(a.rec_mask + b * GH + g * H + u));
             });
             epoch = barrier.arrive(tid);
         }
@@ -147,14 +157,16 @@ void recurrence_backward(const BwdArgs<T>& a, int requested_threads) {
     const int nt = threads_for(requested_threads, B, G, H, Slice<T>::blocks(H));
     const Steps steps(a.batch_sizes, a.T_);
     T* const dhg_all = std::is_same<Cell, rnnfast::Gru>::value ? a.dhg : nullptr;  // else the product reads dxg
-    // Per thread: the dh and dc carries [B][width].
-    TeamScratch<T> scratch(2 * static_cast<ptrdiff_t>(B) * Slice<T>::blocks(H) * NR, nt);
+    // Per thread: the dh and dc carries [B][width], and with recurrent dropout one gate's product [B][width].
+    const ptrdiff_t carry = static_cast<ptrdiff_t>(B) * Slice<T>::blocks(H) * NR;
+    TeamScratch<T> scratch((a.rec_mask ? 3 : 2) * carry, nt);
     BiasSums<T> sums(GH, dhg_all);
 
     run_team(nt, [&](int tid, int team, Barrier& barrier) {
         const Slice<T> s(H, tid, team);
         T* dhr = scratch.of(tid);
         T* dcs = dhr + static_cast<ptrdiff_t>(B) * s.width;
+        T* dgate = dcs + static_cast<ptrdiff_t>(B) * s.width;  // recurrent dropout only
         // A row's carries start at dh_n / dc_n and wait untouched until its own last step comes up.
         load_carry(dhr, a.dh_n, B, H, s);
         load_carry(dcs, a.dc_n, B, H, s);
@@ -170,9 +182,16 @@ void recurrence_backward(const BwdArgs<T>& a, int requested_threads) {
             });
             sums.template add_step<G>(a, steps, t, s);
             barrier.wait(tid);
-            // dh_{t-1}[:, own units] += dg_t W_hh[:, own units]
+            // dh_{t-1}[:, own units] += dg_t W_hh[:, own units], each gate's share under its mask with dropout
             const T* dg = (dhg_all ? dhg_all : a.dxg) + steps.row(t, 0) * GH;
-            backward_product(a.w_hh, GH, s, dg, GH, 0, GH, Bt, dhr, s.width, true);
+            if (!a.rec_mask) {
+                backward_product(a.w_hh, GH, s, dg, GH, 0, GH, Bt, dhr, s.width, true);
+                continue;
+            }
+            for (int g = 0; g < G; ++g) {
+                backward_product(a.w_hh, GH, s, dg, GH, g * H, H, Bt, dgate, s.width, false);
+                add_masked(dhr, dgate, a.rec_mask + g * H, GH, Bt, s);
+            }
         }
         store_carry(a.dh0, dhr, B, H, s);
         if (kCellState && a.dc0) store_carry(a.dc0, dcs, B, H, s);

@@ -174,10 +174,11 @@ inline void gemv_panels(ptrdiff_t K, const T* h, const T* panels, ptrdiff_t pstr
 // thread's units, W packed forward (pack_forward) with G gates and K columns; rows b < Bt, src row stride ld.
 // `cols` bounds the last panel when acc is not padded scratch (a projection written in place); in_l1: the
 // thread's panels stay in L1 from step to step (kL1Bytes), so the micro-kernel does not prefetch them.
+// gstride: gate g reads src + g*gstride (recurrent dropout: each gate's h under its own mask), 0: one src.
 template <typename T>
 void forward_product(const T* wf, int G, int K, const Slice<T>& s, int g0, int g1, const T* src, ptrdiff_t ld,
                      int Bt, int k0, int k1, T* acc, ptrdiff_t ldc, bool accumulate, int cols = 1 << 30,
-                     bool in_l1 = false) {
+                     bool in_l1 = false, ptrdiff_t gstride = 0) {
     constexpr int NR = Tile<T>::NR;
     const int MR = variant_of<T>(-1, 1).mr, ku = ku_for(Bt);
     if (k1 <= k0) return;
@@ -188,7 +189,7 @@ void forward_product(const T* wf, int G, int K, const Slice<T>& s, int g0, int g
     // 0.48 -> 0.39 ms; LSTM T=100 B=1 H=64 77 -> 71 us. Another order of each sum than the micro-kernel's, fixed
     // by the shape: the same bits run to run.
     const int gates = g1 - g0;
-    if (Bt == 1 && in_l1 && (gates == 3 || gates == 4)) {
+    if (Bt == 1 && in_l1 && gstride == 0 && (gates == 3 || gates == 4)) {
         const ptrdiff_t pstride = static_cast<ptrdiff_t>(K) * NR;
         for (int ub = s.b0; ub < s.b1; ++ub) {
             const T* panel = wf + (static_cast<ptrdiff_t>(ub) * G + g0) * K * NR + static_cast<ptrdiff_t>(k0) * NR;
@@ -207,8 +208,8 @@ void forward_product(const T* wf, int G, int K, const Slice<T>& s, int g0, int g
             T* c = acc + (g - g0) * s.width + (ub - s.b0) * NR;
             const int n = std::min(NR, cols - ub * NR);
             for (int b = 0; b < Bt; b += MR)
-                ukernel<T>(std::min(MR, Bt - b), ku, k1 - k0, src + b * ld + k0, ld, 1, panel, c + b * ldc, ldc, n,
-                           accumulate, in_l1);
+                ukernel<T>(std::min(MR, Bt - b), ku, k1 - k0, src + g * gstride + b * ld + k0, ld, 1, panel,
+                           c + b * ldc, ldc, n, accumulate, in_l1);
         }
 }
 
@@ -253,6 +254,18 @@ void backward_product(const T* wb, ptrdiff_t R, const Slice<T>& s, const T* dg, 
         for (int b = 0; b < Bt; b += MR)
             ukernel<T>(std::min(MR, Bt - b), ku, K, dg + b * ld + r0, ld, 1, panel, dst + b * ldd + (kb - s.b0) * NR,
                        ldd, n, accumulate);
+    }
+}
+
+// dst[b][j] += src[b][j] * mask[b*ld + lo + j] for rows b < Bt and the thread's units ([rows][width] scratch):
+// one gate's share of dh_{t-1} under its recurrent dropout mask.
+template <typename T>
+void add_masked(T* dst, const T* src, const T* mask, ptrdiff_t ld, int Bt, const Slice<T>& s) {
+    for (int b = 0; b < Bt; ++b) {
+        T* d = dst + static_cast<ptrdiff_t>(b) * s.width;
+        const T* x = src + static_cast<ptrdiff_t>(b) * s.width;
+        const T* m = mask + b * ld + s.lo;
+        for (int j = 0; j < s.hi - s.lo; ++j) d[j] += x[j] * m[j];
     }
 }
 

@@ -8,10 +8,13 @@
 //             b_ih, b_hh [G*H] or null         weight_hr [P, H] or null
 //             y [N, S]   h_n [B, S]   c_n [B, H] (LSTM: the running cell state, c0 in, c_n out)
 //             ws [N, slots*H] or null (training workspace, layout by cells.h's Slot enums)
+//             rec_mask [B, G*H] or null: recurrent dropout (single-phase cells only), gate g's product reads
+//             h_{t-1}[b, k] * rec_mask[b, g*H + k]; h_drop [B + N, G*H]: rows b < B h0 under the mask (the
+//             caller's), row B + r written as y[r] under its row's mask (what the next step reads, and dW_hh)
 //   Backward: weight_hh, h0, c0, y, ws as the forward had them (ws required when slots > 0)
 //             dy [N, S] or null   dh [B, S]: dh_n in, dh0 out   dc [B, H] (LSTM): dc_n in, dc0 out
 //             dxg [N, G*H]: gradient w.r.t. the input pre-activations; dhg [N, G*H] (GRU only): w.r.t. the
-//             recurrent ones; dh_all [N, P] (projection only): every dh_t. Bias gradients are the column
+//             recurrent ones; dh_all [N, P] (projection only): every dh_t; rec_mask as the forward's. Bias gradients are the column
 //             sums of dxg / dhg, left to the caller (a deterministic reduction).
 #pragma once
 
@@ -28,6 +31,8 @@ struct FwdParams {
     const int64_t* batch_sizes;
     const float *xp, *h0, *c0, *w_hh, *b_ih, *b_hh, *w_hr;
     float *y, *h_n, *c_n, *ws;
+    const float* rec_mask;
+    float* h_drop;
 };
 
 struct BwdParams {
@@ -36,6 +41,7 @@ struct BwdParams {
     const int64_t* batch_sizes;
     const float *w_hh, *h0, *c0, *y, *ws, *dy, *w_hr;
     float *dh, *dc, *dxg, *dhg, *dh_all;
+    const float* rec_mask;
 };
 
 enum Path { kAuto = 0, kPersistent = 1, kPerStep = 2 };

@@ -29,10 +29,13 @@ RF_GLOBAL void forward_kernel(FwdParams p, Grid g) {
     for (int t = g.t_begin; t < g.t_end; ++t) {
         const Step s = step_at(g, t);
         const float* hp = h_prev_rows(s, p.h0, p.y, H);
+        // With recurrent dropout, gate g reads h_{t-1} under its own mask (p.h_drop, rows of G*H).
+        const float* hd = p.rec_mask ? p.h_drop + (s.prev < 0 ? 0L : p.B + s.prev) * G * H : nullptr;
         for_each(s.rows, R, [&](int b, int r) {
             const int j = r % U;
-            acc[b * R + r] = g.persistent ? dot(wsh + r, R, hp + b * H, 1, H)
-                             : j < us.n ? dot(p.w_hh + (r / U * H + us.begin + j) * static_cast<long>(H), 1, hp + b * H, 1, H)
+            const float* src = hd ? hd + (static_cast<long>(b) * G + r / U) * H : hp + b * H;
+            acc[b * R + r] = g.persistent ? dot(wsh + r, R, src, 1, H)
+                             : j < us.n ? dot(p.w_hh + (r / U * H + us.begin + j) * static_cast<long>(H), 1, src, 1, H)
                                         : 0.0f;
         });
         __syncthreads();
@@ -41,6 +44,9 @@ RF_GLOBAL void forward_kernel(FwdParams p, Grid g) {
             p.y[row * H + u] = Cell::template forward<DeviceMath, float>(
                 fwd_in(p, G, row, u, acc + b * R + (u - us.begin), U, hp + b * H), c, ws_out(p.ws, Cell::kSlots, H, row, u));
             if (p.c_n) p.c_n[b * H + u] = c;
+            if (p.rec_mask)
+                for (int q = 0; q < G; ++q)
+                    p.h_drop[(p.B + row) * G * H + q * H + u] = p.y[row * H + u] * p.rec_mask[(b * G + q) * H + u];
         });
         if (g.persistent) rf::grid_sync(); else __syncthreads();
     }
@@ -73,11 +79,19 @@ RF_GLOBAL void backward_kernel(BwdParams p, Grid g) {
             });
             grid_barrier(g);
         }
-        if (g.phases & 2) {  // dh_{t-1}[:, own units] += dg_t W_hh[:, own units]
+        if (g.phases & 2) {  // dh_{t-1}[:, own units] += dg_t W_hh[:, own units] (each gate's under its mask)
             const float* dg = dg_all + s.off * GH;
             for_each(s.rows, us.n, [&](int b, int j) {
-                p.dh[b * H + us.begin + j] += g.persistent ? dot(dg + b * GH, 1, wsh + j, U, GH)
-                                                           : dot(dg + b * GH, 1, p.w_hh + us.begin + j, H, GH);
+                const int u = us.begin + j;
+                auto part = [&](long r0, long n) {
+                    return g.persistent ? dot(dg + b * GH + r0, 1, wsh + r0 * U + j, U, n)
+                                        : dot(dg + b * GH + r0, 1, p.w_hh + r0 * H + u, H, n);
+                };
+                if (!p.rec_mask) {
+                    p.dh[b * H + u] += part(0, GH);
+                    return;
+                }
+                for (int q = 0; q < G; ++q) p.dh[b * H + u] += p.rec_mask[b * GH + q * H + u] * part(q * H, H);
             });
             __syncthreads();  // the next step's first phase reads only the own units' dh
         }

@@ -273,11 +273,26 @@ Sizes call_sizes(Call& c, int cell, const py::array& bs, const Packed& w, Packed
     return {G, H, P, P ? P : H, N, B};
 }
 
+// Whether a call has recurrent dropout (rec_mask given), which the cells whose step is one product run: with it, a
+// forward needs the buffer h_drop (named by `partner`; null for a backward), without it must not get one.
+bool check_rec_mask(int cell, int P, const py::object& rec_mask, const char* partner, const py::object& other) {
+    if (rec_mask.is_none()) {
+        if (partner && !other.is_none()) throw py::value_error(std::string(partner) + ": given without rec_mask");
+        return false;
+    }
+    if (P > 0 || cell == rnnfast::kGruOriginal)
+        throw py::value_error("rec_mask: recurrent dropout runs for the RNN, the LSTM without a projection and the GRU "
+                              "with the reset gate after the product (linear_before_reset)");
+    if (partner && other.is_none()) throw py::value_error(std::string(partner) + ": required with rec_mask");
+    return true;
+}
+
 template <typename T>
 rnnfast::cpu::ForwardCall<T> forward_call(int cell, const py::array& bs, const py::array& xp, const py::object& h0,
                                           const py::object& c0, Packed& w, const py::object& b_ih,
                                           const py::object& b_hh, const py::object& y, const py::object& h_n,
-                                          const py::object& c_n, const py::object& ws, Packed* wr) {
+                                          const py::object& c_n, const py::object& ws, Packed* wr,
+                                          const py::object& rec_mask, const py::object& h_drop) {
     rnnfast::cpu::ForwardCall<T> c{};
     const auto [G, H, P, S, N, B] = call_sizes<T>(c, cell, bs, w, wr, h0);
     const bool lstm = cell == rnnfast::kLstm;
@@ -294,6 +309,12 @@ rnnfast::cpu::ForwardCall<T> forward_call(int cell, const py::array& bs, const p
     c.ws = out_ptr<T>(ws, "ws", {N, rnnfast::workspace_slots(cell, P > 0) * H}, true);
     if (P && wr->bfloat16()) throw py::value_error("weight_hr: the projection is read as float32 in every mode");
     c.w_hr = P ? wr->forward_panels<T>() : nullptr;
+    if (check_rec_mask(cell, P, rec_mask, "h_drop", h_drop)) {
+        if (c.w_hh_bf16) throw py::value_error("rec_mask: recurrent dropout is a training mode; bfloat16 weights are "
+                                               "an inference mode");
+        c.rec_mask = in_ptr<T>(rec_mask, "rec_mask", {B, G * H});
+        c.h_drop = out_ptr<T>(h_drop, "h_drop", {B + N, G * H});
+    }
     return c;
 }
 
@@ -303,7 +324,7 @@ rnnfast::cpu::BackwardCall<T> backward_call(int cell, const py::array& bs, Packe
                                             const py::object& dy, const py::object& dh_n, const py::object& dc_n,
                                             const py::object& dxg, const py::object& dhg, const py::object& dh0,
                                             const py::object& dc0, const py::object& db_ih, const py::object& db_hh,
-                                            Packed* wr, const py::object& dh_all) {
+                                            Packed* wr, const py::object& dh_all, const py::object& rec_mask) {
     rnnfast::cpu::BackwardCall<T> c{};
     const auto [G, H, P, S, N, B] = call_sizes<T>(c, cell, bs, w, wr, h0);
     const bool lstm = cell == rnnfast::kLstm;
@@ -326,6 +347,7 @@ rnnfast::cpu::BackwardCall<T> backward_call(int cell, const py::array& bs, Packe
         c.w_hr = wr->backward_panels<T>();
         c.dh_all = out_ptr<T>(dh_all, "dh_all", {N, P});
     }
+    if (check_rec_mask(cell, P, rec_mask, nullptr, py::none())) c.rec_mask = in_ptr<T>(rec_mask, "rec_mask", {B, G * H});
     return c;
 }
 
@@ -389,15 +411,16 @@ std::unique_ptr<ForwardCallObject> make_forward_call(
         const std::string& cell, const py::object& batch_sizes, const py::object& xp, const py::object& h0,
         const py::object& c0, const py::object& weight_hh, const py::object& b_ih, const py::object& b_hh,
         const py::object& y, const py::object& h_n, const py::object& c_n, const py::object& ws,
-        const py::object& weight_hr) {
+        const py::object& weight_hr, const py::object& rec_mask, const py::object& h_drop) {
     const CallArgs a = call_args(cell, batch_sizes, weight_hh, weight_hr, xp, "x_proj");
     auto c = std::make_unique<ForwardCallObject>();
     c->dtype = a.dtype;
     fill(*c, [&](auto tag) {
         return forward_call<decltype(tag)>(a.cell, a.batch_sizes, a.typed, h0, c0, a.w, b_ih, b_hh, y, h_n, c_n,
-                                           ws, a.wr);
+                                           ws, a.wr, rec_mask, h_drop);
     });
-    c->keep = py::make_tuple(batch_sizes, xp, h0, c0, weight_hh, b_ih, b_hh, y, h_n, c_n, ws, weight_hr);
+    c->keep = py::make_tuple(batch_sizes, xp, h0, c0, weight_hh, b_ih, b_hh, y, h_n, c_n, ws, weight_hr, rec_mask,
+                             h_drop);
     return c;
 }
 
@@ -406,16 +429,16 @@ std::unique_ptr<BackwardCallObject> make_backward_call(
         const py::object& c0, const py::object& y, const py::object& ws, const py::object& dy,
         const py::object& dh_n, const py::object& dc_n, const py::object& dxg, const py::object& dhg,
         const py::object& dh0, const py::object& dc0, const py::object& db_ih, const py::object& db_hh,
-        const py::object& weight_hr, const py::object& dh_all) {
+        const py::object& weight_hr, const py::object& dh_all, const py::object& rec_mask) {
     const CallArgs a = call_args(cell, batch_sizes, weight_hh, weight_hr, y, "y");
     auto c = std::make_unique<BackwardCallObject>();
     c->dtype = a.dtype;
     fill(*c, [&](auto tag) {
         return backward_call<decltype(tag)>(a.cell, a.batch_sizes, a.w, h0, c0, a.typed, ws, dy, dh_n, dc_n, dxg,
-                                            dhg, dh0, dc0, db_ih, db_hh, a.wr, dh_all);
+                                            dhg, dh0, dc0, db_ih, db_hh, a.wr, dh_all, rec_mask);
     });
     c->keep = py::make_tuple(batch_sizes, weight_hh, h0, c0, y, ws, dy, dh_n, dc_n, dxg, dhg, dh0, dc0, db_ih, db_hh,
-                             weight_hr, dh_all);
+                             weight_hr, dh_all, rec_mask);
     return c;
 }
 
@@ -673,7 +696,8 @@ void bind_calls(py::module_& m) {
              py::kw_only(), py::arg("cell"), py::arg("batch_sizes"), py::arg("x_proj"), py::arg("h0"),
              py::arg("c0") = py::none(), py::arg("weight_hh"), py::arg("b_ih") = py::none(),
              py::arg("b_hh") = py::none(), py::arg("y"), py::arg("h_n"), py::arg("c_n") = py::none(),
-             py::arg("ws") = py::none(), py::arg("weight_hr") = py::none());
+             py::arg("ws") = py::none(), py::arg("weight_hr") = py::none(), py::arg("rec_mask") = py::none(),
+             py::arg("h_drop") = py::none());
 
     py::class_<BackwardCallObject>(m, "BackwardCall",
         "BPTT through one training forward (csrc/cpu/recurrence.h documents every tensor), checked when built: "
@@ -683,7 +707,8 @@ void bind_calls(py::module_& m) {
              py::arg("c0") = py::none(), py::arg("y"), py::arg("ws") = py::none(), py::arg("dy") = py::none(),
              py::arg("dh_n") = py::none(), py::arg("dc_n") = py::none(), py::arg("dxg"), py::arg("dhg") = py::none(),
              py::arg("dh0"), py::arg("dc0") = py::none(), py::arg("db_ih") = py::none(),
-             py::arg("db_hh") = py::none(), py::arg("weight_hr") = py::none(), py::arg("dh_all") = py::none());
+             py::arg("db_hh") = py::none(), py::arg("weight_hr") = py::none(), py::arg("dh_all") = py::none(),
+             py::arg("rec_mask") = py::none());
 
     m.def("forward", [](const std::vector<ForwardCallObject*>& calls, int threads) { run(calls, threads, true); },
           py::arg("calls"), py::arg("threads"),

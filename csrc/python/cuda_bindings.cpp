@@ -164,6 +164,13 @@ struct Common {
     void refuse(const char* name, const py::object& obj, bool allowed, const char* why) const {
         if (!allowed && !obj.is_none()) throw py::value_error(std::string(name) + ": " + why);
     }
+    // The recurrent dropout mask [B, G*H] (null: none), which the cells whose step is one product run.
+    const float* rec_mask(const py::object& obj) {
+        refuse("rec_mask", obj, P == 0 && cell != rnnfast::kGruOriginal,
+               "recurrent dropout runs for the RNN, the LSTM without a projection and the GRU with the reset gate "
+               "after the product (linear_before_reset)");
+        return take("rec_mask", obj, false, {B, static_cast<py::ssize_t>(G) * H}, false).data;
+    }
 };
 
 struct ForwardCall {
@@ -179,7 +186,8 @@ struct BackwardCall {
 ForwardCall make_forward(const std::string& cell, const py::object& batch_sizes, const py::object& xp,
                          const py::object& h0, const py::object& c0, const py::object& weight_hh, const py::object& b_ih,
                          const py::object& b_hh, const py::object& y, const py::object& h_n, const py::object& c_n,
-                         const py::object& ws, const py::object& weight_hr) {
+                         const py::object& ws, const py::object& weight_hr, const py::object& rec_mask,
+                         const py::object& h_drop) {
     ForwardCall f{Common(cell, batch_sizes, weight_hh, weight_hr, h0, c0)};
     Common& c = f.c;
     const bool lstm = c.cell == rnnfast::kLstm;
@@ -193,6 +201,9 @@ ForwardCall make_forward(const std::string& cell, const py::object& batch_sizes,
     p.h_n = c.take("h_n", h_n, true, {c.B, c.S}, true).data;
     p.c_n = c.take("c_n", c_n, lstm, {c.B, c.H}, true).data;
     p.ws = c.take("ws", ws, false, {c.N, static_cast<py::ssize_t>(c.slots) * c.H}, true).data;
+    p.rec_mask = c.rec_mask(rec_mask);
+    c.refuse("h_drop", h_drop, p.rec_mask != nullptr, "given without rec_mask");
+    p.h_drop = c.take("h_drop", h_drop, p.rec_mask != nullptr, {c.B + c.N, GH}, true).data;
     p.cell = c.cell;
     p.T = c.T; p.B = c.B; p.H = c.H; p.P = c.P;
     p.batch_sizes = c.batch_sizes.data();
@@ -203,7 +214,8 @@ ForwardCall make_forward(const std::string& cell, const py::object& batch_sizes,
 BackwardCall make_backward(const std::string& cell, const py::object& batch_sizes, const py::object& weight_hh,
                            const py::object& h0, const py::object& c0, const py::object& y, const py::object& ws,
                            const py::object& dy, const py::object& dh, const py::object& dc, const py::object& dxg,
-                           const py::object& dhg, const py::object& weight_hr, const py::object& dh_all) {
+                           const py::object& dhg, const py::object& weight_hr, const py::object& dh_all,
+                           const py::object& rec_mask) {
     BackwardCall f{Common(cell, batch_sizes, weight_hh, weight_hr, h0, c0)};
     Common& c = f.c;
     const bool lstm = c.cell == rnnfast::kLstm, gru = c.cell == rnnfast::kGru;
@@ -220,6 +232,7 @@ BackwardCall make_backward(const std::string& cell, const py::object& batch_size
     p.dxg = c.take("dxg", dxg, true, {c.N, GH}, true).data;
     p.dhg = c.take("dhg", dhg, gru, {c.N, GH}, true).data;
     p.dh_all = c.take("dh_all", dh_all, c.P > 0, {c.N, c.P}, true).data;
+    p.rec_mask = c.rec_mask(rec_mask);
     p.cell = c.cell;
     p.T = c.T; p.B = c.B; p.H = c.H; p.P = c.P;
     p.batch_sizes = c.batch_sizes.data();
@@ -277,7 +290,7 @@ PYBIND11_MODULE(RNNFAST_CUDA_MODULE, m) {
         .def(py::init(&make_forward), py::kw_only(), py::arg("cell"), py::arg("batch_sizes"), py::arg("x_proj"),
              py::arg("h0"), py::arg("c0") = none, py::arg("weight_hh"), py::arg("b_ih") = none,
              py::arg("b_hh") = none, py::arg("y"), py::arg("h_n"), py::arg("c_n") = none, py::arg("ws") = none,
-             py::arg("weight_hr") = none)
+             py::arg("weight_hr") = none, py::arg("rec_mask") = none, py::arg("h_drop") = none)
         .def_property_readonly("cell", [](const ForwardCall& f) { return rnnfast::cell_info(f.c.cell).name; });
 
     py::class_<BackwardCall>(m, "BackwardCall",
@@ -286,7 +299,7 @@ PYBIND11_MODULE(RNNFAST_CUDA_MODULE, m) {
         .def(py::init(&make_backward), py::kw_only(), py::arg("cell"), py::arg("batch_sizes"), py::arg("weight_hh"),
              py::arg("h0"), py::arg("c0") = none, py::arg("y"), py::arg("ws") = none, py::arg("dy") = none,
              py::arg("dh"), py::arg("dc") = none, py::arg("dxg"), py::arg("dhg") = none, py::arg("weight_hr") = none,
-             py::arg("dh_all") = none)
+             py::arg("dh_all") = none, py::arg("rec_mask") = none)
         .def_property_readonly("cell", [](const BackwardCall& f) { return rnnfast::cell_info(f.c.cell).name; });
 
     m.def("forward",

@@ -7,6 +7,11 @@ One layer, one direction (docs/DESIGN.md, "Data flow"), over packed tokens (see 
     backward: dxg, dhg, dh0, dc0, db = reverse recurrence(dy, dh_n, dc_n)
               dW_ih += dxg^T x;  dW_hh += dhg^T h_prev;  dx = dxg W_ih
 
+Dropout inside a layer (`Dropouts`, Keras's `dropout` and `recurrent_dropout`): masks drawn once per sequence,
+one per gate. The input masks are applied to x per gate before its share of the input GEMM; the recurrent masks
+inside the recurrence (the kernels' rec_mask), where gate g's product reads h_prev under mask g (the kernels keep
+those products' inputs in h_drop, which dW_hh then pairs with).
+
 A stack (`stack_forward` / `stack_backward`) runs layers bottom-up and, for a bidirectional layer, a forward and
 a reverse direction whose outputs are concatenated per token; dropout sits between layers. Every function takes
 the kernels object that runs it (kernels.py; dispatch.kernels_for chooses it) and the weights as that object
@@ -128,6 +133,37 @@ class Plan:
 
 # ----------------------------------------------------------------------------------------------- one layer
 @dataclass
+class Dropouts:
+    """One layer-direction's dropout masks, in the kernels' row order, scaled (0 or 1/(1-p)): `inputs` (B, G*I),
+    gate g's input read as x * inputs[:, g*I:(g+1)*I]; `recurrent` (B, G*H), gate g's product read as
+    h_prev * recurrent[:, g*H:(g+1)*H]. Either may be None."""
+
+    inputs: np.ndarray | None = None
+    recurrent: np.ndarray | None = None
+
+
+def token_rows(batch_sizes: np.ndarray) -> np.ndarray:
+    """The kernels' batch row of every packed token (step t's tokens are rows 0..batch_sizes[t]-1)."""
+    bs = np.asarray(batch_sizes, dtype=np.int64)
+    start = np.repeat(np.cumsum(bs) - bs, bs)
+    return np.arange(int(bs.sum()), dtype=np.int64) - start
+
+
+def _gate_slices(G, n):
+    return [slice(g * n, (g + 1) * n) for g in range(G)]
+
+
+def _project_dropped(kernels, x, lw: LayerWeights, mask, rows, out):
+    """x_proj = x W_ih^T with gate g's rows reading x under its own mask (Keras's per-gate input dropout)."""
+    G, I = mask.shape[1] // x.shape[1], x.shape[1]
+    H = lw.w_ih.shape[0] // G
+    for gx, gh in zip(_gate_slices(G, I), _gate_slices(G, H)):
+        if x.shape[0]:
+            kernels.matmul(x * mask[rows, gx], lw.w_ih[gh].T, out=out[:, gh])
+    return out
+
+
+@dataclass
 class Saved:
     """What a training forward of one layer, one direction keeps for backward."""
 
@@ -145,16 +181,19 @@ class Saved:
     y: np.ndarray
     ws: np.ndarray | None
     H: int
+    drop: Dropouts | None = None
+    h_drop: np.ndarray | None = None  # what each gate's product read, with recurrent dropout (see ForwardCall)
 
 
-def layer_forward(kernels, cell, x, h0, c0, lw: LayerWeights, training, batch_sizes=None, prev_index=None):
+def layer_forward(kernels, cell, x, h0, c0, lw: LayerWeights, training, batch_sizes=None, prev_index=None,
+                  drop: Dropouts | None = None):
     """One layer, one direction, on `kernels` with the weights `lw` they built.
 
     x is (T, B, I) (every sequence T long) or, with batch_sizes, packed tokens (N, I); y comes back in the
-    same form. h0 (B, S) and c0 (B, H) are in the kernels' row order, S = proj_size or H.
+    same form. h0 (B, S) and c0 (B, H) are in the kernels' row order, S = proj_size or H; drop: the masks.
     Returns (y, h_n, c_n, saved); saved is None unless training.
     """
-    call, finish = _forward_setup(kernels, cell, x, h0, c0, lw, training, batch_sizes, prev_index)
+    call, finish = _forward_setup(kernels, cell, x, h0, c0, lw, training, batch_sizes, prev_index, drop=drop)
     kernels.run_forward([call])
     return finish()
 
@@ -168,7 +207,8 @@ def _as_tokens(x, batch_sizes):
     return x.reshape(T * B, I), np.full(T, B, dtype=np.int64), (T, B)
 
 
-def _forward_setup(kernels, cell, x, h0, c0, lw: LayerWeights, training, batch_sizes, prev_index, direction=0):
+def _forward_setup(kernels, cell, x, h0, c0, lw: LayerWeights, training, batch_sizes, prev_index, direction=0,
+                   drop: Dropouts | None = None):
     """The input GEMM and the outputs of a forward: returns (the kernel call, finish() -> layer_forward's
     result). Split so that the two directions of a layer can run in one kernel call."""
     x, batch_sizes, shape3 = _as_tokens(x, batch_sizes)
@@ -176,7 +216,16 @@ def _forward_setup(kernels, cell, x, h0, c0, lw: LayerWeights, training, batch_s
     G = gates(cell)
     H = lw.w_ih.shape[0] // G
     dtype = x.dtype
-    x_proj = kernels.project(x, lw, kernels.scratch(("x_proj", direction), (N, G * H), dtype))
+    x_proj = kernels.scratch(("x_proj", direction), (N, G * H), dtype)
+    if drop is not None and drop.inputs is not None:
+        _project_dropped(kernels, x, lw, drop.inputs, kernels.xp.asarray(token_rows(batch_sizes)), x_proj)
+    else:
+        kernels.project(x, lw, x_proj)
+    rec_mask = h_drop = None
+    if drop is not None and drop.recurrent is not None:
+        rec_mask = drop.recurrent
+        h_drop = kernels.workspace((B + N, G * S), dtype)
+        h_drop[:B] = kernels.xp.tile(h0, (1, G)) * rec_mask
     y = kernels.empty((N, S), dtype)
     h_n = kernels.empty((B, S), dtype)
     c_n = kernels.empty((B, H), dtype) if has_cell_state(cell) else None
@@ -184,17 +233,24 @@ def _forward_setup(kernels, cell, x, h0, c0, lw: LayerWeights, training, batch_s
     ws = kernels.workspace((N, slots * H), dtype) if training and slots else None
     call = kernels.forward_call(cell=cell, batch_sizes=batch_sizes, x_proj=x_proj, h0=h0, c0=c0,
                                 weight_hh=lw.recurrent_hh, b_ih=lw.b_ih, b_hh=lw.b_hh, y=y, h_n=h_n, c_n=c_n, ws=ws,
-                                weight_hr=lw.recurrent_hr)
+                                weight_hr=lw.recurrent_hr, **_drop_args(rec_mask, h_drop=h_drop))
 
     def finish():
         saved = None
         if training:
             saved = Saved(kernels, cell, shape3, batch_sizes, prev_index, x, h0, c0, lw.w_ih.copy(),
-                          *kernels.saved_weights(lw), y, ws, H)
+                          *kernels.saved_weights(lw), y, ws, H, drop, h_drop)
             kernels.keep(saved, ws)  # no one else holds ws
+            kernels.keep(saved, h_drop)
         return (y.reshape(*shape3, S) if shape3 else y), h_n, c_n, saved
 
     return call, finish
+
+
+def _drop_args(rec_mask, **buffers):
+    """The kernels' recurrent-dropout arguments: none at all without a mask (so that calls without dropout read
+    as before)."""
+    return {} if rec_mask is None else dict(rec_mask=rec_mask, **buffers)
 
 
 def layer_backward(saved: Saved, dy, dh_n, dc_n, grads):
@@ -224,28 +280,56 @@ def _backward_setup(saved: Saved, dy, dh_n, dc_n, grads, direction=0):
     call = kernels.backward_call(cell=s.cell, batch_sizes=s.batch_sizes, weight_hh=s.recurrent_hh, h0=s.h0,
                                  c0=s.c0, y=s.y, ws=s.ws, dy=dy, dh_n=dh_n, dc_n=dc_n, dxg=dxg, dhg=dhg, dh0=dh0,
                                  dc0=dc0, db_ih=grads["b_ih"], db_hh=grads["b_hh"], weight_hr=s.recurrent_hr,
-                                 dh_all=dh_all)
+                                 dh_all=dh_all, **_drop_args(s.drop.recurrent if s.drop else None))
 
     def finish():
         kernels.bias_grads(dxg, dhg, grads)
         _weight_grads(s, dxg, dhg, dh_all, grads)
         dx = kernels.empty((N, I), dtype)
-        if N:
+        if N and s.drop is not None and s.drop.inputs is not None:
+            _input_grads_dropped(s, dxg, grads, dx)
+        elif N:
+            addmm = kernels.addmm
+            addmm(grads["w_ih"], dxg.T, s.x)
             kernels.matmul(dxg, s.w_ih, out=dx)
         return (dx.reshape(*s.shape3, I) if s.shape3 is not None else dx), dh0, dc0
 
     return call, finish
 
 
+def _input_grads_dropped(s: Saved, dxg, grads, dx):
+    """dW_ih and dx where gate g read x under input mask g: dW_ih[g] += dxg[g]^T (x m_g); dx = sum_g
+    (dxg[g] W_ih[g]) m_g."""
+    kernels, mask = s.kernels, s.drop.inputs
+    I, G = s.x.shape[1], gates(s.cell)
+    rows = kernels.xp.asarray(token_rows(s.batch_sizes))
+    part = kernels.empty(dx.shape, dx.dtype)
+    for g, (gx, gh) in enumerate(zip(_gate_slices(G, I), _gate_slices(G, s.H))):
+        m = mask[rows, gx]
+        kernels.addmm(grads["w_ih"][gh], dxg[:, gh].T, s.x * m)
+        kernels.matmul(dxg[:, gh], s.w_ih[gh], out=part)
+        if g == 0:
+            dx[...] = part * m
+        else:
+            dx += part * m
+
+
 def _weight_grads(s: Saved, dxg, dhg, dh_all, grads):
-    """The weight gradients after a backward kernel; dhg is None where it equals dxg, dh_all None without a
-    projection."""
+    """The recurrent weight gradients after a backward kernel; dhg is None where it equals dxg, dh_all None
+    without a projection."""
     N, B, H = s.x.shape[0], s.h0.shape[0], s.H
     if not N:
         return
     addmm = s.kernels.addmm
     dg = dhg if dhg is not None else dxg
-    addmm(grads["w_ih"], dxg.T, s.x)
+    if s.h_drop is not None:  # gate g's product read h_prev under its mask: kept in h_drop, token by token
+        if s.prev_index is None:  # rows B.. of h_drop follow the tokens: token r's product read row r
+            read = s.h_drop[:N]
+        else:
+            read = s.h_drop[s.kernels.xp.asarray(np.concatenate((np.arange(B), B + s.prev_index)))]
+        for gh in _gate_slices(gates(s.cell), H):
+            addmm(grads["w_hh"][gh], dg[:, gh].T, read[:, gh])
+        return
     # The recurrent product of a step read h_prev: h0 for the first step, then the same row's output one step
     # earlier. Where the candidate's rows (the last gate) read r*h_prev instead (the original GRU), they take
     # it from the workspace slot "rh"; an LSTM projection's W_hr reads m_t (slot "m").
@@ -303,11 +387,13 @@ def _run(run, calls, together):
             run([call])
 
 
-def stack_forward(kernels, cell, x_tm, h0, c0, weights, plan: Plan, directions, training, dropout=0.0, rng=None):
+def stack_forward(kernels, cell, x_tm, h0, c0, weights, plan: Plan, directions, training, dropout=0.0, rng=None,
+                  drops=None):
     """A multi-layer, optionally bidirectional stack on `kernels`.
 
     x_tm (T, B, I) in the caller's batch order; h0 (L*D, B, S), c0 (L*D, B, H) or None (S = proj_size or H);
-    weights[l][d] LayerWeights.
+    weights[l][d] LayerWeights; dropout: between layers; drops[l][d]: Dropouts inside layer l, direction d, rows in
+    the caller's batch order (or drops None).
     Returns (y (T, B, D*S) zero past each sequence's end, h_n (L*D, B, S), c_n or None, saved or None).
     """
     L, B = len(weights), plan.B
@@ -322,8 +408,9 @@ def stack_forward(kernels, cell, x_tm, h0, c0, weights, plan: Plan, directions, 
         dropped = training and dropout > 0 and layer < L - 1
         states = [_initial_states(xpm, plan, h0, c0, layer * directions + d, B, S, H, dtype, cell)
                   for d in range(directions)]
+        layer_drops = [_sorted_drop(plan, drops[layer][d]) if drops else None for d in range(directions)]
         out, results = _layer_directions(kernels, cell, tokens, states, weights[layer], plan, training,
-                                         copy=directions > 1 or dropped)
+                                         copy=directions > 1 or dropped, drops=layer_drops)
         for d, (_, hn, cn, _) in enumerate(results):
             h_n[layer * directions + d] = plan.unsort_rows(hn)
             if c_n is not None:
@@ -347,7 +434,13 @@ def _initial_states(xpm, plan, h0, c0, k, B, S, H, dtype, cell):
     return h, plan.sort_rows(c0[k]) if c0 is not None else xpm.zeros((B, H), dtype=dtype)
 
 
-def _layer_directions(kernels, cell, tokens, states, layer_weights, plan, training, copy):
+def _sorted_drop(plan, drop: Dropouts | None) -> Dropouts | None:
+    if drop is None:
+        return None
+    return Dropouts(plan.sort_rows(drop.inputs), plan.sort_rows(drop.recurrent))
+
+
+def _layer_directions(kernels, cell, tokens, states, layer_weights, plan, training, copy, drops):
     """One layer's directions over the tokens; returns (the layer's output tokens (N, D*S), [(y, h_n, c_n,
     saved)] per direction). copy=False (one direction, nothing dropped): the output is the kernel's y itself."""
     xpm = kernels.xp
@@ -355,7 +448,7 @@ def _layer_directions(kernels, cell, tokens, states, layer_weights, plan, traini
     for d, (lw, (h, c)) in enumerate(zip(layer_weights, states)):
         inp = tokens if d == 0 else xpm.ascontiguousarray(tokens[plan.reverse_index])
         setups.append(_forward_setup(kernels, cell, inp, h, c, lw, training, plan.batch_sizes, plan.prev_index,
-                                     direction=d))
+                                     direction=d, drop=drops[d]))
     together = _directions_together(kernels, layer_weights)
     _run(kernels.run_forward, [call for call, _ in setups], together)
     results = [finish() for _, finish in setups]
@@ -375,6 +468,16 @@ def _dropout_mask(xpm, rng, shape, dropout, dtype):
     keep = (rng.random(shape) >= dropout).astype(dtype)
     # dropout=1 keeps nothing (torch's limit): all zeros, not the 0/0 of keep/(1-p)
     return xpm.asarray(keep / dtype.type(1.0 - dropout) if dropout < 1 else keep)
+
+
+def recurrent_dropouts(xpm, rng, cell, layers, directions, B, H, p, dtype):
+    """drops[l][d] for stack_forward: a recurrent mask (B, G*H) per layer, direction and gate, drawn from rng
+    (numpy Generator), or None when p is 0."""
+    if not p:
+        return None
+    G = gates(cell)
+    return [[Dropouts(recurrent=_dropout_mask(xpm, rng, (B, G * H), p, np.dtype(dtype)))
+             for _ in range(directions)] for _ in range(layers)]
 
 
 def stack_backward(saved: StackSaved, weights, dy_tm, dh_n, dc_n):
