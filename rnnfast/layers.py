@@ -44,6 +44,11 @@ _ARGS_DOC = """
             (torch's default dtype).
         seed: None, an int >= 0 or a numpy.random.Generator: draws the initial weights (torch's
             U(-1/sqrt(H), 1/sqrt(H))) and then the dropout masks.
+        recurrent_dropout: probability in [0, 1] of zeroing each unit of h_{t-1} where a gate's recurrent
+            product reads it, in training mode (beyond torch.nn: Keras's recurrent_dropout). One mask per
+            layer, direction and gate, drawn once per call and the same at every step, scaled by 1/(1-p); the
+            GRU's final mix z*h reads h undropped. Fused into the kernels' step product. Not for an LSTM with
+            proj_size or a GRU with linear_before_reset=False (ValueError). May be changed later.
 """
 
 
@@ -57,7 +62,7 @@ class _RNNBase(DropsCachesWhenPickled, Module):
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
-                 dtype: DType = np.float32, seed: Seed = None):
+                 dtype: DType = np.float32, seed: Seed = None, recurrent_dropout: float = 0.0):
         super().__init__()
         self.input_size = _checks.check_size("input_size", input_size)
         self.hidden_size = _checks.check_size("hidden_size", hidden_size)
@@ -74,6 +79,7 @@ class _RNNBase(DropsCachesWhenPickled, Module):
         # One generator for the initial weights and, later, the dropout masks: a seed reproduces both.
         self._rng = _checks.check_seed(seed)
         self._cell = cell
+        self.recurrent_dropout = recurrent_dropout  # checked by the property, against the cell
         G = functional.gates(cell)
         H = self.hidden_size
         D = 2 if self.bidirectional else 1
@@ -117,6 +123,15 @@ class _RNNBase(DropsCachesWhenPickled, Module):
     @dropout.setter
     def dropout(self, value) -> None:
         self.__dict__["_dropout"] = _checks.check_dropout(value)
+
+    @property
+    def recurrent_dropout(self) -> float:
+        """Probability in [0, 1] of zeroing each unit of h_{t-1} in every gate's recurrent product (training)."""
+        return self.__dict__.get("_recurrent_dropout", 0.0)
+
+    @recurrent_dropout.setter
+    def recurrent_dropout(self, value) -> None:
+        self.__dict__["_recurrent_dropout"] = _checks.check_recurrent_dropout(value, self._cell, self.proj_size)
 
     @property
     def _directions(self):
@@ -253,8 +268,12 @@ class _RNNBase(DropsCachesWhenPickled, Module):
             except RuntimeError as e:  # the kernels refuse the bf16 inference weights (CUDA)
                 raise RuntimeError(f"{type(self).__name__}: {e}") from None
             # Training mode inside no_grad still drops out (as torch); what the kernels keep is then let go.
+            drops = functional.recurrent_dropouts(kernels.xp, self._rng, self._cell, self.num_layers,
+                                                  self._directions, B, self.hidden_size,
+                                                  self.recurrent_dropout if self.training else 0.0, self.dtype)
             y, h_n, c_n, saved = functional.stack_forward(kernels, self._cell, x_tm, h0, c0, weights, plan,
-                                                          self._directions, self.training, self.dropout, self._rng)
+                                                          self._directions, self.training, self.dropout, self._rng,
+                                                          drops)
             saved = (saved, weights)
         if record:
             self._saved, self._layout = saved, (T, B, batched)
@@ -375,6 +394,8 @@ class _RNNBase(DropsCachesWhenPickled, Module):
             s += ", bias=False"
         if self.batch_first:
             s += ", batch_first=True"
+        if self.recurrent_dropout:
+            s += f", recurrent_dropout={self.recurrent_dropout}"
         return s + f", dtype={self.dtype}"
 
     def __repr__(self):
@@ -393,12 +414,12 @@ class RNN(_RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 dtype: DType = np.float32, seed: Seed = None):
+                 dtype: DType = np.float32, seed: Seed = None, *, recurrent_dropout: float = 0.0):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
         super().__init__("rnn_" + nonlinearity, input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, dtype, seed)
+                         bidirectional, 0, dtype, seed, recurrent_dropout)
 
 
 
@@ -416,12 +437,13 @@ class GRU(_RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 dtype: DType = np.float32, seed: Seed = None, linear_before_reset: bool = True):
+                 dtype: DType = np.float32, seed: Seed = None, linear_before_reset: bool = True, *,
+                 recurrent_dropout: float = 0.0):
         if not isinstance(linear_before_reset, (bool, np.bool_)):
             raise TypeError(f"linear_before_reset must be a bool, got {type(linear_before_reset).__name__}")
         self.linear_before_reset = bool(linear_before_reset)
         super().__init__("gru" if self.linear_before_reset else "gru_original", input_size, hidden_size, num_layers,
-                         bias, batch_first, dropout, bidirectional, 0, dtype, seed)
+                         bias, batch_first, dropout, bidirectional, 0, dtype, seed, recurrent_dropout)
 
     def extra_repr(self):
         s = super().extra_repr()
@@ -441,9 +463,9 @@ class LSTM(_RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
-                 dtype: DType = np.float32, seed: Seed = None):
+                 dtype: DType = np.float32, seed: Seed = None, *, recurrent_dropout: float = 0.0):
         super().__init__("lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         proj_size, dtype, seed)
+                         proj_size, dtype, seed, recurrent_dropout)
 
     def __call__(self, x: Array, hx: Optional[Tuple[Optional[Array], Optional[Array]]] = None, lengths=None
                  ) -> Tuple[Array, Tuple[Array, Array]]:

@@ -104,6 +104,8 @@ def _layer_args(module):
             "num_layers": int(module.num_layers), "bias": bool(module.bias), "batch_first": bool(module.batch_first),
             "dropout": float(module.dropout), "bidirectional": bool(module.bidirectional),
             "dtype": np.dtype(module.dtype).name}
+    if module.recurrent_dropout:
+        args["recurrent_dropout"] = float(module.recurrent_dropout)
     if isinstance(module, LSTM):
         args["proj_size"] = int(module.proj_size)
     elif isinstance(module, RNN):
@@ -361,7 +363,7 @@ def _check_layer_args(cls_name, args, path):
             "dropout": lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool),
             "bidirectional": lambda v: isinstance(v, bool),
             "dtype": lambda v: v in ("float32", "float64")}
-    optional = {}
+    optional = {"recurrent_dropout": lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)}
     if cls_name == "LSTM":
         spec["proj_size"] = is_int
     elif cls_name == "RNN":

@@ -8,6 +8,10 @@ with torch.nn modules. A call runs rnnfast's fused kernels through one ``torch.a
 handed to the CPU kernels as NumPy views (no copies of contiguous float32/float64 tensors), CUDA tensors to the
 CUDA kernels as CuPy arrays through DLPack, on torch's current stream. This module is imported only by
 ``import rnnfast.torch``; the core package never imports torch.
+
+Beyond torch.nn, RNN, LSTM and GRU take ``recurrent_dropout=p`` (keyword only; Keras's recurrent dropout, fused
+into the kernels: in training mode each gate's recurrent product reads h_{t-1} under a mask of its own, drawn once
+per call from torch's generator and kept for every step; see rnnfast.layers for the details).
 """
 from __future__ import annotations
 
@@ -23,13 +27,19 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from ._core import dispatch, functional
+from ._core import checks as _checks, dispatch, functional
 from ._core.checks import check_lengths as _check_lengths, check_size as _check_size
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "from_torch", "to_torch", "SAFE_GLOBALS"]
 
 _KERNEL_DTYPES = (torch.float32, torch.float64)
 _PARAM_KINDS = tuple(dispatch.KINDS)  # weight_ih, weight_hh, bias_ih, bias_hh, weight_hr
+
+
+def _check_recurrent_dropout(module) -> float:
+    """The module's recurrent_dropout (an attribute: it may be changed after construction), checked."""
+    return _checks.check_recurrent_dropout(getattr(module, "recurrent_dropout", 0.0), module._cell,
+                                           getattr(module, "proj_size", 0))
 
 
 def _check_dropout(dropout) -> float:
@@ -89,8 +99,10 @@ class _Call:
     """One call of a module: its configuration and the weights as the kernels take them. The autograd node of
     the call keeps it (with what the forward saved), so several forwards may precede one backward."""
 
-    def __init__(self, module, names, plan, dropout, rng):
+    def __init__(self, module, names, plan, dropout, rng, recurrent_dropout=0.0):
         self.cell = module._cell
+        self.hidden_size, self.num_layers = module.hidden_size, module.num_layers
+        self.recurrent_dropout = recurrent_dropout
         self.directions = module._num_directions
         self.groups = module._groups  # [layer][direction] -> parameter names, in the order of `names`
         self.suffixes = module._suffixes  # [layer][direction] -> the parameter-name suffix
@@ -106,8 +118,10 @@ class _Call:
             x_, h0_, c0_ = _to_kernel(x), _to_kernel(h0), _to_kernel(c0)
             kernels = dispatch.kernels_for(x_, h0_, c0_, *arrays.values())
             weights = dispatch.stack_weights(kernels, self.cell, arrays, {}, self.suffixes, self.cache)
+            drops = functional.recurrent_dropouts(kernels.xp, self.rng, self.cell, self.num_layers, self.directions,
+                                                  x_.shape[1], self.hidden_size, self.recurrent_dropout, x_.dtype)
             y, h_n, c_n, saved = functional.stack_forward(kernels, self.cell, x_, h0_, c0_, weights, self.plan,
-                                                          self.directions, keep, self.dropout, self.rng)
+                                                          self.directions, keep, self.dropout, self.rng, drops)
             out = _from_kernel(y), _from_kernel(h_n), _from_kernel(c_n)
         if keep:
             self.saved, self.weights = saved, weights
@@ -230,10 +244,11 @@ class _Recurrent(nn.Module):
         params = [_contiguous(self._parameters[n]) for n in names]
         dropout = _check_dropout(self.dropout)
         drop = self.training and dropout > 0 and self.num_layers > 1
+        rec_drop = _check_recurrent_dropout(self) if self.training else 0.0
         # Masks from a NumPy generator seeded from torch's, so that torch.manual_seed reproduces them.
-        rng = np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,)).item())) if drop else None
+        rng = np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,)).item())) if drop or rec_drop else None
         T, B = x.shape[0], x.shape[1]
-        call = _Call(self, names, functional.Plan(T, B, lengths), dropout if drop else 0.0, rng)
+        call = _Call(self, names, functional.Plan(T, B, lengths), dropout if drop else 0.0, rng, rec_drop)
         x, h0, c0 = _contiguous(x), _contiguous(h0), _contiguous(c0)
         tensors = [x, h0, c0, *params]
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
@@ -244,7 +259,7 @@ class _Recurrent(nn.Module):
 
 class _RNNBase(_Recurrent):
     def __init__(self, cell, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, proj_size=0, device=None, dtype=None):
+                 bidirectional=False, proj_size=0, device=None, dtype=None, recurrent_dropout=0.0):
         super().__init__()
         self._cell = cell
         self.input_size = _check_size("input_size", input_size)
@@ -261,6 +276,8 @@ class _RNNBase(_Recurrent):
         self.batch_first = bool(batch_first)
         self.dropout = float(dropout)
         self.bidirectional = bool(bidirectional)
+        self.recurrent_dropout = recurrent_dropout
+        _check_recurrent_dropout(self)
         G, H = functional.gates(cell), self.hidden_size
         S = self.proj_size or H
         D = self._num_directions
@@ -373,6 +390,8 @@ class _RNNBase(_Recurrent):
             s += f", dropout={self.dropout}"
         if self.bidirectional:
             s += ", bidirectional=True"
+        if getattr(self, "recurrent_dropout", 0.0):
+            s += f", recurrent_dropout={self.recurrent_dropout}"
         return s
 
 
@@ -391,12 +410,12 @@ class RNN(_RNNBase):
     """torch.nn.RNN on rnnfast's kernels: h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, device=None, dtype=None):
+                 dropout=0.0, bidirectional=False, device=None, dtype=None, *, recurrent_dropout=0.0):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
         self.nonlinearity = nonlinearity
         super().__init__("rnn_" + nonlinearity, input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, device, dtype)
+                         bidirectional, 0, device, dtype, recurrent_dropout)
 
     def extra_repr(self):
         s = super().extra_repr()
@@ -408,9 +427,9 @@ class LSTM(_RNNBase):
     proj_size)."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, proj_size=0, device=None, dtype=None):
+                 bidirectional=False, proj_size=0, device=None, dtype=None, *, recurrent_dropout=0.0):
         super().__init__("lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         proj_size, device, dtype)
+                         proj_size, device, dtype, recurrent_dropout)
 
     def _split_hx(self, hx):
         if hx is None:
@@ -431,12 +450,12 @@ class GRU(_RNNBase):
     (Keras reset_after=False), with the same parameters."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, device=None, dtype=None, linear_before_reset=True):
+                 bidirectional=False, device=None, dtype=None, linear_before_reset=True, *, recurrent_dropout=0.0):
         if not isinstance(linear_before_reset, bool):
             raise TypeError(f"linear_before_reset must be a bool, got {type(linear_before_reset).__name__}")
         self.linear_before_reset = linear_before_reset
         super().__init__("gru" if linear_before_reset else "gru_original", input_size, hidden_size, num_layers, bias,
-                         batch_first, dropout, bidirectional, 0, device, dtype)
+                         batch_first, dropout, bidirectional, 0, device, dtype, recurrent_dropout)
 
     def extra_repr(self):
         s = super().extra_repr()

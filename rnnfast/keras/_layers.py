@@ -15,6 +15,11 @@ exactly: each row's unmasked steps are gathered to the front (``take_along_axis`
 per-row lengths (skipping the padding), and the outputs are gathered back to the steps Keras reports them at.
 Everything around the kernel call is written in ``keras.ops``, so the backend's autograd differentiates it; the
 kernel call itself is the backend module's ``run`` (_torch, _jax, _numpy), differentiable on torch and JAX.
+
+Dropout: Keras's RNN layer draws the cell's masks before it calls ``inner_loop`` (one per gate with
+``implementation=1``, which ``recurrent_dropout > 0`` forces; one for all gates otherwise); in training the kernels
+apply those very masks, the input masks before the input GEMM and the recurrent ones inside the step product
+(rnnfast's recurrent dropout), so a seeded layer drops the same units as Keras's.
 """
 from __future__ import annotations
 
@@ -80,9 +85,11 @@ class _KernelPath:
         rec = getattr(cell, "recurrent_activation", None)
         if rec is not None and rec is not keras.activations.sigmoid:
             return f"recurrent_activation={_name(rec)} (the kernels have sigmoid)"
-        if training and (cell.dropout or cell.recurrent_dropout):
-            return (f"dropout={cell.dropout}, recurrent_dropout={cell.recurrent_dropout} in training (not in the "
-                    "kernels yet)")
+        if training and (cell.dropout >= 1 or cell.recurrent_dropout >= 1):
+            return (f"dropout={cell.dropout}, recurrent_dropout={cell.recurrent_dropout} in training (a rate of 1, "
+                    "which Keras's cells treat each their own way)")
+        if training and cell.recurrent_dropout and self._kernel_cell() == "gru_original":
+            return "recurrent_dropout with reset_after=False in training (the kernels have it for reset_after=True)"
         if cell.compute_dtype not in _KERNEL_DTYPES:
             return f"compute dtype {cell.compute_dtype} (the kernels run float32 and float64)"
         if mask is not None and len(mask.shape) != 2:
@@ -127,9 +134,28 @@ class _KernelPath:
             if _device(sequences) != "meta":
                 self._warn_fallback(reason)
             return super().inner_loop(sequences, initial_state, mask=mask, training=training)
-        return self._kernel_loop(sequences, initial_state, mask)
+        return self._kernel_loop(sequences, initial_state, mask, training)
 
-    def _kernel_loop(self, sequences, initial_state, mask):
+    def _dropout_masks(self, sequences, h0, dtype, training):
+        """(input mask (B, G*I), recurrent mask (B, G*H)), each None where nothing is dropped: the masks Keras's
+        layer drew for this call (the cell caches them), per gate in the kernels' gate order."""
+        if not training:
+            return None, None
+        cell, G = self.cell, {"lstm": 4, "gru": 3, "gru_original": 3}.get(self._kernel_cell(), 1)
+
+        def per_gate(mask):
+            if mask is None:
+                return None
+            masks = list(mask) if isinstance(mask, (list, tuple)) else [mask] * G
+            if G == 3:  # Keras's z, r, h -> the kernels' r, z, n
+                masks = [masks[1], masks[0], masks[2]]
+            return ops.concatenate([ops.cast(m, dtype) for m in masks], axis=-1)
+
+        inputs = cell.get_dropout_mask(sequences[:, 0, :]) if cell.dropout > 0 else None
+        recurrent = cell.get_recurrent_dropout_mask(h0) if cell.recurrent_dropout > 0 else None
+        return per_gate(inputs), per_gate(recurrent)
+
+    def _kernel_loop(self, sequences, initial_state, mask, training):
         run = _backend_module().run
         cell = self._kernel_cell()
         lstm = cell == "lstm"
@@ -144,13 +170,14 @@ class _KernelPath:
         h0 = ops.cast(initial_state[0], dtype)
         c0 = ops.cast(initial_state[1], dtype) if lstm else None
         params = self._kernel_params(dtype)
+        masks = self._dropout_masks(x, h0, dtype, training)
         B, T = ops.shape(x)[0], x.shape[1]
         if self.go_backwards:  # Keras reverses the steps (and the mask) and then runs forward
             x = ops.flip(x, axis=1)
             if mask is not None:
                 mask = ops.flip(mask, axis=1)
         if mask is None:
-            y, h_n, c_n = run(cell, x, h0, c0, params, ops.full((B,), T, dtype="int32"))
+            y, h_n, c_n = run(cell, x, h0, c0, params, ops.full((B,), T, dtype="int32"), masks)
             states = [h_n, c_n] if lstm else [h_n]
             return h_n, (y if self.return_sequences else h_n[:, None]), states
         mask = ops.cast(mask, "bool")
@@ -159,7 +186,7 @@ class _KernelPath:
         # Each row's unmasked steps first, in their order (the keys are distinct: no sort stability needed).
         order = ops.argsort(ops.where(mask, steps, steps + T), axis=1)
         x_valid = ops.take_along_axis(x, ops.broadcast_to(order[:, :, None], ops.shape(x)), axis=1)
-        y, h_n, c_n = run(cell, x_valid, h0, c0, params, ops.maximum(count, 1))
+        y, h_n, c_n = run(cell, x_valid, h0, c0, params, ops.maximum(count, 1), masks)
         ran = (count > 0)[:, None]  # a row with no unmasked step keeps its initial state (its one run is dropped)
         h_n = ops.where(ran, h_n, h0)
         c_n = ops.where(ran, c_n, c0) if lstm else None
