@@ -1,7 +1,8 @@
 """tests/test_keras_layers.py under the other Keras backends: Keras fixes its backend (KERAS_BACKEND) when it is first
 imported, so `pytest tests` runs that file in this process on the torch backend and here again in a fresh
-interpreter per backend: JAX (all of it: forward, jax.grad, jax.jit, fit) and numpy (the inference tests,
-test_forward_*; that backend does not train). Each run must pass with nothing skipped."""
+interpreter per backend: JAX (all of it: forward, jax.grad, jax.jit, fit), TensorFlow (all of it: GradientTape,
+tf.function, fit) and numpy (the inference tests, test_forward_*; that backend does not train). Each run must pass
+with nothing skipped."""
 import os
 import re
 import subprocess
@@ -13,9 +14,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-@pytest.mark.parametrize("backend,select", [("jax", None), ("numpy", "test_forward")])
+@pytest.mark.parametrize("backend,select", [("jax", None), ("tensorflow", None), ("numpy", "test_forward")])
 def test_keras_layers_under_backend(backend, select):
-    # keras and jax come with the test extra: a missing one fails here (in the subprocess), never skips
+    # keras, jax and tensorflow come with the test extra: a missing one fails here (in the subprocess), never skips
     env = dict(os.environ, KERAS_BACKEND=backend)
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning",
            "-rfEs", os.path.join(HERE, "test_keras_layers.py")]

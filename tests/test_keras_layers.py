@@ -2,8 +2,8 @@
 gradients, masks, states, Bidirectional, stateful, fit, configs and saving.
 
 Backend-neutral: the Keras backend is the one KERAS_BACKEND names when this module is imported (torch by default,
-like tests/test_io.py). tests/test_keras_backends.py runs this file again in subprocesses under the JAX backend
-(everything) and the numpy backend (the inference tests, named test_forward_*). A spy on the kernel entry point
+like tests/test_io.py). tests/test_keras_backends.py runs this file again in subprocesses under the JAX and
+TensorFlow backends (everything) and the numpy backend (the inference tests, named test_forward_*). A spy on the kernel entry point
 (rnnfast.keras._engine.forward) proves that the kernels computed each result that is meant to come from them.
 """
 import os
@@ -22,10 +22,10 @@ import keras  # noqa: E402 - the test extra's dependency; the backend is fixed a
 from keras import ops  # noqa: E402
 
 import rnnfast.keras as rk  # noqa: E402
-from rnnfast.keras import _engine  # noqa: E402
+from rnnfast.keras import _engine, _records  # noqa: E402
 
 BACKEND = keras.backend.backend()
-TRAINS = BACKEND in ("torch", "jax")  # the numpy backend has no autograd: its run selects test_forward_*
+TRAINS = BACKEND in ("torch", "jax", "tensorflow")  # the numpy backend has no autograd: its run selects test_forward_*
 FLOAT64 = BACKEND != "jax" or __import__("jax").config.jax_enable_x64
 B, T, I, H = 4, 7, 3, 5
 TOL = 2e-5  # float32, normwise relative (the kernels sum in another order than Keras)
@@ -43,13 +43,13 @@ N_STATES = {"LSTM": 2, "GRU": 1, "SimpleRNN": 1}
 # ------------------------------------------------------------------------------------------------ helpers
 @pytest.fixture
 def kernel_calls(monkeypatch):
-    """Records every kernel forward: (cell, lengths, training)."""
+    """Records every kernel forward: (cell, lengths, training, masks)."""
     calls = []
     real = _engine.forward
 
-    def spy(cell, x, h0, c0, params, lengths, training):
-        calls.append((cell, np.array(lengths), training))
-        return real(cell, x, h0, c0, params, lengths, training)
+    def spy(cell, x, h0, c0, params, lengths, training, masks=(None, None)):
+        calls.append((cell, np.array(lengths), training, masks))
+        return real(cell, x, h0, c0, params, lengths, training, masks)
 
     monkeypatch.setattr(_engine, "forward", spy)
     return calls
@@ -123,7 +123,23 @@ def loss_of(outs):
 
 def gradients(layer, x, states, mask=None, jit=False, **call_kw):
     """(outputs, gradients w.r.t. [x, *states], gradients w.r.t. layer.trainable_variables) through the backend's
-    autograd: torch's backward, or jax.grad (jit=True: under jax.jit) of the layer's stateless call."""
+    autograd: torch's backward, TensorFlow's GradientTape (jit=True: inside a tf.function), or jax.grad (jit=True:
+    under jax.jit) of the layer's stateless call."""
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        def step(xs):
+            with tf.GradientTape() as tape:
+                tape.watch(xs)
+                out = as_list(layer(xs[0], initial_state=list(xs[1:]) or None,
+                                    mask=None if mask is None else tf.constant(mask), **call_kw))
+                loss = loss_of(out)
+            grads = tape.gradient(loss, list(xs) + list(layer.trainable_variables))
+            return out, grads
+
+        xs = [tf.constant(a) for a in [x, *states]]
+        out, grads = (tf.function(step) if jit else step)(xs)
+        return [np_(o) for o in out], [np_(g) for g in grads[:len(xs)]], [np_(g) for g in grads[len(xs):]]
     if BACKEND == "torch":
         import torch
         xs = [torch.tensor(a, requires_grad=True) for a in [x, *states]]
@@ -278,6 +294,53 @@ def test_forward_inference_with_dropout_runs_the_kernels(kernel_calls):
     assert len(kernel_calls) == 1
 
 
+DROPOUT_CASES = [
+    ("lstm", dict(dropout=0.3, recurrent_dropout=0.4)),
+    ("gru", dict(dropout=0.3, recurrent_dropout=0.4)),
+    ("simplernn_tanh", dict(dropout=0.3, recurrent_dropout=0.4)),
+    ("simplernn_relu", dict(recurrent_dropout=0.4)),
+    ("lstm", dict(recurrent_dropout=0.4)),
+    ("gru", dict(dropout=0.3)),  # implementation 2: one input mask for every gate
+    # one input mask per gate; use_cudnn=False: Keras 3.15.1's own default path on JAX and TensorFlow breaks
+    # here (it broadcasts the list of masks as one); rnnfast's layer accepts and ignores the argument
+    ("lstm", dict(dropout=0.3, implementation=1, use_cudnn=False)),
+    ("gru_reset_before", dict(dropout=0.3)),  # input dropout alone runs on the kernels for the original GRU too
+]
+
+
+def expected_masks(kw):
+    """Which masks the kernels must get: (input, recurrent)."""
+    return (kw.get("dropout", 0) > 0, kw.get("recurrent_dropout", 0) > 0)
+
+
+@pytest.mark.parametrize("variant,kw", DROPOUT_CASES)
+def test_forward_training_with_dropout_matches_keras_with_the_same_seed(variant, kw, kernel_calls):
+    # Keras's layer draws the masks (from the layer's seed) and the kernels apply them: the same units drop out
+    rng = np.random.default_rng(seed_of("dropout", variant, sorted(kw.items())))
+    ref, ours = pair(variant, rng, return_sequences=True, return_state=True, seed=11, **kw)
+    x, states = inputs(variant, rng)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no fallback
+        for call in range(2):  # new masks at each call, the same as Keras's
+            got = ours(x, initial_state=states, training=True)
+            compare(got, ref(x, initial_state=states, training=True), f"{variant} {kw} training call {call}")
+    plain = ours(x, initial_state=states, training=False)
+    assert not np.allclose(np_(got[0]), np_(plain[0]), atol=1e-3)  # the masks dropped something
+    dropped = [c for c in kernel_calls if any(m is not None for m in c[3])]
+    assert len(dropped) == 2 and len(kernel_calls) == 3
+    assert tuple(m is not None for m in dropped[0][3]) == expected_masks(kw)
+
+
+def test_forward_recurrent_dropout_of_the_original_gru_falls_back_with_a_warning(kernel_calls):
+    rng = np.random.default_rng(31)
+    ref, ours = pair("gru_reset_before", rng, return_sequences=True, seed=3, recurrent_dropout=0.3)
+    x, _ = inputs("gru_reset_before", rng)
+    with pytest.warns(UserWarning, match="reset_after=False"):
+        got = ours(x, training=True)
+    compare(got, ref(x, training=True), "GRU reset_after=False, recurrent dropout (Keras's recurrence)")
+    assert kernel_calls == []
+
+
 @pytest.mark.parametrize("variant,kw,reason", [
     ("lstm", dict(activation="relu"), "activation=relu"),
     ("gru", dict(recurrent_activation="hard_sigmoid"), "recurrent_activation=hard_sigmoid"),
@@ -301,7 +364,14 @@ def test_forward_fallback_reasons():
     layer.build((B, T, I))
     x = ops.convert_to_tensor(np.zeros((B, T, I), "float32"))
     assert layer._fallback_reason(x, None, training=False) is None
-    assert "dropout=0.2" in layer._fallback_reason(x, None, training=True)
+    assert layer._fallback_reason(x, None, training=True) is None  # dropout runs on the kernels
+    everything = rk.LSTM(H, dropout=1.0)
+    everything.build((B, T, I))
+    assert "rate of 1" in everything._fallback_reason(x, None, training=True)
+    before = rk.GRU(H, reset_after=False, recurrent_dropout=0.2)
+    before.build((B, T, I))
+    assert "reset_after=False" in before._fallback_reason(x, None, training=True)
+    assert before._fallback_reason(x, None, training=False) is None
     assert "mask of shape" in layer._fallback_reason(x, ops.ones((B, T, 1), "bool"), training=False)
     if BACKEND == "torch":
         import torch
@@ -424,13 +494,12 @@ def test_gradients_match_keras(variant, mask_kind, kernel_calls):
     mask = None if mask_kind is None else masks()[mask_kind]
     got = gradients(ours, x, states, mask)
     assert_grads_close(got, gradients(ref, x, states, mask), f"{variant} mask={mask_kind}")
-    assert any(training for _, _, training in kernel_calls), "no training forward ran on the kernels"
+    assert any(training for _, _, training, _ in kernel_calls), "no training forward ran on the kernels"
 
 
 if BACKEND == "jax":  # defined only where it runs (no empty or skipped test elsewhere)
     @pytest.mark.parametrize("variant", ["lstm", "gru_reset_before"])
     def test_gradients_under_jit_match_keras(variant, kernel_calls):
-        from rnnfast.keras import _jax
         rng = np.random.default_rng(19)
         ref, ours = pair(variant, rng, return_sequences=True, return_state=True)
         x, states = inputs(variant, rng)
@@ -439,38 +508,77 @@ if BACKEND == "jax":  # defined only where it runs (no empty or skipped test els
                            f"{variant} under jit")
         # one training forward, whose record the backward took (nothing left behind, no second forward)
         assert [c[2] for c in kernel_calls] == [True]
-        assert not _jax._records
+        assert not _records.records
 
     def test_gradients_jax_backward_without_its_record_runs_the_forward_again(kernel_calls, monkeypatch):
-        from rnnfast.keras import _jax
         rng = np.random.default_rng(21)
         ref, ours = pair("lstm", rng, return_sequences=True, return_state=True)
         x, states = inputs("lstm", rng)
         mask = masks()["holes"]
-        monkeypatch.setattr(_jax, "_take", lambda token: _jax._records.pop(int(token)) and None)
+        monkeypatch.setattr(_records, "take", lambda token: _records.records.pop(int(token)) and None)
         assert_grads_close(gradients(ours, x, states, mask, jit=True), gradients(ref, x, states, mask, jit=True),
                            "LSTM, backward from a recomputed forward")
         assert [c[2] for c in kernel_calls] == [True, True]
-        assert not _jax._records
+        assert not _records.records
 
     def test_gradients_jax_records_are_bounded(monkeypatch):
-        from rnnfast.keras import _jax
         rng = np.random.default_rng(22)
         _, ours = pair("gru", rng, return_sequences=True)
         x, _ = inputs("gru", rng)
         import jax
         tv = [v.value for v in ours.trainable_variables]
         ntv = [v.value for v in ours.non_trainable_variables]
-        monkeypatch.setattr(_jax, "KEEP_BYTES", 1)
+        monkeypatch.setattr(_records, "KEEP_BYTES", 1)
         for _ in range(3):  # forwards whose backward never runs
             jax.vjp(lambda xx: ours.stateless_call(tv, ntv, xx)[0], x)
-        assert len(_jax._records) == 1  # the newest only
-        _jax._records.clear()
+        assert len(_records.records) == 1  # the newest only
+        _records.records.clear()
 
 
-@pytest.mark.parametrize("cls", ["LSTM", "GRU"])
-def test_gradients_fit_matches_keras(cls, kernel_calls):
-    """One epoch of fit (Bidirectional over a masked Embedding, SGD) ends at Keras's weights."""
+if BACKEND == "tensorflow":  # defined only where it runs
+    @pytest.mark.parametrize("variant", ["lstm", "gru"])
+    def test_gradients_inside_tf_function_match_keras(variant, kernel_calls):
+        rng = np.random.default_rng(seed_of("tf.function", variant))
+        ref, ours = pair(variant, rng, return_sequences=True, return_state=True, seed=4, recurrent_dropout=0.3)
+        x, states = inputs(variant, rng)
+        mask = masks()["holes"]
+        assert_grads_close(gradients(ours, x, states, mask, jit=True, training=True),
+                           gradients(ref, x, states, mask, jit=True, training=True), f"{variant} in tf.function")
+        # one training forward, whose record the backward took
+        assert [c[2] for c in kernel_calls] == [True]
+        assert not _records.records
+
+    def test_gradients_of_a_tf_inference_call_run_the_training_forward_again(kernel_calls):
+        # TensorFlow cannot tell a forward that a gradient follows: an inference call keeps no record, and a
+        # GradientTape around it gets its gradients from a training forward run again
+        rng = np.random.default_rng(33)
+        ref, ours = pair("lstm", rng, return_sequences=True, return_state=True)
+        x, states = inputs("lstm", rng)
+        assert_grads_close(gradients(ours, x, states, training=False), gradients(ref, x, states, training=False),
+                           "LSTM, training=False under a GradientTape")
+        assert [c[2] for c in kernel_calls] == [False, True]
+        assert not _records.records
+
+
+@pytest.mark.parametrize("variant", ["lstm", "gru", "simplernn_tanh"])
+@pytest.mark.parametrize("mask_kind", [None, "holes"])
+def test_gradients_with_dropout_match_keras(variant, mask_kind, kernel_calls):
+    rng = np.random.default_rng(seed_of("dropout grads", variant, mask_kind))
+    ref, ours = pair(variant, rng, return_sequences=True, return_state=True, seed=5, dropout=0.25,
+                     recurrent_dropout=0.35)
+    x, states = inputs(variant, rng)
+    mask = None if mask_kind is None else masks()[mask_kind]
+    got = gradients(ours, x, states, mask, training=True)
+    assert_grads_close(got, gradients(ref, x, states, mask, training=True), f"{variant} dropout mask={mask_kind}")
+    assert any(training and all(m is not None for m in ms) for _, _, training, ms in kernel_calls)
+
+
+@pytest.mark.parametrize("cls,kw", [("LSTM", {}), ("GRU", {}),
+                                    ("LSTM", dict(dropout=0.2, recurrent_dropout=0.3, seed=9)),
+                                    ("GRU", dict(recurrent_dropout=0.3, seed=9))])
+def test_gradients_fit_matches_keras(cls, kw, kernel_calls):
+    """One epoch of fit (Bidirectional over a masked Embedding, SGD) ends at Keras's weights (with dropout: the
+    same masks, drawn from the same seeds)."""
     rng = np.random.default_rng(20)
     tokens = rng.integers(1, 20, (16, T))
     tokens[np.arange(T)[None, :] >= rng.integers(1, T + 1, 16)[:, None]] = 0
@@ -479,7 +587,7 @@ def test_gradients_fit_matches_keras(cls, kernel_calls):
     for module in (keras.layers, rk):
         models.append(keras.Sequential([
             keras.Input((T,), dtype="int32"), keras.layers.Embedding(20, I, mask_zero=True),
-            keras.layers.Bidirectional(getattr(module, cls)(H)), keras.layers.Dense(1)]))
+            keras.layers.Bidirectional(getattr(module, cls)(H, **kw)), keras.layers.Dense(1)]))
     weights = random_weights(models[0], rng)
     for m in models:
         m.set_weights(weights)
@@ -514,4 +622,4 @@ def test_gradients_stateful_fit_matches_keras(cls, kernel_calls):
         assert_close(a, b, TOL, f"{cls} stateful weight {k} after fit", scale=1.0)
     for a, b in zip(models[1].layers[0].states, models[0].layers[0].states):
         assert_close(np_(a.value), np_(b.value), TOL, f"{cls} state after fit")
-    assert sum(training for _, _, training in kernel_calls) == 3
+    assert sum(training for _, _, training, _ in kernel_calls) == 3

@@ -15,8 +15,8 @@ import rnnfast
 PACKAGE_DIR = pathlib.Path(rnnfast.__file__).parent
 # What rnnfast/ may import besides itself and the standard library: its compiled modules, its one hard
 # dependency, and the optional ones each imported only where used (torch by rnnfast.torch, cupy by the CUDA
-# path, tqdm/matplotlib by the training utilities and examples' helpers, keras and jax by rnnfast.keras alone).
-ALLOWED_OUTSIDE = {"_rnnfast", "numpy", "torch", "cupy", "tqdm", "matplotlib", "keras", "jax"}
+# path, tqdm/matplotlib by the training utilities and examples' helpers, keras, jax and tensorflow by rnnfast.keras alone).
+ALLOWED_OUTSIDE = {"_rnnfast", "numpy", "torch", "cupy", "tqdm", "matplotlib", "keras", "jax", "tensorflow"}
 
 
 def module_name(path: pathlib.Path) -> str:
@@ -128,11 +128,11 @@ def test_nothing_imports_the_checkouts_folders(forbidden):
         assert not any(d.split(".")[0] == forbidden for d in deps), f"{name} imports {forbidden}"
 
 
-def test_only_the_keras_adapter_imports_keras_and_jax():
+def test_only_the_keras_adapter_imports_keras_jax_and_tensorflow():
     g = graph()
-    assert {"rnnfast.keras", "rnnfast.keras._jax"} <= set(g)
+    assert {"rnnfast.keras", "rnnfast.keras._jax", "rnnfast.keras._tf"} <= set(g)
     for name, deps in g.items():
         if name == "rnnfast.keras" or name.startswith("rnnfast.keras."):
             continue
-        bad = sorted(d for d in deps if d.split(".")[0] in ("keras", "jax") or d.startswith("rnnfast.keras"))
+        bad = sorted(d for d in deps if d.split(".")[0] in ("keras", "jax", "tensorflow") or d.startswith("rnnfast.keras"))
         assert not bad, f"{name} imports {bad} (only rnnfast/keras/ may)"

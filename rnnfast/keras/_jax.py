@@ -3,46 +3,18 @@ so it runs under ``jax.jit`` (XLA calls back into the host, which also moves arr
 ``jax.grad`` differentiates it.
 
 The forward of a differentiated call runs the kernels in training mode and keeps their record (workspace) on the
-host under a token, an int32 that the forward returns to JAX as a residual; the backward callback takes the record
-of its token and runs BPTT. Where the record is gone (never kept past ``KEEP_BYTES`` of records, the oldest
-dropped first, e.g. forwards whose backward never ran; or a token XLA handed to two backwards), the backward runs
-the training forward again from the residual inputs: the same numbers (the kernels are deterministic for a thread
-count), one forward slower. The records are copies: nothing aliases the buffers JAX lends a callback.
+host under a token (_records), an int32 that the forward returns to JAX as a residual; the backward callback takes
+the record of its token and runs BPTT, or, where the record is gone, the training forward again from the residual
+inputs. The records are copies: nothing aliases the buffers JAX lends a callback.
 """
 from __future__ import annotations
 
-import itertools
-import threading
-from collections import OrderedDict
 from functools import partial
 
 import jax
 import numpy as np
 
-from . import _engine
-
-KEEP_BYTES = 1 << 30  # at most this much of forward records waits for its backward (the oldest go first)
-_records: OrderedDict = OrderedDict()  # token -> (record, nbytes)
-_tokens = itertools.count(1)
-_lock = threading.Lock()
-
-
-def _keep(record) -> int:
-    nbytes = _engine.record_nbytes(record)
-    with _lock:
-        token = next(_tokens) % (1 << 31)
-        _records[token] = (record, nbytes)
-        total = sum(n for _, n in _records.values())
-        while total > KEEP_BYTES and len(_records) > 1:
-            _, (_, n) = _records.popitem(last=False)
-            total -= n
-    return token
-
-
-def _take(token):
-    with _lock:
-        entry = _records.pop(int(token), None)
-    return None if entry is None else entry[0]
+from . import _engine, _records
 
 
 def _split(cell, states):
@@ -76,13 +48,13 @@ def _training_forward(spec, x, states, params, lengths, present):
 
 def _host_forward_kept(spec, x, states, params, lengths, present):
     y, h_n, c_n, record = _training_forward(spec, x, states, params, lengths, present)
-    token = _keep(record)
+    token = _records.keep(record)
     return (np.ascontiguousarray(y), (h_n, c_n) if c_n is not None else (h_n,), np.int32(token))
 
 
 def _host_backward(spec, token, x, states, params, lengths, present, dy, dstates):
     cell = spec[0]
-    record = _take(token)
+    record = _records.take(token)
     if record is None:  # not kept (or already used): the same forward again
         record = _training_forward(spec, x, states, params, lengths, present)[3]
     dh_n, dc_n = _split(cell, dstates)

@@ -23,10 +23,12 @@ apply those very masks, the input masks before the input GEMM and the recurrent 
 """
 from __future__ import annotations
 
+import functools
+
 import keras
 from keras import ops
 
-_BACKENDS = ("torch", "jax", "numpy")
+_BACKENDS = ("torch", "jax", "tensorflow", "numpy")
 _KERNEL_DTYPES = ("float32", "float64")
 
 
@@ -36,6 +38,8 @@ def _backend_module():
         from . import _torch as module
     elif name == "jax":
         from . import _jax as module
+    elif name == "tensorflow":
+        from . import _tf as module
     else:
         from . import _numpy as module
     return module
@@ -157,6 +161,8 @@ class _KernelPath:
 
     def _kernel_loop(self, sequences, initial_state, mask, training):
         run = _backend_module().run
+        if keras.backend.backend() == "tensorflow":  # the one autograd that cannot tell whether a backward follows
+            run = functools.partial(run, training=training)
         cell = self._kernel_cell()
         lstm = cell == "lstm"
         dtype = self.cell.compute_dtype
