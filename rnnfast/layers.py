@@ -47,8 +47,9 @@ _ARGS_DOC = """
         recurrent_dropout: probability in [0, 1] of zeroing each unit of h_{t-1} where a gate's recurrent
             product reads it, in training mode (beyond torch.nn: Keras's recurrent_dropout). One mask per
             layer, direction and gate, drawn once per call and the same at every step, scaled by 1/(1-p); the
-            GRU's final mix z*h reads h undropped. Fused into the kernels' step product. Not for an LSTM with
-            proj_size or a GRU with linear_before_reset=False (ValueError). May be changed later.
+            GRU's final mix z*h reads h undropped (with linear_before_reset=False, r*h reads h under the candidate's
+            mask, as Keras's reset_after=False). Fused into the kernels' step product. Not for an LSTM with
+            proj_size (ValueError). May be changed later.
 """
 
 

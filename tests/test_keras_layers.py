@@ -304,7 +304,8 @@ DROPOUT_CASES = [
     # one input mask per gate; use_cudnn=False: Keras 3.15.1's own default path on JAX and TensorFlow breaks
     # here (it broadcasts the list of masks as one); rnnfast's layer accepts and ignores the argument
     ("lstm", dict(dropout=0.3, implementation=1, use_cudnn=False)),
-    ("gru_reset_before", dict(dropout=0.3)),  # input dropout alone runs on the kernels for the original GRU too
+    ("gru_reset_before", dict(dropout=0.3)),
+    ("gru_reset_before", dict(dropout=0.3, recurrent_dropout=0.4)),
 ]
 
 
@@ -329,16 +330,6 @@ def test_forward_training_with_dropout_matches_keras_with_the_same_seed(variant,
     dropped = [c for c in kernel_calls if any(m is not None for m in c[3])]
     assert len(dropped) == 2 and len(kernel_calls) == 3
     assert tuple(m is not None for m in dropped[0][3]) == expected_masks(kw)
-
-
-def test_forward_recurrent_dropout_of_the_original_gru_falls_back_with_a_warning(kernel_calls):
-    rng = np.random.default_rng(31)
-    ref, ours = pair("gru_reset_before", rng, return_sequences=True, seed=3, recurrent_dropout=0.3)
-    x, _ = inputs("gru_reset_before", rng)
-    with pytest.warns(UserWarning, match="reset_after=False"):
-        got = ours(x, training=True)
-    compare(got, ref(x, training=True), "GRU reset_after=False, recurrent dropout (Keras's recurrence)")
-    assert kernel_calls == []
 
 
 @pytest.mark.parametrize("variant,kw,reason", [
@@ -368,10 +359,7 @@ def test_forward_fallback_reasons():
     everything = rk.LSTM(H, dropout=1.0)
     everything.build((B, T, I))
     assert "rate of 1" in everything._fallback_reason(x, None, training=True)
-    before = rk.GRU(H, reset_after=False, recurrent_dropout=0.2)
-    before.build((B, T, I))
-    assert "reset_after=False" in before._fallback_reason(x, None, training=True)
-    assert before._fallback_reason(x, None, training=False) is None
+
     assert "mask of shape" in layer._fallback_reason(x, ops.ones((B, T, 1), "bool"), training=False)
     if BACKEND == "torch":
         import torch
@@ -560,7 +548,7 @@ if BACKEND == "tensorflow":  # defined only where it runs
         assert not _records.records
 
 
-@pytest.mark.parametrize("variant", ["lstm", "gru", "simplernn_tanh"])
+@pytest.mark.parametrize("variant", ["lstm", "gru", "gru_reset_before", "simplernn_tanh"])
 @pytest.mark.parametrize("mask_kind", [None, "holes"])
 def test_gradients_with_dropout_match_keras(variant, mask_kind, kernel_calls):
     rng = np.random.default_rng(seed_of("dropout grads", variant, mask_kind))

@@ -19,7 +19,7 @@ from rnnfast._core import dispatch, functional
 
 pytestmark = pytest.mark.usefixtures("poison_outputs")
 
-KERNEL_CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
+KERNEL_CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru", "gru_original")
 
 
 def masks_for(rng, B, G, n, p):
@@ -131,7 +131,8 @@ def capture_drops(monkeypatch):
 
 LAYER = {"rnn_tanh": lambda **k: rnnfast.RNN(nonlinearity="tanh", **k),
          "rnn_relu": lambda **k: rnnfast.RNN(nonlinearity="relu", **k),
-         "lstm": lambda **k: rnnfast.LSTM(**k), "gru": lambda **k: rnnfast.GRU(**k)}
+         "lstm": lambda **k: rnnfast.LSTM(**k), "gru": lambda **k: rnnfast.GRU(**k),
+         "gru_original": lambda **k: rnnfast.GRU(linear_before_reset=False, **k)}
 
 SHAPES = [  # (layers, bidirectional, lengths)
     (1, False, None), (1, False, [5, 2, 4]), (2, True, None), (2, True, [3, 5, 1])]
@@ -184,7 +185,7 @@ def check_layer(backend, dtype, cell, layers, bidirectional, lengths, monkeypatc
         assert_close(p.grad, ref[4][name], tol, f"{cell} {backend} d{name}")
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "gru_original", "rnn_tanh"])
 def test_kernels_with_input_and_recurrent_masks_match_the_reference(cell, num_threads):
     # Keras's input dropout (a mask per gate, before the input GEMM) with the recurrent one, one layer
     rng = np.random.default_rng(3)
@@ -278,11 +279,10 @@ def test_bad_recurrent_dropout_names_the_argument(value, error):
 def test_recurrent_dropout_is_refused_where_the_kernels_lack_it():
     with pytest.raises(ValueError, match="proj_size"):
         rnnfast.LSTM(3, 6, proj_size=2, recurrent_dropout=0.2)
-    with pytest.raises(ValueError, match="linear_before_reset=False"):
-        rnnfast.GRU(3, 6, linear_before_reset=False, recurrent_dropout=0.2)
-    m = rnnfast.GRU(3, 6, linear_before_reset=False)
+    m = rnnfast.LSTM(3, 6, proj_size=2)
     with pytest.raises(ValueError, match="recurrent_dropout"):
         m.recurrent_dropout = 0.1
+    assert m.recurrent_dropout == 0.0
 
 
 def test_recurrent_dropout_survives_pickling_saving_and_repr(tmp_path):

@@ -21,8 +21,12 @@
 //   forward in:   in.x(g)  input pre-activation of gate g, (W_ih x_t)[g] + b_ih[g]
 //                 in.h(g)  recurrent pre-activation, (W_hh h_{t-1})[g] + b_hh[g]
 //                 in.h_prev()  h_{t-1} of the unit
+//                 in.h_read(g) h_{t-1} as gate g's recurrent product reads it: under gate g's recurrent dropout
+//                              mask where there is one, else h_prev() (only the original GRU's r*h needs it:
+//                              the other cells' products are the backend's)
 //   workspace:    ws.put(slot, v) (a no-op in inference), sv.get(slot)
-//   backward in:  sv.h_prev(), sv.c_prev() (LSTM: c_{t-1}), sv.h_out() (h_t)
+//   backward in:  sv.h_prev(), sv.c_prev() (LSTM: c_{t-1}), sv.h_out() (h_t); sv.h_read(g) as in.h_read(g),
+//                 sv.drop(g) gate g's recurrent dropout mask of the unit (1 without dropout)
 //   gradients:    gr.dx(g, v) w.r.t. the input pre-activation, gr.dh(g, v) w.r.t. the recurrent one, and
 //                 gr.both(g, v) where they are equal (every gate but the GRU candidate's)
 // and carries: the LSTM cell state c (forward: c_{t-1} in, c_t out; backward: dc_t in, dc_{t-1} out).
@@ -135,7 +139,8 @@ struct Gru {
 // ---------------------------------------------------------------- GRU, linear_before_reset=False (original)
 // r, z = sigmoid(x* + h*); n = tanh(xn + W_hn (r*h) + b_hn); h' = (1-z)*n + z*h.
 // The candidate needs r*h of every unit before its product, so a step has two phases, forward and backward.
-// Slot kRh keeps r*h, which the W_hn product read (dW_hn pairs with it).
+// Slot kRh keeps r*h, which the W_hn product read (dW_hn pairs with it). With recurrent dropout the candidate's
+// h is h under its own mask (Keras: r * (h * mask_h)), as W_hr and W_hz read h under theirs (the backend's).
 struct GruOriginal {
     static constexpr const char* kName = "gru_original";
     static constexpr bool kCellState = false, kRecurrentGrads = false, kResetBeforeProduct = true;
@@ -149,7 +154,7 @@ struct GruOriginal {
     RNNFAST_HD static V gates(const In& in, V& z, const Ws& ws) {
         const V r = M::sigmoid(in.x(0) + in.h(0));
         z = M::sigmoid(in.x(1) + in.h(1));
-        const V rh = r * in.h_prev();
+        const V rh = r * in.h_read(2);
         ws.put(kR, r); ws.put(kZ, z); ws.put(kRh, rh);
         return rh;
     }
@@ -174,8 +179,8 @@ struct GruOriginal {
     template <class M, class V, class Sv, class Gr>
     RNNFAST_HD static V backward_gates(const Sv& sv, V drh, const Gr& gr) {
         const V r = sv.get(kR);
-        gr.both(0, drh * sv.h_prev() * r * (M::c(1.0) - r));
-        return drh * r;
+        gr.both(0, drh * sv.h_read(2) * r * (M::c(1.0) - r));
+        return drh * r * sv.drop(2);
     }
 };
 

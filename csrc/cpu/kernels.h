@@ -24,7 +24,7 @@ struct ForwardCall {
     // Inference with bfloat16 recurrent weights (float32 only): W_hh packed by Bf16Kernels::pack_forward,
     // read instead of w_hh (then null) by the per-step product, whose state is rounded to bf16 each step.
     const uint32_t* w_hh_bf16 = nullptr;
-    // Recurrent dropout (training; null: none, and always none with a projection or the original GRU): the
+    // Recurrent dropout (training; null: none, and always none with a projection): the
     // product of gate g reads h_{t-1}[b][k] * rec_mask[b][g*H + k] where it read h_{t-1}[b][k]. h_drop
     // [B + N, G*H]: rows b < B hold h0 under the mask (the caller's), row B + r is written here as y[r] under
     // its batch row's mask: what the next step's product reads, and what dW_hh pairs with.

@@ -5,6 +5,8 @@
 // The candidate needs r*h of every unit before its W_hn product, so a step has two phases and two barriers:
 // forward   gates r, z (W_hr, W_hz h) -> barrier -> candidate (W_hn (r*h))
 // backward  dn, dz -> barrier -> drh = W_hn^T dn, dr -> barrier -> dh += W_h[r,z]^T d[r,z]
+// With recurrent dropout (rec_mask, h_drop as in recurrence.h) W_hr and W_hz read h under their masks (h_drop),
+// the candidate's r*h reads h under its own (the cell's h_read), and each share of dh goes back under its mask.
 #pragma once
 
 #include "packing.h"
@@ -17,6 +19,7 @@ void gru_original_forward(const FwdArgs<T>& a, int requested_threads) {
     using Cell = rnnfast::GruOriginal;
     constexpr int G = Cell::kGates, S = Cell::kSlots;
     const int H = a.H, B = a.B;
+    const ptrdiff_t GH = static_cast<ptrdiff_t>(G) * H;
     const int nt = threads_for(requested_threads, B, G, H, Slice<T>::blocks(H));
     const Steps steps(a.batch_sizes, a.T_);
     const Biases<T> bias(a.b_ih, a.b_hh, G * H);
@@ -33,6 +36,9 @@ void gru_original_forward(const FwdArgs<T>& a, int requested_threads) {
             const T* h_prev = t == 0 ? a.h0 : a.y + steps.row(t - 1, 0) * H;
             if (bf16)
                 bf16(tid, s, 0, 2, h_prev, H, Bt, acc, ldc);
+            else if (a.rec_mask)
+                forward_product(a.w_hh, G, H, s, 0, 2, a.h_drop + (t == 0 ? 0 : B + steps.row(t - 1, 0)) * GH, GH, Bt,
+                                0, H, acc, ldc, false, 1 << 30, false, H);
             else
                 forward_product(a.w_hh, G, H, s, 0, 2, h_prev, H, Bt, 0, H, acc, ldc, false);
             walk_forward<T, G>(a, steps, t, s, bias, acc, ldc, h_prev, S, [&](const auto& in, const auto& ws, int b,
@@ -51,7 +57,12 @@ void gru_original_forward(const FwdArgs<T>& a, int requested_threads) {
                                                                               int u, int col) {
                 using V = ValueOf<decltype(in)>;
                 const V z = ld<V>(acc + b * ldc + s.width + col);
-                st(a.y + steps.row(t, b) * H + u, Cell::output<MathFor<T, decltype(in)>, V>(in, z, ws));
+                const ptrdiff_t row = steps.row(t, b);
+                const V h = Cell::output<MathFor<T, decltype(in)>, V>(in, z, ws);
+                st(a.y + row * H + u, h);
+                if (a.rec_mask)
+                    for (int g = 0; g < G; ++g)
+                        st(a.h_drop + (B + row) * GH + g * H + u, h * ld<V>(a.rec_mask + b * GH + g * H + u));
             });
             barrier.wait(tid);
         }
@@ -67,14 +78,15 @@ void gru_original_backward(const BwdArgs<T>& a, int requested_threads) {
     const ptrdiff_t GH = static_cast<ptrdiff_t>(G) * H;
     const int nt = threads_for(requested_threads, B, G, H, Slice<T>::blocks(H));
     const Steps steps(a.batch_sizes, a.T_);
-    // Per thread: the dh carry and drh = W_hn^T dn, [B][width] each.
-    TeamScratch<T> scratch(2 * static_cast<ptrdiff_t>(B) * Slice<T>::blocks(H) * Tile<T>::NR, nt);
+    // Per thread: the dh carry and drh = W_hn^T dn, [B][width] each (and one gate's product with dropout).
+    TeamScratch<T> scratch((a.rec_mask ? 3 : 2) * static_cast<ptrdiff_t>(B) * Slice<T>::blocks(H) * Tile<T>::NR, nt);
     BiasSums<T> sums(GH, nullptr);
 
     run_team(nt, [&](int tid, int team, Barrier& barrier) {
         const Slice<T> s(H, tid, team);
         T* dhr = scratch.of(tid);
         T* drh = dhr + static_cast<ptrdiff_t>(B) * s.width;
+        T* dgate = drh + static_cast<ptrdiff_t>(B) * s.width;  // recurrent dropout only
         load_carry(dhr, a.dh_n, B, H, s);
         for (int t = a.T_ - 1; t >= 0; --t) {
             const int Bt = steps.rows(t);
@@ -95,7 +107,14 @@ void gru_original_backward(const BwdArgs<T>& a, int requested_threads) {
             });
             sums.template add_step<G>(a, steps, t, s);
             barrier.wait(tid);
-            backward_product(a.w_hh, GH, s, dg, GH, 0, 2 * H, Bt, dhr, s.width, true);  // + W_h[r,z]^T d[r,z]
+            if (!a.rec_mask) {
+                backward_product(a.w_hh, GH, s, dg, GH, 0, 2 * H, Bt, dhr, s.width, true);  // + W_h[r,z]^T d[r,z]
+                continue;
+            }
+            for (int g = 0; g < 2; ++g) {
+                backward_product(a.w_hh, GH, s, dg, GH, g * H, H, Bt, dgate, s.width, false);
+                add_masked(dhr, dgate, a.rec_mask + g * H, GH, Bt, s);
+            }
         }
         store_carry(a.dh0, dhr, B, H, s);
         sums.flush(a, G, s);

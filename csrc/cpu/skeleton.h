@@ -298,14 +298,16 @@ inline void st(T* p, V v) {
 // What cells.h's pointwise functions read and write, for one token row and the units [u, u + lanes of V).
 // Pointers are already offset to unit u (acc to its scratch column); H is the stride between gates/slots.
 
-// Forward inputs: x = the token's input projection + b_ih, h = the recurrent sums + b_hh.
+// Forward inputs: x = the token's input projection + b_ih, h = the recurrent sums + b_hh; mask: the row's
+// recurrent dropout mask at the unit (gate stride H), or null.
 template <typename T, typename V>
 struct In {
-    const T *xp, *bi, *acc, *bh, *hp;
+    const T *xp, *bi, *acc, *bh, *hp, *mask;
     int H, width;
     V x(int g) const { return ld<V>(xp + g * H) + ld<V>(bi + g * H); }
     V h(int g) const { return ld<V>(acc + g * width) + ld<V>(bh + g * H); }
     V h_prev() const { return ld<V>(hp); }
+    V h_read(int g) const { return mask ? ld<V>(hp) * ld<V>(mask + g * H) : ld<V>(hp); }
 };
 
 // The workspace of a token row, written in training, not at all in inference (p null).
@@ -322,10 +324,12 @@ struct WsOut {
 // (null at its first step, where c_{t-1} = c0).
 template <typename T, typename V>
 struct Saved {
-    const T *ws, *prev, *c0, *hp, *y;
+    const T *ws, *prev, *c0, *hp, *y, *mask;  // mask as In's
     int H;
     V get(int slot) const { return ld<V>(ws + slot * H); }
     V h_prev() const { return ld<V>(hp); }
+    V h_read(int g) const { return mask ? ld<V>(hp) * ld<V>(mask + g * H) : ld<V>(hp); }
+    V drop(int g) const { return mask ? ld<V>(mask + g * H) : splat<V>(T(1)); }
     V h_out() const { return ld<V>(y); }
     V c_prev() const { return prev ? ld<V>(prev + rnnfast::Lstm::kC * H) : ld<V>(c0); }
 };
@@ -425,7 +429,8 @@ void walk_forward(const FwdArgs<T>& a, const Steps& steps, int t, const Slice<T>
             using V = decltype(v);
             const int col = u - s.lo;
             const In<T, V> in{a.xp + row * G * H + u, bias.ih + u, acc + b * ldc + col, bias.hh + u,
-                              h_prev ? h_prev + static_cast<ptrdiff_t>(b) * H + u : nullptr, H, s.width};
+                              h_prev ? h_prev + static_cast<ptrdiff_t>(b) * H + u : nullptr,
+                              a.rec_mask ? a.rec_mask + static_cast<ptrdiff_t>(b) * G * H + u : nullptr, H, s.width};
             f(in, WsOut<T, V>{ws ? ws + u : nullptr, H}, b, u, col);
         });
     }
@@ -455,7 +460,8 @@ void walk_backward(const BwdArgs<T>& a, const Steps& steps, int t, const Slice<T
             using V = decltype(v);
             const Saved<T, V> sv{a.ws ? a.ws + row * S * H + u : nullptr,
                                  prev >= 0 && a.ws ? a.ws + prev * S * H + u : nullptr,
-                                 a.c0 ? a.c0 + b * H + u : nullptr, hp ? hp + u : nullptr, y ? y + u : nullptr, H};
+                                 a.c0 ? a.c0 + b * H + u : nullptr, hp ? hp + u : nullptr, y ? y + u : nullptr,
+                                 a.rec_mask ? a.rec_mask + b * GH + u : nullptr, H};
             const Grads<T, V> gr{a.dxg + row * GH + u, dhg ? dhg + row * GH + u : nullptr, H};
             f(sv, gr, b, u, b * s.width + u - s.lo);
         });

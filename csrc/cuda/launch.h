@@ -8,7 +8,7 @@
 //             b_ih, b_hh [G*H] or null         weight_hr [P, H] or null
 //             y [N, S]   h_n [B, S]   c_n [B, H] (LSTM: the running cell state, c0 in, c_n out)
 //             ws [N, slots*H] or null (training workspace, layout by cells.h's Slot enums)
-//             rec_mask [B, G*H] or null: recurrent dropout (single-phase cells only), gate g's product reads
+//             rec_mask [B, G*H] or null: recurrent dropout (not with a projection), gate g's product reads
 //             h_{t-1}[b, k] * rec_mask[b, g*H + k]; h_drop [B + N, G*H]: rows b < B h0 under the mask (the
 //             caller's), row B + r written as y[r] under its row's mask (what the next step reads, and dW_hh)
 //   Backward: weight_hh, h0, c0, y, ws as the forward had them (ws required when slots > 0)

@@ -42,7 +42,7 @@ RF_GLOBAL void forward_kernel(FwdParams p, Grid g) {
         for_each_unit(s, us, [&](int b, int u, long row) {
             float c = p.c_n ? p.c_n[b * H + u] : 0.0f;
             p.y[row * H + u] = Cell::template forward<DeviceMath, float>(
-                fwd_in(p, G, row, u, acc + b * R + (u - us.begin), U, hp + b * H), c, ws_out(p.ws, Cell::kSlots, H, row, u));
+                fwd_in(p, G, row, b, u, acc + b * R + (u - us.begin), U, hp + b * H), c, ws_out(p.ws, Cell::kSlots, H, row, u));
             if (p.c_n) p.c_n[b * H + u] = c;
             if (p.rec_mask)
                 for (int q = 0; q < G; ++q)
@@ -73,7 +73,7 @@ RF_GLOBAL void backward_kernel(BwdParams p, Grid g) {
             for_each_unit(s, us, [&](int b, int u, long row) {
                 const float dh = dh_total(p, H, b, u, row);
                 float dc = p.dc ? p.dc[b * H + u] : 0.0f;
-                p.dh[b * H + u] = Cell::template backward<DeviceMath, float>(saved_at(p, Cell::kSlots, s, b, u), dh, dc,
+                p.dh[b * H + u] = Cell::template backward<DeviceMath, float>(saved_at(p, G, Cell::kSlots, s, b, u), dh, dc,
                                                                             grads_at(p, G, row, u));
                 if (p.dc) p.dc[b * H + u] = dc;
             });

@@ -1,7 +1,9 @@
 // recurrence_gru_original.cuh: the GRU with linear_before_reset=False (cells.h's GruOriginal), whose candidate
 // reads W_hn (r*h): every unit's r*h must exist before any candidate, so a step has two grid-wide phases
 // (backward: three), as on the CPU (csrc/cpu/recurrence_gru_original.h). Tensors as in launch.h; the
-// scratch [B, 2H] holds r*h and z between the phases. W_hh is read from global memory (L2).
+// scratch [B, 2H] holds r*h and z between the phases. W_hh is read from global memory (L2). With recurrent
+// dropout W_hr and W_hz read h under their masks (p.h_drop), r*h reads h under the candidate's (the cell's h_read),
+// and the shares of dh go back under them.
 #pragma once
 
 #include "cell_access.cuh"
@@ -17,11 +19,15 @@ RF_GLOBAL void gru_original_forward_kernel(FwdParams p, Grid g) {
     for (int t = g.t_begin; t < g.t_end; ++t) {
         const Step s = step_at(g, t);
         const float* hp = h_prev_rows(s, p.h0, p.y, H);
+        const long GH = static_cast<long>(Cell::kGates) * H;
+        const float* hd = p.rec_mask ? p.h_drop + (s.prev < 0 ? 0L : p.B + s.prev) * GH : nullptr;
         if (g.phases & 1) {  // r, z and r*h of the own units
             for_each_unit(s, us, [&](int b, int u, long row) {
                 float pre[2];
-                for (int k = 0; k < 2; ++k) pre[k] = dot(p.w_hh + (k * H + u) * static_cast<long>(H), 1, hp + b * H, 1, H);
-                rh[b * H + u] = Cell::gates<DeviceMath, float>(fwd_in(p, Cell::kGates, row, u, pre, 1, hp + b * H),
+                for (int k = 0; k < 2; ++k)
+                    pre[k] = dot(p.w_hh + (k * H + u) * static_cast<long>(H), 1, hd ? hd + b * GH + k * H : hp + b * H,
+                                 1, H);
+                rh[b * H + u] = Cell::gates<DeviceMath, float>(fwd_in(p, Cell::kGates, row, b, u, pre, 1, hp + b * H),
                                                                zs[b * H + u], ws_out(p.ws, Cell::kSlots, H, row, u));
             });
             grid_barrier(g);
@@ -29,8 +35,11 @@ RF_GLOBAL void gru_original_forward_kernel(FwdParams p, Grid g) {
         if (g.phases & 2) {  // the candidate from W_hn (r*h), and h_t
             for_each_unit(s, us, [&](int b, int u, long row) {
                 const float pre[3] = {0.0f, 0.0f, dot(p.w_hh + (2 * H + u) * static_cast<long>(H), 1, rh + b * H, 1, H)};
-                p.y[row * H + u] = Cell::output<DeviceMath, float>(fwd_in(p, Cell::kGates, row, u, pre, 1, hp + b * H),
+                p.y[row * H + u] = Cell::output<DeviceMath, float>(fwd_in(p, Cell::kGates, row, b, u, pre, 1, hp + b * H),
                                                                    zs[b * H + u], ws_out(p.ws, Cell::kSlots, H, row, u));
+                if (p.rec_mask)
+                    for (int q = 0; q < Cell::kGates; ++q)
+                        p.h_drop[(p.B + row) * GH + q * H + u] = p.y[row * H + u] * p.rec_mask[b * GH + q * H + u];
             });
             grid_barrier(g);
         }
@@ -50,7 +59,7 @@ RF_GLOBAL void gru_original_backward_kernel(BwdParams p, Grid g) {
         if (g.phases & 1) {
             for_each_unit(s, us, [&](int b, int u, long row) {
                 const float dh = dh_total(p, H, b, u, row);
-                p.dh[b * H + u] = Cell::backward_output<DeviceMath, float>(saved_at(p, Cell::kSlots, s, b, u), dh,
+                p.dh[b * H + u] = Cell::backward_output<DeviceMath, float>(saved_at(p, Cell::kGates, Cell::kSlots, s, b, u), dh,
                                                                           grads_at(p, Cell::kGates, row, u));
             });
             grid_barrier(g);
@@ -58,14 +67,20 @@ RF_GLOBAL void gru_original_backward_kernel(BwdParams p, Grid g) {
         if (g.phases & 2) {
             for_each_unit(s, us, [&](int b, int u, long row) {
                 const float drh = dot(p.dxg + row * GH + 2 * H, 1, p.w_hh + 2L * H * H + u, H, H);
-                p.dh[b * H + u] += Cell::backward_gates<DeviceMath, float>(saved_at(p, Cell::kSlots, s, b, u), drh,
+                p.dh[b * H + u] += Cell::backward_gates<DeviceMath, float>(saved_at(p, Cell::kGates, Cell::kSlots, s, b, u), drh,
                                                                           grads_at(p, Cell::kGates, row, u));
             });
             grid_barrier(g);
         }
         if (g.phases & 4) {
             for_each_unit(s, us, [&](int b, int u, long row) {
-                p.dh[b * H + u] += dot(p.dxg + row * GH, 1, p.w_hh + u, H, 2L * H);
+                if (!p.rec_mask) {
+                    p.dh[b * H + u] += dot(p.dxg + row * GH, 1, p.w_hh + u, H, 2L * H);
+                    return;
+                }
+                for (int q = 0; q < 2; ++q)
+                    p.dh[b * H + u] += p.rec_mask[b * GH + q * H + u] *
+                                       dot(p.dxg + row * GH + q * H, 1, p.w_hh + static_cast<long>(q) * H * H + u, H, H);
             });
             grid_barrier(g);
         }

@@ -24,7 +24,7 @@ RF_GLOBAL void lstm_proj_forward_kernel(FwdParams p, Grid g) {
                 for (int k = 0; k < G; ++k) pre[k] = dot(p.w_hh + (k * H + u) * static_cast<long>(P), 1, hp + b * P, 1, P);
                 const WsOut ws = ws_out(p.ws, slots, H, row, u);
                 float c = p.c_n[b * H + u];
-                const float mv = Cell::forward<DeviceMath, float>(fwd_in(p, G, row, u, pre, 1, hp + b * P), c, ws);
+                const float mv = Cell::forward<DeviceMath, float>(fwd_in(p, G, row, b, u, pre, 1, hp + b * P), c, ws);
                 p.c_n[b * H + u] = c;
                 m[b * H + u] = mv;
                 ws.put(Cell::kM, mv);
@@ -62,7 +62,7 @@ RF_GLOBAL void lstm_proj_backward_kernel(BwdParams p, Grid g) {
             for_each_unit(s, us, [&](int b, int u, long row) {
                 const float dm = dot(p.dh_all + row * P, 1, p.w_hr + u, H, P);
                 float dc = p.dc[b * H + u];
-                Cell::backward<DeviceMath, float>(saved_at(p, slots, s, b, u), dm, dc, grads_at(p, G, row, u));
+                Cell::backward<DeviceMath, float>(saved_at(p, G, slots, s, b, u), dm, dc, grads_at(p, G, row, u));
                 p.dc[b * H + u] = dc;
             });
             grid_barrier(g);

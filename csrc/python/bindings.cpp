@@ -273,16 +273,14 @@ Sizes call_sizes(Call& c, int cell, const py::array& bs, const Packed& w, Packed
     return {G, H, P, P ? P : H, N, B};
 }
 
-// Whether a call has recurrent dropout (rec_mask given), which the cells whose step is one product run: with it, a
+// Whether a call has recurrent dropout (rec_mask given), which every cell but the projected LSTM runs: with it, a
 // forward needs the buffer h_drop (named by `partner`; null for a backward), without it must not get one.
 bool check_rec_mask(int cell, int P, const py::object& rec_mask, const char* partner, const py::object& other) {
     if (rec_mask.is_none()) {
         if (partner && !other.is_none()) throw py::value_error(std::string(partner) + ": given without rec_mask");
         return false;
     }
-    if (P > 0 || cell == rnnfast::kGruOriginal)
-        throw py::value_error("rec_mask: recurrent dropout runs for the RNN, the LSTM without a projection and the GRU "
-                              "with the reset gate after the product (linear_before_reset)");
+    if (P > 0) throw py::value_error("rec_mask: recurrent dropout runs for every cell but the LSTM with a projection");
     if (partner && other.is_none()) throw py::value_error(std::string(partner) + ": required with rec_mask");
     return true;
 }

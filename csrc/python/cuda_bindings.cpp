@@ -164,11 +164,9 @@ struct Common {
     void refuse(const char* name, const py::object& obj, bool allowed, const char* why) const {
         if (!allowed && !obj.is_none()) throw py::value_error(std::string(name) + ": " + why);
     }
-    // The recurrent dropout mask [B, G*H] (null: none), which the cells whose step is one product run.
+    // The recurrent dropout mask [B, G*H] (null: none), which every cell but the projected LSTM runs.
     const float* rec_mask(const py::object& obj) {
-        refuse("rec_mask", obj, P == 0 && cell != rnnfast::kGruOriginal,
-               "recurrent dropout runs for the RNN, the LSTM without a projection and the GRU with the reset gate "
-               "after the product (linear_before_reset)");
+        refuse("rec_mask", obj, P == 0, "recurrent dropout runs for every cell but the LSTM with a projection");
         return take("rec_mask", obj, false, {B, static_cast<py::ssize_t>(G) * H}, false).data;
     }
 };

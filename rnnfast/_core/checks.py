@@ -94,16 +94,15 @@ def check_dropout(value) -> float:
 
 
 def check_recurrent_dropout(value, cell: str, proj_size: int) -> float:
-    """recurrent_dropout: a probability in [0, 1] (1 zeros every recurrent input, as dropout=1 does) for the
-    cells whose kernels have it."""
+    """recurrent_dropout: a probability in [0, 1] (1 zeros every recurrent input, as dropout=1 does), for every
+    cell but the LSTM with a projection (whose kernels have none)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"recurrent_dropout must be a number in [0, 1], got {type(value).__name__}")
     if not 0 <= value <= 1:
         raise ValueError(f"recurrent_dropout probability has to be between 0 and 1, but got {value!r}")
-    if value and (proj_size or cell == "gru_original"):
-        what = "an LSTM with proj_size > 0" if proj_size else "a GRU with linear_before_reset=False"
-        raise ValueError(f"recurrent_dropout: the kernels have no recurrent dropout for {what}; got "
-                         f"recurrent_dropout={value!r}")
+    if value and proj_size:
+        raise ValueError(f"recurrent_dropout: the kernels have no recurrent dropout for an LSTM with proj_size > 0; "
+                         f"got recurrent_dropout={value!r}")
     return float(value)
 
 

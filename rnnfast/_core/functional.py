@@ -322,24 +322,25 @@ def _weight_grads(s: Saved, dxg, dhg, dh_all, grads):
         return
     addmm = s.kernels.addmm
     dg = dhg if dhg is not None else dxg
-    if s.h_drop is not None:  # gate g's product read h_prev under its mask: kept in h_drop, token by token
+    # The recurrent product of a step read h_prev: h0 for the first step, then the same row's output one step
+    # earlier (with recurrent dropout: under each gate's mask, kept in h_drop). Where the candidate's rows (the
+    # last gate) read r*h_prev instead (the original GRU), they take it from the workspace slot "rh"; an LSTM
+    # projection's W_hr reads m_t (slot "m").
+    reset_first = CELLS[s.cell]["reset_before_product"]
+    rows = slice(0, (gates(s.cell) - 1) * H) if reset_first else slice(0, gates(s.cell) * H)
+    if s.h_drop is not None:
         if s.prev_index is None:  # rows B.. of h_drop follow the tokens: token r's product read row r
             read = s.h_drop[:N]
         else:
             read = s.h_drop[s.kernels.xp.asarray(np.concatenate((np.arange(B), B + s.prev_index)))]
-        for gh in _gate_slices(gates(s.cell), H):
+        for gh in _gate_slices(rows.stop // H, H):
             addmm(grads["w_hh"][gh], dg[:, gh].T, read[:, gh])
-        return
-    # The recurrent product of a step read h_prev: h0 for the first step, then the same row's output one step
-    # earlier. Where the candidate's rows (the last gate) read r*h_prev instead (the original GRU), they take
-    # it from the workspace slot "rh"; an LSTM projection's W_hr reads m_t (slot "m").
-    reset_first = CELLS[s.cell]["reset_before_product"]
-    rows = slice(0, (gates(s.cell) - 1) * H) if reset_first else slice(None)
-    dw_hh = grads["w_hh"][rows]
-    addmm(dw_hh, dg[:B, rows].T, s.h0)
-    if N > B:
-        h_prev = s.y[: N - B] if s.prev_index is None else s.y[s.prev_index]
-        addmm(dw_hh, dg[B:, rows].T, h_prev)
+    else:
+        dw_hh = grads["w_hh"][rows]
+        addmm(dw_hh, dg[:B, rows].T, s.h0)
+        if N > B:
+            h_prev = s.y[: N - B] if s.prev_index is None else s.y[s.prev_index]
+            addmm(dw_hh, dg[B:, rows].T, h_prev)
     if reset_first:
         last = rows.stop
         addmm(grads["w_hh"][last:], dg[:, last:].T, ws_slot(s.ws, s.cell, "rh", H))

@@ -92,8 +92,6 @@ class _KernelPath:
         if training and (cell.dropout >= 1 or cell.recurrent_dropout >= 1):
             return (f"dropout={cell.dropout}, recurrent_dropout={cell.recurrent_dropout} in training (a rate of 1, "
                     "which Keras's cells treat each their own way)")
-        if training and cell.recurrent_dropout and self._kernel_cell() == "gru_original":
-            return "recurrent_dropout with reset_after=False in training (the kernels have it for reset_after=True)"
         if cell.compute_dtype not in _KERNEL_DTYPES:
             return f"compute dtype {cell.compute_dtype} (the kernels run float32 and float64)"
         if mask is not None and len(mask.shape) != 2:
