@@ -5,11 +5,13 @@ sequences, and a sentiment classifier, ``Embedding(10000, 32, mask_zero=True) ->
 Dense(1, sigmoid)`` on 1,024 right-padded token sequences of 20 to 200 tokens; batch 64, Adam. Each model is built
 twice from the same weights, once with ``keras.layers`` and once with ``rnnfast.keras`` (the one import a user
 changes); after a warm-up epoch (compilation) the two are timed in alternating epochs (best of --repeats), and
-their losses must agree (same start, same data, no shuffling). Each backend runs in a subprocess of its own
-(Keras fixes its backend at import). Run from the repository root:
+their losses must agree (same start, same data, no shuffling). Each model runs without dropout and with
+``recurrent_dropout`` (default 0.2; the layers get one seed, so both draw the same masks: the losses still agree).
+Each backend runs in a subprocess of its own (Keras fixes its backend at import). Run from the repository root:
 
-    python bench/bench_keras.py                    # torch and jax
+    python bench/bench_keras.py                    # torch, jax and tensorflow
     python bench/bench_keras.py --backends jax --repeats 5
+    python bench/bench_keras.py --recurrent-dropout 0       # without the dropout rows
     python bench/bench_keras.py --quick            # seconds: small sizes, checks that everything runs
 """
 import argparse
@@ -27,8 +29,9 @@ from bench.machine import cpu_model, loadavg  # noqa: E402
 LOSS_RTOL = 1e-3  # the two epochs' mean losses (float32, same start and batches)
 
 
-def models(quick):
-    """[(name, build(layers_module) -> compiled model, x, y)]; the data are seeded."""
+def models(quick, recurrent_dropout):
+    """[(name, build(layers_module) -> compiled model, x, y)], each without dropout and, for recurrent_dropout > 0,
+    with it; the data are seeded."""
     import keras
     import numpy as np
 
@@ -42,22 +45,29 @@ def models(quick):
     tokens[np.arange(Ts)[None, :] >= lengths[:, None]] = 0
     labels = rng.integers(0, 2, (n, 1)).astype("float32")
 
-    def forecaster(cls):
+    def forecaster(cls, kw):
         def build(layers):
-            m = keras.Sequential([keras.Input((T, F)), getattr(layers, cls)(H), keras.layers.Dense(1)])
+            m = keras.Sequential([keras.Input((T, F)), getattr(layers, cls)(H, **kw), keras.layers.Dense(1)])
             m.compile(optimizer="adam", loss="mse")
             return m
         return build
 
-    def sentiment(layers):
-        m = keras.Sequential([keras.Input((Ts,), dtype="int32"), keras.layers.Embedding(V, E, mask_zero=True),
-                              keras.layers.Bidirectional(layers.LSTM(Hs)), keras.layers.Dense(1, activation="sigmoid")])
-        m.compile(optimizer="adam", loss="binary_crossentropy")
-        return m
+    def sentiment(kw):
+        def build(layers):
+            m = keras.Sequential([keras.Input((Ts,), dtype="int32"), keras.layers.Embedding(V, E, mask_zero=True),
+                                  keras.layers.Bidirectional(layers.LSTM(Hs, **kw)),
+                                  keras.layers.Dense(1, activation="sigmoid")])
+            m.compile(optimizer="adam", loss="binary_crossentropy")
+            return m
+        return build
 
-    return [(f"forecast LSTM({H}), T={T}", forecaster("LSTM"), x, y),
-            (f"forecast GRU({H}), T={T}", forecaster("GRU"), x, y),
-            (f"sentiment Bidirectional(LSTM({Hs})), T<={Ts}, masked", sentiment, tokens, labels)]
+    out = []
+    for p in [0.0] + ([recurrent_dropout] if recurrent_dropout else []):
+        kw, tag = (dict(recurrent_dropout=p, seed=1), f", recurrent_dropout={p}") if p else ({}, "")
+        out += [(f"forecast LSTM({H}), T={T}{tag}", forecaster("LSTM", kw), x, y),
+                (f"forecast GRU({H}), T={T}{tag}", forecaster("GRU", kw), x, y),
+                (f"sentiment Bidirectional(LSTM({Hs})), T<={Ts}, masked{tag}", sentiment(kw), tokens, labels)]
+    return out
 
 
 def worker(args):
@@ -68,7 +78,7 @@ def worker(args):
 
     import rnnfast.keras
 
-    for name, build, x, y in models(args.quick):
+    for name, build, x, y in models(args.quick, args.recurrent_dropout):
         keras.utils.set_random_seed(0)
         built = {"keras": build(keras.layers)}
         built["rnnfast"] = build(rnnfast.keras)
@@ -91,7 +101,9 @@ def worker(args):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--backends", default="torch,jax")
+    p.add_argument("--backends", default="torch,jax,tensorflow")
+    p.add_argument("--recurrent-dropout", type=float, default=0.2, metavar="P",
+                   help="also run every model with recurrent_dropout=P (0: not)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="small sizes (seconds): checks that everything runs")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -100,7 +112,8 @@ def main(argv=None):
         return worker(args)
     rows, failed = [], []
     for backend in args.backends.split(","):
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", backend, "--repeats", str(args.repeats)]
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", backend, "--repeats", str(args.repeats),
+               "--recurrent-dropout", str(args.recurrent_dropout)]
         out = subprocess.run(cmd + (["--quick"] if args.quick else []), capture_output=True, text=True,
                              env=dict(os.environ, KERAS_BACKEND=backend))
         if out.returncode != 0:

@@ -9,6 +9,7 @@ block after a pause. Run from the repository root against the installed package:
     python bench/bench_torch_step.py --cases "B=64" --threads 2 --json /tmp/step.json
     python bench/bench_torch_step.py --tiny          # seconds: checks that everything runs (the smoke test)
     python bench/bench_torch_step.py --load 1        # with a busy process beside it
+    python bench/bench_torch_step.py --recurrent-dropout 0.2   # + rnnfast with recurrent_dropout: its cost
 
 bench/bench_cpu.py --sweep runs it too, after its grids.
 """
@@ -50,6 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--blocks", type=int, default=None, help="timed blocks, best median kept (default 3, 1 with --tiny)")
     p.add_argument("--load", type=int, default=0, metavar="N", help="N busy processes beside it (bench/load.py)")
     p.add_argument("--json", default=None, help="also write the results to this file")
+    p.add_argument("--recurrent-dropout", type=float, default=0.0, metavar="P",
+                   help="also time rnnfast.torch with recurrent_dropout=P (the same step): the cost of the masks")
     return p.parse_args(argv)
 
 
@@ -123,11 +126,19 @@ def run_case(torch, rt, spec, args, warmup, repeats, blocks):
     losses = {k: s().item() for k, s in steps.items()}
     grad_diff = max(float((a.grad - b.grad).abs().max() / max(float(b.grad.abs().max()), 1e-30))
                     for a, b in zip(ours.parameters(), ref.parameters()))
+    if args.recurrent_dropout:
+        dropped = build(torch, nn, lambda i, h: getattr(rt, cell.upper())(i, h, recurrent_dropout=args.recurrent_dropout),
+                        I, H, args.vocab)
+        dropped.load_state_dict(ref.state_dict())
+        steps["dropout"] = make_step(torch, dropped, tokens, targets, args.vocab)
     times = {k: time_blocks(s, warmup, repeats, blocks) for k, s in steps.items()}
-    return dict(case=case_name(*spec), torch_ms=1e3 * times["torch.nn"], rnnfast_ms=1e3 * times["rnnfast.torch"],
-                speedup=times["torch.nn"] / times["rnnfast.torch"],
-                loss_rel_diff=abs(losses["rnnfast.torch"] - losses["torch.nn"]) / abs(losses["torch.nn"]),
-                grad_rel_diff=grad_diff)
+    r = dict(case=case_name(*spec), torch_ms=1e3 * times["torch.nn"], rnnfast_ms=1e3 * times["rnnfast.torch"],
+             speedup=times["torch.nn"] / times["rnnfast.torch"],
+             loss_rel_diff=abs(losses["rnnfast.torch"] - losses["torch.nn"]) / abs(losses["torch.nn"]),
+             grad_rel_diff=grad_diff)
+    if args.recurrent_dropout:
+        r.update(dropout_ms=1e3 * times["dropout"], dropout_cost=times["dropout"] / times["rnnfast.torch"] - 1)
+    return r
 
 
 def main(argv=None):
@@ -177,6 +188,11 @@ def _main(args, load):
         print(f"| {r['case']} | {r['torch_ms']:.3f} | {r['rnnfast_ms']:.3f} | {r['speedup']:.2f}x "
               f"| {r['loss_rel_diff']:.1e} | {r['grad_rel_diff']:.1e} |", flush=True)
     bad = [r["case"] for r in results if not (r["loss_rel_diff"] < 1e-4 and r["grad_rel_diff"] < 1e-3)]
+    if args.recurrent_dropout:
+        print(f"\n| case | rnnfast.torch ms/step | with recurrent_dropout={args.recurrent_dropout} | cost |")
+        print("|---|---:|---:|---:|")
+        for r in results:
+            print(f"| {r['case']} | {r['rnnfast_ms']:.3f} | {r['dropout_ms']:.3f} | {100 * r['dropout_cost']:+.1f}% |")
     print()
     low = [r for r in results if r["speedup"] < TARGET]
     print(f"target (issue 22; information, not an exit code): every case >= {TARGET}x torch.nn: "

@@ -148,10 +148,11 @@ void copy_final_states(const FwdArgs<T>& a, const Steps& st, int S, int lo, int 
 constexpr size_t kL1Bytes = 48 * 1024;
 
 // One row of h times the P gate panels of a unit block (consecutive, `pstride` apart), k in [0, K): one broadcast
-// of h[k] feeds P*NV independent sums. c[p*cstride + j] (+)= the sum, j < n.
-template <typename T, int P>
+// of h[k] feeds P*NV independent sums (PerGate: panel p reads a row of its own, h + p*hstride: recurrent dropout).
+// c[p*cstride + j] (+)= the sum, j < n.
+template <typename T, int P, bool PerGate = false>
 inline void gemv_panels(ptrdiff_t K, const T* h, const T* panels, ptrdiff_t pstride,
-                        T* c, ptrdiff_t cstride, int n, bool accumulate) {
+                        T* c, ptrdiff_t cstride, int n, bool accumulate, ptrdiff_t hstride = 0) {
     using V = typename Simd<T>::V;
     constexpr int W = Tile<T>::W, NV = Tile<T>::NV, NR = Tile<T>::NR;
     V acc[P][NV];
@@ -159,8 +160,10 @@ inline void gemv_panels(ptrdiff_t K, const T* h, const T* panels, ptrdiff_t pstr
         for (int v = 0; v < NV; ++v) acc[p][v] = V{};
     for (ptrdiff_t k = 0; k < K; ++k) {
         const V hk = splat<V>(h[k]);
-        for (int p = 0; p < P; ++p)
-            for (int v = 0; v < NV; ++v) acc[p][v] += hk * loadu<V>(panels + p * pstride + k * NR + v * W);
+        for (int p = 0; p < P; ++p) {
+            const V hp = PerGate ? splat<V>(h[p * hstride + k]) : hk;
+            for (int v = 0; v < NV; ++v) acc[p][v] += hp * loadu<V>(panels + p * pstride + k * NR + v * W);
+        }
     }
     for (int p = 0; p < P; ++p) {
         alignas(64) T tmp[NR];
@@ -189,28 +192,38 @@ void forward_product(const T* wf, int G, int K, const Slice<T>& s, int g0, int g
     // 0.48 -> 0.39 ms; LSTM T=100 B=1 H=64 77 -> 71 us. Another order of each sum than the micro-kernel's, fixed
     // by the shape: the same bits run to run.
     const int gates = g1 - g0;
-    if (Bt == 1 && in_l1 && gstride == 0 && (gates == 3 || gates == 4)) {
+    if (Bt == 1 && in_l1 && (gates == 3 || gates == 4)) {
         const ptrdiff_t pstride = static_cast<ptrdiff_t>(K) * NR;
+        const T* h = src + g0 * gstride + k0;
         for (int ub = s.b0; ub < s.b1; ++ub) {
             const T* panel = wf + (static_cast<ptrdiff_t>(ub) * G + g0) * K * NR + static_cast<ptrdiff_t>(k0) * NR;
             T* c = acc + (ub - s.b0) * NR;
             const int n = std::min(NR, cols - ub * NR);
-            if (gates == 4)
-                gemv_panels<T, 4>(k1 - k0, src + k0, panel, pstride, c, s.width, n, accumulate);
+            if (gates == 4 && gstride)
+                gemv_panels<T, 4, true>(k1 - k0, h, panel, pstride, c, s.width, n, accumulate, gstride);
+            else if (gates == 4)
+                gemv_panels<T, 4>(k1 - k0, h, panel, pstride, c, s.width, n, accumulate);
+            else if (gstride)
+                gemv_panels<T, 3, true>(k1 - k0, h, panel, pstride, c, s.width, n, accumulate, gstride);
             else
-                gemv_panels<T, 3>(k1 - k0, src + k0, panel, pstride, c, s.width, n, accumulate);
+                gemv_panels<T, 3>(k1 - k0, h, panel, pstride, c, s.width, n, accumulate);
         }
         return;
     }
-    for (int ub = s.b0; ub < s.b1; ++ub)
-        for (int g = g0; g < g1; ++g) {
-            const T* panel = wf + (static_cast<ptrdiff_t>(ub) * G + g) * K * NR + static_cast<ptrdiff_t>(k0) * NR;
-            T* c = acc + (g - g0) * s.width + (ub - s.b0) * NR;
-            const int n = std::min(NR, cols - ub * NR);
-            for (int b = 0; b < Bt; b += MR)
-                ukernel<T>(std::min(MR, Bt - b), ku, k1 - k0, src + g * gstride + b * ld + k0, ld, 1, panel,
-                           c + b * ldc, ldc, n, accumulate, in_l1);
-        }
+    // With a row of its own per gate (gstride) the gates go outermost, so that the rows one gate reads stay in
+    // cache for all its unit blocks (read in turn, the G copies of h_{t-1} at B=64, H=512 outgrow L2).
+    const int outer = gstride ? g1 - g0 : 1, inner = gstride ? 1 : g1 - g0;
+    for (int go = 0; go < outer; ++go)
+        for (int ub = s.b0; ub < s.b1; ++ub)
+            for (int gi = 0; gi < inner; ++gi) {
+                const int g = g0 + go + gi;
+                const T* panel = wf + (static_cast<ptrdiff_t>(ub) * G + g) * K * NR + static_cast<ptrdiff_t>(k0) * NR;
+                T* c = acc + (g - g0) * s.width + (ub - s.b0) * NR;
+                const int n = std::min(NR, cols - ub * NR);
+                for (int b = 0; b < Bt; b += MR)
+                    ukernel<T>(std::min(MR, Bt - b), ku, k1 - k0, src + g * gstride + b * ld + k0, ld, 1, panel,
+                               c + b * ldc, ldc, n, accumulate, in_l1);
+            }
 }
 
 // The product of the bfloat16 inference mode (ForwardCall::wf_bf16 set; float32 only), in place of
