@@ -87,6 +87,11 @@ class CpuKernels:
                             ih, hh, hr)
 
     @staticmethod
+    def recurrent_weight(w, gates):
+        """A W_hh of the call only (not a parameter: no cache), as the recurrence takes it."""
+        return packed_weights(w, gates, None)
+
+    @staticmethod
     def saved_weights(lw: LayerWeights):
         """Packed weights are immutable (a changed parameter is packed anew), so backward keeps them as they are."""
         return lw.recurrent_hh, lw.recurrent_hr
@@ -166,9 +171,14 @@ class CudaKernels:
                             a["w_hh"], a.get("w_hr"))
 
     @staticmethod
+    def recurrent_weight(w, gates):
+        """A W_hh of the call only, as the recurrence takes it (the array itself)."""
+        return w
+
+    @staticmethod
     def saved_weights(lw: LayerWeights):
         """The live parameters may change before backward: it keeps copies."""
-        return lw.w_hh.copy(), None if lw.w_hr is None else lw.w_hr.copy()
+        return lw.recurrent_hh.copy(), None if lw.recurrent_hr is None else lw.recurrent_hr.copy()
 
     # ------------------------------------------------------------------ buffers
     def empty(self, shape, dtype):
