@@ -154,13 +154,18 @@ def test_cuda_emulated_layer_with_recurrent_dropout_matches_the_reference(cell, 
 
 @pytest.mark.parametrize("backend,dtype", [("cpu", np.float64), ("cuda_emu", np.float32)])
 @pytest.mark.parametrize("cell", KERNEL_CELLS)
-def test_batch_one_with_recurrent_dropout_matches_the_reference(backend, dtype, cell, monkeypatch):
-    # at batch 1 the masks are folded into W_hh's columns (functional._fold_recurrent_mask), not applied per step
-    check_layer(backend, dtype, cell, 2, True, None, monkeypatch, B=1)
+@pytest.mark.parametrize("T,folded", [(5, False), (13, True)])
+def test_batch_one_with_recurrent_dropout_matches_the_reference(backend, dtype, cell, T, folded, monkeypatch):
+    # at batch 1 with many steps the masks go into W_hh's columns (functional._fold_recurrent_mask) instead
+    calls = []
+    real = functional._fold_recurrent_mask
+    monkeypatch.setattr(functional, "_fold_recurrent_mask", lambda *a: calls.append(1) or real(*a))
+    check_layer(backend, dtype, cell, 2, True, None, monkeypatch, B=1, T=T)
+    assert bool(calls) == folded
 
 
-def check_layer(backend, dtype, cell, layers, bidirectional, lengths, monkeypatch, B=3):
-    T, I, H = 5, 4, 6
+def check_layer(backend, dtype, cell, layers, bidirectional, lengths, monkeypatch, B=3, T=5):
+    I, H = 4, 6
     m = LAYER[cell](input_size=I, hidden_size=H, num_layers=layers, bidirectional=bidirectional, dtype=dtype,
                     seed=7, recurrent_dropout=0.35)
     rng = np.random.default_rng(hash((cell, layers, bidirectional)) % 2**32)
