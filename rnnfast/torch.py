@@ -9,6 +9,13 @@ handed to the CPU kernels as NumPy views (no copies of contiguous float32/float6
 CUDA kernels as CuPy arrays through DLPack, on torch's current stream. This module is imported only by
 ``import rnnfast.torch``; the core package never imports torch.
 
+bfloat16 modules (``module.to(torch.bfloat16)``, or ``dtype=torch.bfloat16``) hold bf16 parameters, take and return
+bf16 tensors and get bf16 gradients, as torch.nn's; the kernels compute in float32 on those values (the products
+accumulate in float32, and the states h and c and the gate math stay float32 from step to step) and the results
+are rounded to bf16 once, when returned. Why float32 inside: a state rounded to bf16 at every step drifts over a
+long sequence, and on processors without AVX512_BF16 or AMX bf16 arithmetic is float32 arithmetic plus roundings
+anyway (README, "bfloat16").
+
 Beyond torch.nn, RNN, LSTM and GRU take ``recurrent_dropout=p`` (keyword only; Keras's recurrent dropout, fused
 into the kernels: in training mode each gate's recurrent product reads h_{t-1} under a mask of its own, drawn once
 per call from torch's generator and kept for every step; see rnnfast.layers for the details).
@@ -33,6 +40,7 @@ from ._core.checks import check_lengths as _check_lengths, check_size as _check_
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "from_torch", "to_torch", "SAFE_GLOBALS"]
 
 _KERNEL_DTYPES = (torch.float32, torch.float64)
+_MODULE_DTYPES = (torch.float32, torch.float64, torch.bfloat16)  # bfloat16: float32 kernels on bf16 values
 _PARAM_KINDS = tuple(dispatch.KINDS)  # weight_ih, weight_hh, bias_ih, bias_hh, weight_hr
 
 
@@ -55,6 +63,12 @@ def _check_kernel_dtype(dtype, name):
     if dtype not in _KERNEL_DTYPES:
         raise TypeError(f"{name}: rnnfast's kernels run torch.float32 and torch.float64 (float32 only on CUDA), "
                         f"got {dtype}")
+
+
+def _check_module_dtype(dtype, name):
+    if dtype not in _MODULE_DTYPES:
+        raise TypeError(f"{name}: rnnfast.torch modules hold torch.float32, torch.float64 or torch.bfloat16 "
+                        f"parameters (float32 and bfloat16 on CUDA), got {dtype}")
 
 
 # ------------------------------------------------------------------------------------------------ kernels
@@ -197,7 +211,7 @@ class _Recurrent(nn.Module):
 
     def _make_parameters(self, shapes, device, dtype):
         dtype = torch.get_default_dtype() if dtype is None else dtype
-        _check_kernel_dtype(dtype, "dtype")
+        _check_module_dtype(dtype, "dtype")
         for name, shape in shapes:
             self.register_parameter(name, nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
         self._packed = {}  # the CPU kernels' packed weights (dispatch.stack_weights), rebuilt when a weight changes
@@ -211,7 +225,7 @@ class _Recurrent(nn.Module):
 
     def _apply(self, fn, recurse=True):
         for p in self._parameters.values():  # refuse a dtype the kernels lack before anything changes
-            _check_kernel_dtype(fn(p).dtype, f"{type(self).__name__}: parameters")
+            _check_module_dtype(fn(p).dtype, f"{type(self).__name__}: parameters")
             break
         self._packed = {}
         return super()._apply(fn, recurse)
@@ -228,7 +242,7 @@ class _Recurrent(nn.Module):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
         if t.dtype != like.dtype:
-            _check_kernel_dtype(t.dtype, name)
+            _check_module_dtype(t.dtype, name)
             raise TypeError(f"{name}: expected {like.dtype} (the dtype of the module's parameters), got {t.dtype}")
         if t.device != like.device:
             raise ValueError(f"{name}: expected a tensor on {like.device} (where the module's parameters are), "
@@ -239,9 +253,18 @@ class _Recurrent(nn.Module):
         (y (T, B, D*S), h_n, c_n or None), differentiable."""
         names = self._names()
         for n in names:  # a parameter replaced by hand (not through .to()) must still suit the kernels
-            _check_kernel_dtype(self._parameters[n].dtype, n)
+            _check_module_dtype(self._parameters[n].dtype, n)
         # A non-contiguous parameter (a strided view assigned by hand) is read through a differentiable copy.
         params = [_contiguous(self._parameters[n]) for n in names]
+        if any(p.dtype == torch.bfloat16 for p in params):
+            # bf16 values, float32 arithmetic (the module's docstring): differentiable casts on the way in and out,
+            # so autograd hands back bf16 gradients
+            up = [None if t is None else t.float() for t in (x, h0, c0)]
+            out = self._run_kernels(names, *up, [p.float() for p in params], lengths)
+            return tuple(None if t is None else t.to(torch.bfloat16) for t in out)
+        return self._run_kernels(names, x, h0, c0, params, lengths)
+
+    def _run_kernels(self, names, x, h0, c0, params, lengths):
         dropout = _check_dropout(self.dropout)
         drop = self.training and dropout > 0 and self.num_layers > 1
         rec_drop = _check_recurrent_dropout(self) if self.training else 0.0
