@@ -8,6 +8,7 @@ inputs, same thread count, each library timed in its own block.
     python bench/bench_cpu.py --threads 1 --no-reference --json /tmp/bench.json
     python bench/bench_cpu.py --modes infer --bf16    # also the opt-in bfloat16 weights, in a table of their own
     python bench/bench_cpu.py --load 1 --modes train  # with a busy process beside the timed libraries
+    python bench/bench_cpu.py --dtype bfloat16        # bf16 modules: rnnfast.torch vs torch.nn, fp32 beside
 
 Modes:
   infer  eval() forward (torch: module.eval() under torch.no_grad(); ONNX Runtime and OpenVINO: their native
@@ -59,8 +60,9 @@ def parse_args(argv=None):
                    help="timed runs of the NumPy reference (default: up to 3, 1 with --quick)")
     p.add_argument("--threads", type=int, default=None,
                    help="threads for every library (default: rnnfast's default, else all cores)")
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
-                   help="the engines run float32 only")
+    p.add_argument("--dtype", choices=["float32", "float64", "bfloat16"], default="float32",
+                   help="the engines run float32 only; bfloat16: rnnfast.torch's bf16 modules against torch.nn's, "
+                        "with both libraries' float32 beside them (bench/bf16_torch.py; needs torch)")
     p.add_argument("--no-reference", action="store_true", help="skip the NumPy reference")
     p.add_argument("--no-torch", action="store_true", help="skip torch.nn")
     p.add_argument("--no-rnnfast", action="store_true", help="skip rnnfast layers (weights are drawn with numpy)")
@@ -119,6 +121,9 @@ def set_blas_threads(args):
 def main(argv=None):
     args = parse_args(argv)
     blas_note = set_blas_threads(args)
+    if args.dtype == "bfloat16":
+        from bench.bf16_torch import run as run_bf16
+        return run_bf16(args)
     from bench.driver import run  # imports numpy: after set_blas_threads
     return run(args, blas_note)
 

@@ -80,6 +80,19 @@ def test_cpu_bench_bf16_option_prints_its_own_table_only(tmp_path):
     assert bad.returncode == 2 and "--bf16" in bad.stderr
 
 
+def test_cpu_bench_bfloat16_times_both_libraries_in_bf16_and_fp32(tmp_path):
+    require_torch()
+    out = run([os.path.join(ROOT, "bench", "bench_cpu.py"), "--quick", "--dtype", "bfloat16"], cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "| torch fp32 ms | rnnfast fp32 ms | torch bf16 ms | rnnfast bf16 ms |" in out.stdout, out.stdout
+    rows = [line for line in out.stdout.splitlines() if line.startswith(("| LSTM", "| GRU", "| RNN"))]
+    assert len(rows) == 12, out.stdout  # 3 cells, 2 batch sizes, 2 modes
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert all(float(c) > 0 for c in cells[2:6]), row
+        assert 1e-4 < float(cells[-1]) < 2e-2, row  # bf16 against fp32: bf16's order of magnitude
+
+
 def test_bf16_accuracy_script_prints_its_table(tmp_path):
     out = run([os.path.join(ROOT, "bench", "bf16_accuracy.py"), "--quick"], cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -176,12 +189,13 @@ def test_libraries_take_turns_block_by_block_and_a_failure_stops_only_its_own():
         assert t == min(t for t in [np.median(times[i:i + 2]) for i in range(0, 6, 2)])
 
 
-def test_keras_bench_quick_times_every_model_on_torch_and_jax_and_the_losses_agree(tmp_path):
+def test_keras_bench_quick_times_every_model_on_every_backend_and_the_losses_agree(tmp_path):
     require_torch()
     out = run([os.path.join(ROOT, "bench", "bench_keras.py"), "--quick", "--repeats", "1"], cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "| backend | model | Keras s | rnnfast s | speed-up | losses agree |" in out.stdout, out.stdout
-    rows = [line for line in out.stdout.splitlines() if line.startswith(("| torch |", "| jax |"))]
-    assert len(rows) == 6, out.stdout
+    rows = [line for line in out.stdout.splitlines() if line.startswith(("| torch |", "| jax |", "| tensorflow |"))]
+    assert len(rows) == 18, out.stdout  # 3 models, without and with recurrent_dropout, 3 backends
+    assert sum("recurrent_dropout=0.2" in row for row in rows) == 9, out.stdout
     assert all(row.rstrip(" |").split("| ")[-1].startswith("yes") for row in rows), out.stdout
     assert "FAILED" not in out.stdout, out.stdout

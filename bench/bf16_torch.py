@@ -1,0 +1,100 @@
+"""bench_cpu.py --dtype bfloat16: rnnfast.torch's bfloat16 modules against torch.nn's (``.to(torch.bfloat16)``), same
+weights, same inputs, same run, with both libraries' float32 beside them; LSTM, GRU and RNN at B = 1, 8 and 64,
+inference (eval, no_grad) and training (forward + backward).
+
+rnnfast's bf16 modules compute in float32 on bf16 values (rnnfast/torch.py); torch.nn's bf16 modules run oneDNN's
+bf16 kernels where the processor has them (AVX512_BF16, AMX) and slow emulated paths where it has not, so a torch
+bf16 call can take seconds: each library-case is timed with a budget (timing.time_slow after one warm-up run),
+the fast ones over several runs. The bf16 outputs are compared with the float32 ones of the same library.
+"""
+import time
+
+import numpy as np
+
+from .machine import cpu_model
+from .timing import time_slow
+
+# (cell, B, I, H): the shapes of issue 19's table (T=100)
+CASES = [(cell, B, I, H) for cell in ("lstm", "gru", "rnn")
+         for B, I, H in ((1, 64, 256), (8, 256, 256), (64, 256, 512))]
+QUICK = [(cell, B, 8, 16) for cell in ("lstm", "gru", "rnn") for B in (1, 4)]
+
+
+def _call(module, x, mode, torch):
+    if mode == "infer":
+        def run():
+            with torch.no_grad():
+                return module(x)[0]
+    else:
+        xs = x.detach().clone().requires_grad_()
+        dy = torch.ones_like(x[..., :1]).expand(*x.shape[:2], module.hidden_size).to(x.dtype)
+
+        def run():
+            for p in module.parameters():
+                p.grad = None
+            xs.grad = None
+            y = module(xs)[0]
+            y.backward(dy)
+            return y
+    return run
+
+
+def _time(fn, quick, budget_s):
+    """Seconds per call: the median of as many runs as fit in the budget after a warm-up run; a call slower than
+    the budget is timed once, by its warm-up run (setup costs milliseconds, such a call seconds)."""
+    t0 = time.perf_counter()
+    out = fn()
+    once = time.perf_counter() - t0
+    if quick or once > budget_s:
+        return once, out
+    med, _, out = time_slow(fn, max(1, min(15, int(budget_s / max(once, 1e-4)))), budget_s)
+    return med, out
+
+
+def run(args):
+    import torch
+
+    import rnnfast
+    import rnnfast.torch as rt
+
+    threads = args.threads or rnnfast.get_num_threads()
+    rnnfast.set_num_threads(threads)
+    torch.set_num_threads(threads)
+    T = 5 if args.quick else 100
+    budget = 0.5 if args.quick else 5.0
+    flags = set(open("/proc/cpuinfo").read().split()) if not args.quick else set()
+    native = ", ".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags) or "none (no avx512_bf16, no amx_bf16)"
+    print(f"# bfloat16: rnnfast.torch vs torch.nn, T={T}, {threads} threads, best of a time budget per case")
+    print(f"# CPU: {cpu_model()} | bf16 instructions: {native} | torch {torch.__version__} | rnnfast "
+          f"{rnnfast.__version__} ({rnnfast.isa()})")
+    print("# OpenVINO bf16 inference: not timed (its CPU plugin runs bf16 only where the processor has AVX512_BF16 "
+          "or AMX; elsewhere it runs float32, which the float32 tables already time)")
+    print("\n| case | mode | torch fp32 ms | rnnfast fp32 ms | torch bf16 ms | rnnfast bf16 ms | rnnfast bf16 / "
+          "torch bf16 | rnnfast bf16 / own fp32 | bf16 vs fp32 (rnnfast) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    failures = 0
+    for cell, B, I, H in (QUICK if args.quick else CASES):
+        name = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}[cell]
+        torch.manual_seed(args.seed)
+        ref = getattr(torch.nn, name)(I, H)
+        ours = getattr(rt, name)(I, H)
+        ours.load_state_dict(ref.state_dict())
+        x = torch.randn(T, B, I)
+        for mode in [m for m in args.modes]:
+            row, outs = {}, {}
+            for label, module, dtype in (("torch fp32", ref, torch.float32), ("rnnfast fp32", ours, torch.float32),
+                                         ("torch bf16", ref, torch.bfloat16), ("rnnfast bf16", ours, torch.bfloat16)):
+                m = module.to(dtype).train(mode == "train")
+                row[label], outs[label] = _time(_call(m, x.to(dtype), mode, torch), args.quick, budget)
+            ref.float()
+            ours.float()
+            diff = float((outs["rnnfast bf16"].detach().float() - outs["rnnfast fp32"].detach()).abs().max()
+                         / outs["rnnfast fp32"].detach().abs().max().clamp_min(1e-30))
+            if not np.isfinite(diff):
+                failures += 1
+            ms = {k: 1e3 * v for k, v in row.items()}
+            print(f"| {name} T={T} B={B} I={I} H={H} | {mode} | {ms['torch fp32']:.2f} | {ms['rnnfast fp32']:.2f} | "
+                  f"{ms['torch bf16']:.2f} | {ms['rnnfast bf16']:.2f} | "
+                  f"{row['torch bf16'] / row['rnnfast bf16']:.2f}x | "
+                  f"{row['rnnfast fp32'] / row['rnnfast bf16']:.2f}x | {diff:.1e} |", flush=True)
+    return 1 if failures else 0
