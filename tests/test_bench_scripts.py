@@ -93,6 +93,17 @@ def test_cpu_bench_bfloat16_times_both_libraries_in_bf16_and_fp32(tmp_path):
         assert 1e-4 < float(cells[-1]) < 2e-2, row  # bf16 against fp32: bf16's order of magnitude
 
 
+def test_bf16_training_accuracy_script_trains_every_task_in_both_dtypes(tmp_path):
+    require_torch()
+    out = run([os.path.join(ROOT, "bench", "bf16_training_accuracy.py"), "--quick"], cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith(("| adding", "| forecast", "| classify"))]
+    assert len(rows) == 3, out.stdout
+    for row in rows:
+        f32, b16 = (float(c) for c in row.strip("|").split("|")[3:5])
+        assert 0 <= f32 and 0 <= b16 and abs(b16 - f32) < 0.2, row
+
+
 def test_bf16_accuracy_script_prints_its_table(tmp_path):
     out = run([os.path.join(ROOT, "bench", "bf16_accuracy.py"), "--quick"], cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
