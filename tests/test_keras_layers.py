@@ -530,11 +530,22 @@ if BACKEND == "tensorflow":  # defined only where it runs
         ref, ours = pair(variant, rng, return_sequences=True, return_state=True, seed=4, recurrent_dropout=0.3)
         x, states = inputs(variant, rng)
         mask = masks()["holes"]
+        before = dict(_records.records)
         assert_grads_close(gradients(ours, x, states, mask, jit=True, training=True),
                            gradients(ref, x, states, mask, jit=True, training=True), f"{variant} in tf.function")
         # one training forward, whose record the backward took
         assert [c[2] for c in kernel_calls] == [True]
-        assert not _records.records
+        assert dict(_records.records) == before
+
+    def test_forward_training_calls_outside_a_tape_keep_no_record(kernel_calls):
+        # model(x, training=True) without a gradient tape (Monte Carlo dropout): nothing is kept for a backward
+        rng = np.random.default_rng(34)
+        _, ours = pair("lstm", rng, return_sequences=True, recurrent_dropout=0.3, seed=2)
+        x, _ = inputs("lstm", rng)
+        before = len(_records.records)
+        for _ in range(3):
+            ours(x, training=True)
+        assert len(_records.records) == before and [c[2] for c in kernel_calls] == [False] * 3
 
     def test_gradients_of_a_tf_inference_call_run_the_training_forward_again(kernel_calls):
         # TensorFlow cannot tell a forward that a gradient follows: an inference call keeps no record, and a
@@ -545,7 +556,6 @@ if BACKEND == "tensorflow":  # defined only where it runs
         assert_grads_close(gradients(ours, x, states, training=False), gradients(ref, x, states, training=False),
                            "LSTM, training=False under a GradientTape")
         assert [c[2] for c in kernel_calls] == [False, True]
-        assert not _records.records
 
 
 @pytest.mark.parametrize("variant", ["lstm", "gru", "gru_reset_before", "simplernn_tanh"])

@@ -1,11 +1,12 @@
 """The kernel call on Keras's TensorFlow backend: ``tf.custom_gradient`` around ``tf.numpy_function`` calls into the
 CPU kernels, eager and under ``tf.function`` (Keras's ``fit`` compiles its train step into one).
 
-TensorFlow cannot tell a forward whether a gradient will be asked of it, so the layer's ``training`` flag decides:
-a training call runs the kernels' training forward and keeps its record (_records) under a token, which the
-gradient function hands to the backward callback; an inference call keeps nothing, and a gradient asked of it
-anyway (a GradientTape around ``training=False``) runs the training forward again from the inputs first: right,
-one forward slower. Every callback works on copies: nothing aliases the buffers TensorFlow lends it.
+A forward keeps the kernels' record (_records) under a token, which the gradient function hands to the backward
+callback, when it runs in training mode under a gradient tape (TensorFlow's ``could_possibly_record``, asked when
+the call runs eagerly or when ``tf.function`` traces it: Keras's ``fit`` traces its step inside a tape). Otherwise
+it keeps nothing (inference, or ``model(x, training=True)`` outside a tape, as Monte Carlo dropout samples do), and
+a gradient asked of it anyway runs the training forward again from the inputs first: right, one forward slower.
+Every callback works on copies: nothing aliases the buffers TensorFlow lends it.
 """
 from __future__ import annotations
 
@@ -13,6 +14,15 @@ import numpy as np
 import tensorflow as tf
 
 from . import _engine, _records
+
+
+def _tape_may_record() -> bool:
+    """Whether a gradient tape could record this call (True where TensorFlow cannot tell)."""
+    try:
+        from tensorflow.python.eager import record
+    except ImportError:  # a TensorFlow without this module: keep the record, the store bounds it
+        return True
+    return bool(record.could_possibly_record())
 
 
 def _masks(which, present):
@@ -50,7 +60,7 @@ def _backward(cell, which, n_states, token, x, *args):
 
 def run(cell, x, h0, c0, params, lengths, masks=(None, None), training=False):
     """(y (B, T, H), h_n, c_n or None) of the kernels, differentiable w.r.t. x, h0, c0 and params; masks: the
-    dropout masks (_engine), constants; training: keep the record for a backward."""
+    dropout masks (_engine), constants; training: keep the record for a backward (under a tape)."""
     states = [tf.convert_to_tensor(s) for s in ((h0,) if c0 is None else (h0, c0))]
     params = [tf.convert_to_tensor(p) for p in params]  # tensors, not variables: the gradient goes to them
     which = tuple(m is not None for m in masks)
@@ -58,11 +68,12 @@ def run(cell, x, h0, c0, params, lengths, masks=(None, None), training=False):
     lengths = tf.cast(lengths, tf.int32)
     n = len(states)
     dtype = x.dtype
+    keep = bool(training) and _tape_may_record()
 
     @tf.custom_gradient
     def call(x, *diff):
         args = [*diff, lengths, *present]
-        *outs, token = tf.numpy_function(lambda *a: _forward(cell, which, n, bool(training), *a), [x, *args],
+        *outs, token = tf.numpy_function(lambda *a: _forward(cell, which, n, keep, *a), [x, *args],
                                          [dtype] * (1 + n) + [tf.int32], stateful=True)
         outs[0].set_shape(x.shape[:2].concatenate(params[1].shape[1:]))
         for o, s in zip(outs[1:], diff[:n]):
