@@ -80,13 +80,13 @@ def train(torch, rt, cell, make, metric, dtype, steps, seed):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks that it runs")
-    p.add_argument("--steps", type=int, default=None, help="training steps per run (default 600, 3 with --quick)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per run (default 1000, 3 with --quick)")
     p.add_argument("--seeds", type=int, default=None, help="runs per task and dtype (default 3, 1 with --quick)")
     args = p.parse_args(argv)
     import torch
 
     import rnnfast.torch as rt
-    steps = args.steps or (3 if args.quick else 600)
+    steps = args.steps or (3 if args.quick else 1000)
     seeds = args.seeds or (1 if args.quick else 3)
     print(f"# bf16 vs float32 training, rnnfast.torch, {steps} Adam steps of batch 64, mean of {seeds} seeds")
     print(f"# CPU: {cpu_model()} | torch {torch.__version__}")
