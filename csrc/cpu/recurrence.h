@@ -124,7 +124,7 @@ void recurrence_forward(const FwdArgs<T>& a, int requested_threads) {
                 if (t > 0) barrier.wait_for(tid, epoch);
                 bf16(tid, s, 0, G, h_prev, H, Bt, acc, ldc);
             } else if (a.rec_mask) {  // each gate reads h_{t-1} under its own mask, as the previous step left it
-                product(a.h_drop + (t == 0 ? 0 : B + steps.row(t - 1, 0)) * GH, GH, H, Bt, t == 0, epoch);
+                product(dropped_prev(a, steps, t, GH), GH, H, Bt, t == 0, epoch);
             } else {
                 product(h_prev, H, 0, Bt, t == 0, epoch);
             }
@@ -136,9 +136,7 @@ void recurrence_forward(const FwdArgs<T>& a, int requested_threads) {
                 const V h = Cell::template forward<MathFor<T, decltype(in)>, V>(in, c, ws);
                 st(a.y + row * H + u, h);
                 if (kCellState) st(cst + b * s.width + col, c);
-                if (a.rec_mask)
-                    for (int g = 0; g < G; ++g)
-                        st(a.h_drop + (B + row) * GH + g * H + u, h * ld<V>(a.rec_mask + b * GH + g * H + u));
+                if (a.rec_mask) put_dropped(a, G, row, b, u, h);
             });
             epoch = barrier.arrive(tid);
         }
@@ -184,14 +182,10 @@ void recurrence_backward(const BwdArgs<T>& a, int requested_threads) {
             barrier.wait(tid);
             // dh_{t-1}[:, own units] += dg_t W_hh[:, own units], each gate's share under its mask with dropout
             const T* dg = (dhg_all ? dhg_all : a.dxg) + steps.row(t, 0) * GH;
-            if (!a.rec_mask) {
+            if (a.rec_mask)
+                masked_backward_products(a.w_hh, GH, s, dg, G, H, Bt, a.rec_mask, dgate, dhr);
+            else
                 backward_product(a.w_hh, GH, s, dg, GH, 0, GH, Bt, dhr, s.width, true);
-                continue;
-            }
-            for (int g = 0; g < G; ++g) {
-                backward_product(a.w_hh, GH, s, dg, GH, g * H, H, Bt, dgate, s.width, false);
-                add_masked(dhr, dgate, a.rec_mask + g * H, GH, Bt, s);
-            }
         }
         store_carry(a.dh0, dhr, B, H, s);
         if (kCellState && a.dc0) store_carry(a.dc0, dcs, B, H, s);

@@ -37,8 +37,8 @@ void gru_original_forward(const FwdArgs<T>& a, int requested_threads) {
             if (bf16)
                 bf16(tid, s, 0, 2, h_prev, H, Bt, acc, ldc);
             else if (a.rec_mask)
-                forward_product(a.w_hh, G, H, s, 0, 2, a.h_drop + (t == 0 ? 0 : B + steps.row(t - 1, 0)) * GH, GH, Bt,
-                                0, H, acc, ldc, false, 1 << 30, false, H);
+                forward_product(a.w_hh, G, H, s, 0, 2, dropped_prev(a, steps, t, GH), GH, Bt, 0, H, acc, ldc, false,
+                                1 << 30, false, H);
             else
                 forward_product(a.w_hh, G, H, s, 0, 2, h_prev, H, Bt, 0, H, acc, ldc, false);
             walk_forward<T, G>(a, steps, t, s, bias, acc, ldc, h_prev, S, [&](const auto& in, const auto& ws, int b,
@@ -60,9 +60,7 @@ void gru_original_forward(const FwdArgs<T>& a, int requested_threads) {
                 const ptrdiff_t row = steps.row(t, b);
                 const V h = Cell::output<MathFor<T, decltype(in)>, V>(in, z, ws);
                 st(a.y + row * H + u, h);
-                if (a.rec_mask)
-                    for (int g = 0; g < G; ++g)
-                        st(a.h_drop + (B + row) * GH + g * H + u, h * ld<V>(a.rec_mask + b * GH + g * H + u));
+                if (a.rec_mask) put_dropped(a, G, row, b, u, h);
             });
             barrier.wait(tid);
         }
@@ -107,14 +105,10 @@ void gru_original_backward(const BwdArgs<T>& a, int requested_threads) {
             });
             sums.template add_step<G>(a, steps, t, s);
             barrier.wait(tid);
-            if (!a.rec_mask) {
+            if (a.rec_mask)  // + W_h[r,z]^T d[r,z], each under its mask
+                masked_backward_products(a.w_hh, GH, s, dg, 2, H, Bt, a.rec_mask, dgate, dhr);
+            else
                 backward_product(a.w_hh, GH, s, dg, GH, 0, 2 * H, Bt, dhr, s.width, true);  // + W_h[r,z]^T d[r,z]
-                continue;
-            }
-            for (int g = 0; g < 2; ++g) {
-                backward_product(a.w_hh, GH, s, dg, GH, g * H, H, Bt, dgate, s.width, false);
-                add_masked(dhr, dgate, a.rec_mask + g * H, GH, Bt, s);
-            }
         }
         store_carry(a.dh0, dhr, B, H, s);
         sums.flush(a, G, s);

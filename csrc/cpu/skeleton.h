@@ -270,15 +270,21 @@ void backward_product(const T* wb, ptrdiff_t R, const Slice<T>& s, const T* dg, 
     }
 }
 
-// dst[b][j] += src[b][j] * mask[b*ld + lo + j] for rows b < Bt and the thread's units ([rows][width] scratch):
-// one gate's share of dh_{t-1} under its recurrent dropout mask.
+// With recurrent dropout: dst[b][j] += sum over gates g < gates of (dg_g W_g)[b][lo + j] * mask[b][g*H + lo + j],
+// each gate's share of dh_{t-1} under its own mask, for rows b < Bt and the thread's units ([rows][width] scratch,
+// as backward_product's dst). W_hh packed backward over R = G*H rows; dg and mask have row stride R; tmp: one
+// gate's product, [rows][width] scratch.
 template <typename T>
-void add_masked(T* dst, const T* src, const T* mask, ptrdiff_t ld, int Bt, const Slice<T>& s) {
-    for (int b = 0; b < Bt; ++b) {
-        T* d = dst + static_cast<ptrdiff_t>(b) * s.width;
-        const T* x = src + static_cast<ptrdiff_t>(b) * s.width;
-        const T* m = mask + b * ld + s.lo;
-        for (int j = 0; j < s.hi - s.lo; ++j) d[j] += x[j] * m[j];
+void masked_backward_products(const T* wb, ptrdiff_t R, const Slice<T>& s, const T* dg, int gates, int H, int Bt,
+                              const T* mask, T* tmp, T* dst) {
+    for (int g = 0; g < gates; ++g) {
+        backward_product(wb, R, s, dg, R, static_cast<ptrdiff_t>(g) * H, H, Bt, tmp, s.width, false);
+        for (int b = 0; b < Bt; ++b) {
+            T* d = dst + static_cast<ptrdiff_t>(b) * s.width;
+            const T* x = tmp + static_cast<ptrdiff_t>(b) * s.width;
+            const T* m = mask + b * R + static_cast<ptrdiff_t>(g) * H + s.lo;
+            for (int j = 0; j < s.hi - s.lo; ++j) d[j] += x[j] * m[j];
+        }
     }
 }
 
@@ -305,6 +311,21 @@ inline V ld(const T* p) {
 template <typename V, typename T>
 inline void st(T* p, V v) {
     if constexpr (std::is_same<V, T>::value) *p = v; else storeu(p, v);
+}
+
+// With recurrent dropout: the rows of h_drop that step t's product reads (h0's, then the previous step's).
+template <typename T>
+const T* dropped_prev(const FwdArgs<T>& a, const Steps& steps, int t, ptrdiff_t GH) {
+    return a.h_drop + (t == 0 ? 0 : a.B + steps.row(t - 1, 0)) * GH;
+}
+
+// With recurrent dropout: the G copies of h (token `row`, batch row b, units from u) under the G masks, for the
+// next step's product (h_drop row B + row).
+template <typename V, typename T>
+inline __attribute__((always_inline)) void put_dropped(const FwdArgs<T>& a, int G, ptrdiff_t row, int b, int u, V h) {
+    const ptrdiff_t GH = static_cast<ptrdiff_t>(G) * a.H;
+    for (int g = 0; g < G; ++g)
+        st(a.h_drop + (a.B + row) * GH + g * a.H + u, h * ld<V>(a.rec_mask + b * GH + g * a.H + u));
 }
 
 // ------------------------------------------------------------------------------------------- accessors

@@ -29,8 +29,7 @@ RF_GLOBAL void forward_kernel(FwdParams p, Grid g) {
     for (int t = g.t_begin; t < g.t_end; ++t) {
         const Step s = step_at(g, t);
         const float* hp = h_prev_rows(s, p.h0, p.y, H);
-        // With recurrent dropout, gate g reads h_{t-1} under its own mask (p.h_drop, rows of G*H).
-        const float* hd = p.rec_mask ? p.h_drop + (s.prev < 0 ? 0L : p.B + s.prev) * G * H : nullptr;
+        const float* hd = dropped_rows(p, s, G);  // with recurrent dropout, gate g reads h_{t-1} under its own mask
         for_each(s.rows, R, [&](int b, int r) {
             const int j = r % U;
             const float* src = hd ? hd + (static_cast<long>(b) * G + r / U) * H : hp + b * H;
@@ -44,9 +43,7 @@ RF_GLOBAL void forward_kernel(FwdParams p, Grid g) {
             p.y[row * H + u] = Cell::template forward<DeviceMath, float>(
                 fwd_in(p, G, row, b, u, acc + b * R + (u - us.begin), U, hp + b * H), c, ws_out(p.ws, Cell::kSlots, H, row, u));
             if (p.c_n) p.c_n[b * H + u] = c;
-            if (p.rec_mask)
-                for (int q = 0; q < G; ++q)
-                    p.h_drop[(p.B + row) * G * H + q * H + u] = p.y[row * H + u] * p.rec_mask[(b * G + q) * H + u];
+            put_dropped(p, G, row, b, u);
         });
         if (g.persistent) rf::grid_sync(); else __syncthreads();
     }

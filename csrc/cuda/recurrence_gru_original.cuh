@@ -20,7 +20,7 @@ RF_GLOBAL void gru_original_forward_kernel(FwdParams p, Grid g) {
         const Step s = step_at(g, t);
         const float* hp = h_prev_rows(s, p.h0, p.y, H);
         const long GH = static_cast<long>(Cell::kGates) * H;
-        const float* hd = p.rec_mask ? p.h_drop + (s.prev < 0 ? 0L : p.B + s.prev) * GH : nullptr;
+        const float* hd = dropped_rows(p, s, Cell::kGates);
         if (g.phases & 1) {  // r, z and r*h of the own units
             for_each_unit(s, us, [&](int b, int u, long row) {
                 float pre[2];
@@ -37,9 +37,7 @@ RF_GLOBAL void gru_original_forward_kernel(FwdParams p, Grid g) {
                 const float pre[3] = {0.0f, 0.0f, dot(p.w_hh + (2 * H + u) * static_cast<long>(H), 1, rh + b * H, 1, H)};
                 p.y[row * H + u] = Cell::output<DeviceMath, float>(fwd_in(p, Cell::kGates, row, b, u, pre, 1, hp + b * H),
                                                                    zs[b * H + u], ws_out(p.ws, Cell::kSlots, H, row, u));
-                if (p.rec_mask)
-                    for (int q = 0; q < Cell::kGates; ++q)
-                        p.h_drop[(p.B + row) * GH + q * H + u] = p.y[row * H + u] * p.rec_mask[b * GH + q * H + u];
+                put_dropped(p, Cell::kGates, row, b, u);
             });
             grid_barrier(g);
         }

@@ -79,6 +79,21 @@ RF_DEVICE const float* h_prev_rows(const Step& s, const float* h0, const float* 
     return s.prev < 0 ? h0 : y + s.prev * S;
 }
 
+// With recurrent dropout: the rows of h_drop step s's product reads (h0's at the first step), G*H floats each;
+// null without dropout.
+RF_DEVICE const float* dropped_rows(const FwdParams& p, const Step& s, int G) {
+    return p.rec_mask ? p.h_drop + (s.prev < 0 ? 0L : p.B + s.prev) * G * p.H : nullptr;
+}
+
+// With recurrent dropout: h_t[b, u] (token row `row`, already in y) under each gate's mask, for the next step's
+// product; nothing without dropout.
+RF_DEVICE void put_dropped(const FwdParams& p, int G, long row, int b, int u) {
+    if (!p.rec_mask) return;
+    const long GH = static_cast<long>(G) * p.H;
+    for (int q = 0; q < G; ++q)
+        p.h_drop[(p.B + row) * GH + q * p.H + u] = p.y[row * p.H + u] * p.rec_mask[b * GH + q * p.H + u];
+}
+
 // The whole gradient w.r.t. h_t[b, q] (S features): dy plus what step t+1 sent (dh_n at the last step).
 RF_DEVICE float dh_total(const BwdParams& p, int S, int b, int q, long row) {
     return p.dh[b * S + q] + (p.dy ? p.dy[row * S + q] : 0.0f);
