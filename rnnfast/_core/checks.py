@@ -84,26 +84,23 @@ def check_seed(seed) -> np.random.Generator:
     return np.random.default_rng(None if seed is None else int(seed))
 
 
-def check_dropout(value) -> float:
+def check_dropout(value, name: str = "dropout") -> float:
     """A dropout probability: a real number in [0, 1] (torch's range), as a float."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"dropout must be a number in [0, 1], got {type(value).__name__}")
+        raise TypeError(f"{name} must be a number in [0, 1], got {type(value).__name__}")
     if not 0 <= value <= 1:  # also refuses NaN
-        raise ValueError(f"dropout probability has to be between 0 and 1, but got {value!r}")
+        raise ValueError(f"{name} probability has to be between 0 and 1, but got {value!r}")
     return float(value)
 
 
 def check_recurrent_dropout(value, cell: str, proj_size: int) -> float:
     """recurrent_dropout: a probability in [0, 1] (1 zeros every recurrent input, as dropout=1 does), for every
     cell but the LSTM with a projection (whose kernels have none)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"recurrent_dropout must be a number in [0, 1], got {type(value).__name__}")
-    if not 0 <= value <= 1:
-        raise ValueError(f"recurrent_dropout probability has to be between 0 and 1, but got {value!r}")
+    value = check_dropout(value, "recurrent_dropout")
     if value and proj_size:
         raise ValueError(f"recurrent_dropout: the kernels have no recurrent dropout for an LSTM with proj_size > 0; "
                          f"got recurrent_dropout={value!r}")
-    return float(value)
+    return value
 
 
 def _memory_bytes() -> int | None:

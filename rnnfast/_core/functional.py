@@ -155,13 +155,13 @@ def _gate_slices(G, n):
 
 
 def _project_dropped(kernels, x, lw: LayerWeights, mask, rows, out):
-    """x_proj = x W_ih^T with gate g's rows reading x under its own mask (Keras's per-gate input dropout)."""
+    """out = x W_ih^T with gate g's rows reading x under its own mask (Keras's per-gate input dropout)."""
     G, I = mask.shape[1] // x.shape[1], x.shape[1]
     H = lw.w_ih.shape[0] // G
+    if not x.shape[0]:
+        return
     for gx, gh in zip(_gate_slices(G, I), _gate_slices(G, H)):
-        if x.shape[0]:
-            kernels.matmul(x * mask[rows, gx], lw.w_ih[gh].T, out=out[:, gh])
-    return out
+        kernels.matmul(x * mask[rows, gx], lw.w_ih[gh].T, out=out[:, gh])
 
 
 @dataclass
@@ -182,7 +182,7 @@ class Saved:
     y: np.ndarray
     ws: np.ndarray | None
     H: int
-    drop: Dropouts | None = None
+    drop: Dropouts = field(default_factory=Dropouts)  # the masks the forward applied (Dropouts() for none)
     h_drop: np.ndarray | None = None  # what each gate's product read, with recurrent dropout (see ForwardCall)
     folded: bool = False  # the recurrent masks are in the saved W_hh's columns (batch 1)
 
@@ -218,16 +218,17 @@ def _forward_setup(kernels, cell, x, h0, c0, lw: LayerWeights, training, batch_s
     G = gates(cell)
     H = lw.w_ih.shape[0] // G
     dtype = x.dtype
+    drop = drop or Dropouts()
     x_proj = kernels.scratch(("x_proj", direction), (N, G * H), dtype)
-    if drop is not None and drop.inputs is not None:
+    if drop.inputs is not None:
         _project_dropped(kernels, x, lw, drop.inputs, kernels.xp.asarray(token_rows(batch_sizes)), x_proj)
     else:
         kernels.project(x, lw, x_proj)
     rec_mask = h_drop = None
-    folded = drop is not None and drop.recurrent is not None and _fold_pays(B, N, S)
+    folded = drop.recurrent is not None and _fold_pays(B, N, S)
     if folded:
         lw = _fold_recurrent_mask(kernels, cell, lw, drop.recurrent)
-    elif drop is not None and drop.recurrent is not None:
+    elif drop.recurrent is not None:
         rec_mask = drop.recurrent
         h_drop = kernels.workspace((B + N, G * S), dtype)
         h_drop[:B] = kernels.xp.tile(h0, (1, G)) * rec_mask
@@ -311,11 +312,10 @@ def _backward_setup(saved: Saved, dy, dh_n, dc_n, grads, direction=0):
         kernels.bias_grads(dxg, dhg, grads)
         _weight_grads(s, dxg, dhg, dh_all, grads)
         dx = kernels.empty((N, I), dtype)
-        if N and s.drop is not None and s.drop.inputs is not None:
+        if N and s.drop.inputs is not None:
             _input_grads_dropped(s, dxg, grads, dx)
         elif N:
-            addmm = kernels.addmm
-            addmm(grads["w_ih"], dxg.T, s.x)
+            kernels.addmm(grads["w_ih"], dxg.T, s.x)
             kernels.matmul(dxg, s.w_ih, out=dx)
         return (dx.reshape(*s.shape3, I) if s.shape3 is not None else dx), dh0, dc0
 

@@ -28,6 +28,8 @@ import functools
 import keras
 from keras import ops
 
+from .._core.functional import gates
+
 _BACKENDS = ("torch", "jax", "tensorflow", "numpy")
 _KERNEL_DTYPES = ("float32", "float64")
 
@@ -143,7 +145,7 @@ class _KernelPath:
         layer drew for this call (the cell caches them), per gate in the kernels' gate order."""
         if not training:
             return None, None
-        cell, G = self.cell, {"lstm": 4, "gru": 3, "gru_original": 3}.get(self._kernel_cell(), 1)
+        cell, G = self.cell, gates(self._kernel_cell())
 
         def per_gate(mask):
             if mask is None:
