@@ -18,6 +18,13 @@ def run(args, cwd):
     return subprocess.run([sys.executable] + args, capture_output=True, text=True, timeout=300, cwd=cwd)
 
 
+def script_table(args, cwd, prefixes):
+    """Runs a bench script, which must exit 0; returns (its stdout, the table rows that start with `prefixes`)."""
+    out = run(args, cwd)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout, [line for line in out.stdout.splitlines() if line.startswith(prefixes)]
+
+
 def agreement_lines(stdout):
     lines = stdout.split("\nAgreement", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
     assert lines, stdout
@@ -82,11 +89,10 @@ def test_cpu_bench_bf16_option_prints_its_own_table_only(tmp_path):
 
 def test_cpu_bench_bfloat16_times_both_libraries_in_bf16_and_fp32(tmp_path):
     require_torch()
-    out = run([os.path.join(ROOT, "bench", "bench_cpu.py"), "--quick", "--dtype", "bfloat16"], cwd=tmp_path)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "| torch fp32 ms | rnnfast fp32 ms | torch bf16 ms | rnnfast bf16 ms |" in out.stdout, out.stdout
-    rows = [line for line in out.stdout.splitlines() if line.startswith(("| LSTM", "| GRU", "| RNN"))]
-    assert len(rows) == 12, out.stdout  # 3 cells, 2 batch sizes, 2 modes
+    stdout, rows = script_table([os.path.join(ROOT, "bench", "bench_cpu.py"), "--quick", "--dtype", "bfloat16"],
+                                tmp_path, ("| LSTM", "| GRU", "| RNN"))
+    assert "| torch fp32 ms | rnnfast fp32 ms | torch bf16 ms | rnnfast bf16 ms |" in stdout, stdout
+    assert len(rows) == 12, stdout  # 3 cells, 2 batch sizes, 2 modes
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert all(float(c) > 0 for c in cells[2:6]), row
@@ -95,20 +101,18 @@ def test_cpu_bench_bfloat16_times_both_libraries_in_bf16_and_fp32(tmp_path):
 
 def test_bf16_training_accuracy_script_trains_every_task_in_both_dtypes(tmp_path):
     require_torch()
-    out = run([os.path.join(ROOT, "bench", "bf16_training_accuracy.py"), "--quick"], cwd=tmp_path)
-    assert out.returncode == 0, out.stdout + out.stderr
-    rows = [line for line in out.stdout.splitlines() if line.startswith(("| adding", "| forecast", "| classify"))]
-    assert len(rows) == 3, out.stdout
+    stdout, rows = script_table([os.path.join(ROOT, "bench", "bf16_training_accuracy.py"), "--quick"], tmp_path,
+                                ("| adding", "| forecast", "| classify"))
+    assert len(rows) == 3, stdout
     for row in rows:
         f32, b16 = (float(c) for c in row.strip("|").split("|")[3:5])
         assert 0 <= f32 and 0 <= b16 and abs(b16 - f32) < 0.2, row
 
 
 def test_bf16_accuracy_script_prints_its_table(tmp_path):
-    out = run([os.path.join(ROOT, "bench", "bf16_accuracy.py"), "--quick"], cwd=tmp_path)
-    assert out.returncode == 0, out.stdout + out.stderr
-    rows = [line for line in out.stdout.splitlines() if line.startswith(("| LSTM", "| GRU"))]
-    assert len(rows) == 6, out.stdout
+    stdout, rows = script_table([os.path.join(ROOT, "bench", "bf16_accuracy.py"), "--quick"], tmp_path,
+                                ("| LSTM", "| GRU"))
+    assert len(rows) == 6, stdout
     for line in rows:
         steps, max_abs, rel = (float(c) for c in line.strip("|").split("|")[2:5])
         # h0 = 0: the first step has no recurrent product; later ones differ, by bf16's order of magnitude.
@@ -202,11 +206,10 @@ def test_libraries_take_turns_block_by_block_and_a_failure_stops_only_its_own():
 
 def test_keras_bench_quick_times_every_model_on_every_backend_and_the_losses_agree(tmp_path):
     require_torch()
-    out = run([os.path.join(ROOT, "bench", "bench_keras.py"), "--quick", "--repeats", "1"], cwd=tmp_path)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "| backend | model | Keras s | rnnfast s | speed-up | losses agree |" in out.stdout, out.stdout
-    rows = [line for line in out.stdout.splitlines() if line.startswith(("| torch |", "| jax |", "| tensorflow |"))]
-    assert len(rows) == 18, out.stdout  # 3 models, without and with recurrent_dropout, 3 backends
-    assert sum("recurrent_dropout=0.2" in row for row in rows) == 9, out.stdout
-    assert all(row.rstrip(" |").split("| ")[-1].startswith("yes") for row in rows), out.stdout
-    assert "FAILED" not in out.stdout, out.stdout
+    stdout, rows = script_table([os.path.join(ROOT, "bench", "bench_keras.py"), "--quick", "--repeats", "1"],
+                                tmp_path, ("| torch |", "| jax |", "| tensorflow |"))
+    assert "| backend | model | Keras s | rnnfast s | speed-up | losses agree |" in stdout, stdout
+    assert len(rows) == 18, stdout  # 3 models, without and with recurrent_dropout, 3 backends
+    assert sum("recurrent_dropout=0.2" in row for row in rows) == 9, stdout
+    assert all(row.rstrip(" |").split("| ")[-1].startswith("yes") for row in rows), stdout
+    assert "FAILED" not in stdout, stdout
