@@ -16,6 +16,13 @@ are rounded to bf16 once, when returned. Why float32 inside: a state rounded to 
 long sequence, and on processors without AVX512_BF16 or AMX bf16 arithmetic is float32 arithmetic plus roundings
 anyway (README, "bfloat16").
 
+Inside ``torch.autocast("cpu", dtype=torch.bfloat16)``, float32 modules of the classes whose torch.nn counterparts
+compute in bf16 there (LSTM, RNN, RNNCell) do the same: inputs, states and parameters rounded to bf16, the bf16
+path above, bf16 results, and float32 parameter gradients through the casts (as torch's autocast gives them).
+GRU, GRUCell and LSTMCell return float32 under autocast, as torch.nn's do (torch rounds their products' results to
+bf16 there; rnnfast computes them in float32, within bf16's precision of torch's). CUDA autocast (float16) changes
+nothing: the kernels run float32.
+
 Beyond torch.nn, RNN, LSTM and GRU take ``recurrent_dropout=p`` (keyword only; Keras's recurrent dropout, fused
 into the kernels: in training mode each gate's recurrent product reads h_{t-1} under a mask of its own, drawn once
 per call from torch's generator and kept for every step; see rnnfast.layers for the details).
@@ -57,6 +64,15 @@ def _check_dropout(dropout) -> float:
         raise ValueError("dropout should be a number in range [0, 1] representing the probability of an "
                          f"element being zeroed, got {dropout!r}")
     return float(dropout)
+
+
+def _cpu_autocast_bf16() -> bool:
+    """Whether the caller is inside ``torch.autocast("cpu", dtype=torch.bfloat16)`` (torch >= 2.4 asks by device
+    type; older torch has the CPU-only functions)."""
+    try:
+        return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    except TypeError:
+        return torch.is_autocast_cpu_enabled() and torch.get_autocast_cpu_dtype() == torch.bfloat16
 
 
 def _check_kernel_dtype(dtype, name):
@@ -201,6 +217,7 @@ class _RecurrentFunction(torch.autograd.Function):
 
 # ------------------------------------------------------------------------------------------------ modules
 class _Recurrent(nn.Module):
+    _AUTOCAST_BF16 = False  # whether torch.nn's class computes in bf16 under CPU autocast (see _autocast)
     """What layers and cells share: parameters in torch.nn's order and initialisation, the call through the
     kernels, dtype checks on conversion, pickling without the packed-weight cache."""
 
@@ -238,10 +255,19 @@ class _Recurrent(nn.Module):
     def _names(self):
         return [n for layer in self._groups for group in layer for n in group if n in self._parameters]
 
+    def _autocast(self, like) -> bool:
+        """Whether this call runs in bf16 under CPU autocast: only where torch.nn's own class does (LSTM, RNN and
+        RNNCell, whose ops autocast lists; torch's GRU, GRUCell and LSTMCell stay float32 there), and only for
+        float32 parameters on the CPU (autocast leaves float64 alone)."""
+        return (self._AUTOCAST_BF16 and like.dtype == torch.float32 and not like.is_cuda
+                and _cpu_autocast_bf16())
+
     def _check_tensor(self, t, name, like):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-        if t.dtype != like.dtype:
+        if t.dtype == torch.bfloat16 and self._autocast(like):
+            pass  # autocast casts float32 and bf16 arguments alike, as torch.nn's class does there
+        elif t.dtype != like.dtype:
             _check_module_dtype(t.dtype, name)
             raise TypeError(f"{name}: expected {like.dtype} (the dtype of the module's parameters), got {t.dtype}")
         if t.device != like.device:
@@ -256,11 +282,13 @@ class _Recurrent(nn.Module):
             _check_module_dtype(self._parameters[n].dtype, n)
         # A non-contiguous parameter (a strided view assigned by hand) is read through a differentiable copy.
         params = [_contiguous(self._parameters[n]) for n in names]
-        if any(p.dtype == torch.bfloat16 for p in params):
+        autocast = self._autocast(params[0])
+        if autocast or any(p.dtype == torch.bfloat16 for p in params):
             # bf16 values, float32 arithmetic (the module's docstring): differentiable casts on the way in and out,
-            # so autograd hands back bf16 gradients
-            up = [None if t is None else t.float() for t in (x, h0, c0)]
-            out = self._run_kernels(names, *up, [p.float() for p in params], lengths)
+            # so autograd hands back bf16 gradients (float32 ones, rounded to bf16 first, under autocast)
+            up = [None if t is None else t.to(torch.bfloat16).float() for t in (x, h0, c0, *params)]
+            with torch.autocast("cpu", enabled=False) if autocast else contextlib.nullcontext():
+                out = self._run_kernels(names, *up[:3], up[3:], lengths)
             return tuple(None if t is None else t.to(torch.bfloat16) for t in out)
         return self._run_kernels(names, x, h0, c0, params, lengths)
 
@@ -432,6 +460,8 @@ def _packed_index(packed):
 class RNN(_RNNBase):
     """torch.nn.RNN on rnnfast's kernels: h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu."""
 
+    _AUTOCAST_BF16 = True
+
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, device=None, dtype=None, *, recurrent_dropout=0.0):
         if nonlinearity not in ("tanh", "relu"):
@@ -448,6 +478,8 @@ class RNN(_RNNBase):
 class LSTM(_RNNBase):
     """torch.nn.LSTM on rnnfast's kernels: gates i, f, g, o; c' = f*c + i*g; h' = o*tanh(c') (W_hr h' with
     proj_size)."""
+
+    _AUTOCAST_BF16 = True
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
                  bidirectional=False, proj_size=0, device=None, dtype=None, *, recurrent_dropout=0.0):
@@ -540,6 +572,8 @@ class _CellBase(_Recurrent):
 
 class RNNCell(_CellBase):
     """torch.nn.RNNCell on rnnfast's kernels."""
+
+    _AUTOCAST_BF16 = True
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None, dtype=None):
         if nonlinearity not in ("tanh", "relu"):

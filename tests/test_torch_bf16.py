@@ -106,3 +106,85 @@ def test_bf16_state_dicts_move_both_ways():
         assert torch.equal(a, b)
     x = torch.randn(3, 2, 4).bfloat16()
     assert np.isfinite(ours(x)[0].detach().float().numpy()).all()
+
+
+# ------------------------------------------------------------------------------------------------ CPU autocast
+AUTOCAST_BF16 = [("LSTM", {}), ("LSTM", {"num_layers": 2, "bidirectional": True}), ("RNN", {}),
+                 ("RNN", {"nonlinearity": "relu", "num_layers": 2}), ("RNNCell", {})]
+
+
+def run_and_grads(module, x, autocast):
+    """Outputs (y and the first state, or the cell's state) and the gradients of x and of every parameter."""
+    x = x.detach().clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = module(x)
+    outs = [out] if isinstance(out, torch.Tensor) else [out[0], out[1][0] if isinstance(out[1], tuple) else out[1]]
+    w = torch.linspace(-1, 1, outs[0].numel(), dtype=torch.float64).reshape(outs[0].shape)
+    sum(((o.double() * w) if o.shape == w.shape else o.double()).sum() for o in outs).backward()
+    return outs, [x.grad] + [p.grad for p in module.parameters()]
+
+
+@pytest.mark.parametrize("name,kw", AUTOCAST_BF16)
+def test_cpu_autocast_runs_the_bf16_path_of_a_float32_module(name, kw):
+    """Under CPU autocast a float32 LSTM/RNN/RNNCell computes what its bf16 copy computes on the bf16-rounded
+    input, bit for bit, returns bf16 as torch.nn's class does, and its float32 parameters get the bf16 copy's
+    gradients in float32 (what torch's autocast casts give)."""
+    torch.manual_seed(7)
+    ours = getattr(rt, name)(6, 8, **kw)
+    copy = getattr(rt, name)(6, 8, **kw).to(torch.bfloat16)
+    copy.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 6) if name.endswith("Cell") else torch.randn(9, 3, 6)
+    outs, grads = run_and_grads(ours, x, autocast=True)
+    want_outs, want_grads = run_and_grads(copy, x.bfloat16(), autocast=False)
+    for o, w in zip(outs, want_outs):
+        assert o.dtype == torch.bfloat16 and torch.equal(o, w)
+    assert grads[0].dtype == torch.float32  # x's gradient in x's dtype
+    for g, w in zip(grads, want_grads):
+        assert g.dtype == torch.float32 and torch.equal(g, w.float())
+
+
+@pytest.mark.parametrize("name,kw", [("RNN", {}), ("RNNCell", {}), ("RNN", {"bidirectional": True})])
+def test_cpu_autocast_matches_torchs_autocast(name, kw):
+    """torch.nn's RNN and RNNCell run under CPU autocast on any processor (its LSTM needs oneDNN's bf16
+    primitive, which processors without AVX512_BF16 lack: the test above checks ours against its exact bf16
+    path instead)."""
+    torch.manual_seed(8)
+    ours = getattr(rt, name)(6, 8, **kw)
+    theirs = getattr(torch.nn, name)(6, 8, **kw)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 6) if name.endswith("Cell") else torch.randn(9, 3, 6)
+    (outs, grads), (t_outs, t_grads) = run_and_grads(ours, x, True), run_and_grads(theirs, x, True)
+    for o, t in zip(outs + grads, t_outs + t_grads):
+        assert o.dtype == t.dtype
+        assert rel(o, t) <= TOL_TORCH, (name, rel(o, t))
+
+
+@pytest.mark.parametrize("name", ["GRU", "GRUCell", "LSTMCell"])
+def test_cpu_autocast_leaves_float32_where_torch_does(name):
+    torch.manual_seed(9)
+    ours = getattr(rt, name)(6, 8)
+    x = torch.randn(3, 6) if name.endswith("Cell") else torch.randn(9, 3, 6)
+    outs, grads = run_and_grads(ours, x, True)
+    grads = [g.clone() for g in grads]
+    ours.zero_grad()
+    plain, plain_grads = run_and_grads(ours, x, False)
+    theirs = getattr(torch.nn, name)(6, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        t = theirs(x)
+    t = t if isinstance(t, torch.Tensor) else t[0]
+    assert outs[0].dtype == t.dtype == torch.float32
+    for a, b in zip(outs + grads, plain + plain_grads):  # the float32 call, unchanged
+        assert a.dtype == torch.float32 and torch.equal(a, b)
+
+
+def test_cpu_autocast_takes_bf16_inputs_only_inside_autocast_and_leaves_float64_alone():
+    m = rt.LSTM(4, 5)
+    x = torch.randn(3, 2, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x.bfloat16())[0]
+        assert y.dtype == torch.bfloat16 and torch.equal(y, m(x)[0])  # bf16 or float32 input: same rounding
+        assert rt.LSTM(4, 5).double()(x.double())[0].dtype == torch.float64
+    with pytest.raises(TypeError, match="expected torch.float32"):
+        m(x.bfloat16())
+    with torch.autocast("cpu", dtype=torch.float16):  # autocast to another dtype: float32, as before
+        assert m(x)[0].dtype == torch.float32
