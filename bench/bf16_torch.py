@@ -1,6 +1,7 @@
 """bench_cpu.py --dtype bfloat16: rnnfast.torch's bfloat16 modules against torch.nn's (``.to(torch.bfloat16)``), same
-weights, same inputs, same run, with both libraries' float32 beside them; LSTM, GRU and RNN at B = 1, 8 and 64,
-inference (eval, no_grad) and training (forward + backward).
+weights, same inputs, same run, with both libraries' float32 beside them and rnnfast's NumPy layers in bf16
+(``dtype="bfloat16"``); LSTM, GRU and RNN at B = 1, 8 and 64, inference (eval, no_grad) and training (forward +
+backward).
 
 rnnfast's bf16 modules compute in float32 on bf16 values (rnnfast/torch.py); torch.nn's bf16 modules run oneDNN's
 bf16 kernels where the processor has them (AVX512_BF16, AMX) and slow emulated paths where it has not, so a torch
@@ -39,6 +40,25 @@ def _call(module, x, mode, torch):
     return run
 
 
+def _numpy_call(layer, x, mode):
+    """The same call on rnnfast's NumPy layer: inference inside no_grad in eval mode; training forward + backward
+    of ones (as _call's dy)."""
+    import rnnfast
+
+    layer.train(mode == "train")
+    if mode == "infer":
+        def run():
+            with rnnfast.no_grad():
+                return layer(x)[0]
+    else:
+        def run():
+            layer.zero_grad()
+            y = layer(x)[0]
+            layer.backward(np.ones(y.shape, y.dtype))
+            return y
+    return run
+
+
 def _time(fn, quick, budget_s):
     """Seconds per call: the median of as many runs as fit in the budget after a warm-up run; a call slower than
     the budget is timed once, by its warm-up run (setup costs milliseconds, such a call seconds)."""
@@ -70,8 +90,8 @@ def run(args):
     print("# OpenVINO bf16 inference: not timed (its CPU plugin runs bf16 only where the processor has AVX512_BF16 "
           "or AMX; elsewhere it runs float32, which the float32 tables already time)")
     print("\n| case | mode | torch fp32 ms | rnnfast fp32 ms | torch bf16 ms | rnnfast bf16 ms | rnnfast bf16 / "
-          "torch bf16 | rnnfast bf16 / own fp32 | bf16 vs fp32 (rnnfast) |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+          "torch bf16 | rnnfast bf16 / own fp32 | bf16 vs fp32 (rnnfast) | NumPy API bf16 ms |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     failures = 0
     for cell, B, I, H in (QUICK if args.quick else CASES):
         name = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}[cell]
@@ -80,12 +100,18 @@ def run(args):
         ours = getattr(rt, name)(I, H)
         ours.load_state_dict(ref.state_dict())
         x = torch.randn(T, B, I)
+        layer = getattr(rnnfast, name)(I, H, dtype="bfloat16")
+        layer.load_state_dict(ref.state_dict())  # (rounded to bf16, as .to(torch.bfloat16) rounds them)
+        x_bf16 = x.numpy().astype(layer.dtype)
         for mode in [m for m in args.modes]:
             row, outs = {}, {}
             for label, module, dtype in (("torch fp32", ref, torch.float32), ("rnnfast fp32", ours, torch.float32),
                                          ("torch bf16", ref, torch.bfloat16), ("rnnfast bf16", ours, torch.bfloat16)):
                 m = module.to(dtype).train(mode == "train")
                 row[label], outs[label] = _time(_call(m, x.to(dtype), mode, torch), args.quick, budget)
+            numpy_s, numpy_y = _time(_numpy_call(layer, x_bf16, mode), args.quick, budget)
+            if not np.array_equal(numpy_y.astype(np.float32), outs["rnnfast bf16"].detach().float().numpy()):
+                failures += 1  # the same values and the same arithmetic: the same bits (tests/test_numpy_bf16.py)
             ref.float()
             ours.float()
             diff = float((outs["rnnfast bf16"].detach().float() - outs["rnnfast fp32"].detach()).abs().max()
@@ -96,5 +122,5 @@ def run(args):
             print(f"| {name} T={T} B={B} I={I} H={H} | {mode} | {ms['torch fp32']:.2f} | {ms['rnnfast fp32']:.2f} | "
                   f"{ms['torch bf16']:.2f} | {ms['rnnfast bf16']:.2f} | "
                   f"{row['torch bf16'] / row['rnnfast bf16']:.2f}x | "
-                  f"{row['rnnfast fp32'] / row['rnnfast bf16']:.2f}x | {diff:.1e} |", flush=True)
+                  f"{row['rnnfast fp32'] / row['rnnfast bf16']:.2f}x | {diff:.1e} | {1e3 * numpy_s:.2f} |", flush=True)
     return 1 if failures else 0

@@ -1,6 +1,9 @@
 """bfloat16 training against float32 training on three classic tasks, with rnnfast.torch's modules: the same model,
-seed, data and steps, once in float32 and once after ``model.to(torch.bfloat16)`` (bf16 parameters, gradients and
-optimizer state, as torch trains a bf16 module; the kernels compute in float32 on the bf16 values).
+seed, data and steps, in float32; after ``model.to(torch.bfloat16)`` (bf16 parameters, gradients and optimizer
+state, as torch trains a bf16 module; the kernels compute in float32 on the bf16 values); and as a float32 model
+under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (mixed precision: float32 parameters, gradients and optimizer
+state; the LSTM, the RNN and the Linear head compute on bf16-rounded values there, the GRU stays float32 as
+torch.nn's GRU does).
 
     adding     the adding problem (T=50): two marked numbers among noise, predict their sum; LSTM(64); test MSE
                (a model that ignores the marks scores about 0.17)
@@ -49,18 +52,21 @@ def tasks(torch, quick):
             "classify": ("RNN", classify, "test accuracy")}
 
 
-def train(torch, rt, cell, make, metric, dtype, steps, seed):
+def train(torch, rt, cell, make, metric, mode, steps, seed):
+    """mode: "float32", "bfloat16" (a bf16 module) or "autocast" (a float32 module under CPU autocast to bf16)."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     x0, _ = make(gen, 2)
     rnn = getattr(rt, cell)(x0.shape[2], 64)
     head = torch.nn.Linear(64, 1)
+    dtype = torch.bfloat16 if mode == "bfloat16" else torch.float32
     model = torch.nn.ModuleDict({"rnn": rnn, "head": head}).to(dtype)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
 
     def predict(x):
-        y = model["rnn"](x.to(dtype))[0]
-        return model["head"](y[-1]).float()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "autocast"):
+            y = model["rnn"](x.to(dtype))[0]
+            return model["head"](y[-1]).float()
 
     classify = metric == "test accuracy"
     loss_fn = torch.nn.functional.binary_cross_entropy_with_logits if classify else torch.nn.functional.mse_loss
@@ -90,17 +96,19 @@ def main(argv=None):
     seeds = args.seeds or (1 if args.quick else 3)
     print(f"# bf16 vs float32 training, rnnfast.torch, {steps} Adam steps of batch 64, mean of {seeds} seeds")
     print(f"# CPU: {cpu_model()} | torch {torch.__version__}")
-    print("\n| task | model | metric | float32 | bfloat16 | bf16 - fp32 | seconds fp32 / bf16 |")
-    print("|---|---|---|---:|---:|---:|---:|")
+    print("\n| task | model | metric | float32 | bfloat16 | bf16 - fp32 | autocast bf16 | autocast - fp32 | "
+          "seconds fp32 / bf16 / autocast |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     for name, (cell, make, metric) in tasks(torch, args.quick).items():
         scores, seconds = {}, {}
-        for dtype in (torch.float32, torch.bfloat16):
+        for mode in ("float32", "bfloat16", "autocast"):
             t0 = time.perf_counter()
-            scores[dtype] = sum(train(torch, rt, cell, make, metric, dtype, steps, s) for s in range(seeds)) / seeds
-            seconds[dtype] = time.perf_counter() - t0
-        f32, b16 = scores[torch.float32], scores[torch.bfloat16]
-        print(f"| {name} | {cell}(64) | {metric} | {f32:.4f} | {b16:.4f} | {b16 - f32:+.4f} | "
-              f"{seconds[torch.float32]:.1f} / {seconds[torch.bfloat16]:.1f} |", flush=True)
+            scores[mode] = sum(train(torch, rt, cell, make, metric, mode, steps, s) for s in range(seeds)) / seeds
+            seconds[mode] = time.perf_counter() - t0
+        f32, b16, auto = scores["float32"], scores["bfloat16"], scores["autocast"]
+        print(f"| {name} | {cell}(64) | {metric} | {f32:.4f} | {b16:.4f} | {b16 - f32:+.4f} | {auto:.4f} | "
+              f"{auto - f32:+.4f} | {seconds['float32']:.1f} / {seconds['bfloat16']:.1f} / {seconds['autocast']:.1f} |",
+              flush=True)
     return 0
 
 

@@ -53,8 +53,9 @@ _ARGS_DOC = """
         input_size: features of x_t (>= 1).
         hidden_size: features of the state (>= 0; 0 gives empty states, as torch).
         bias: whether the cell has b_ih and b_hh.
-        dtype: float32 or float64 of the parameters and of every array passed in; None means float32 (torch's
-            default dtype).
+        dtype: float32, float64 or "bfloat16" of the parameters and of every array passed in and returned; None
+            means float32 (torch's default dtype). bfloat16 cells compute in float32 on the bf16 values and round
+            what they return once (see rnnfast.LSTM).
         seed: None, an int >= 0 or a numpy.random.Generator for the initial weights (torch's
             U(-1/sqrt(H), 1/sqrt(H))).
 """
@@ -218,14 +219,16 @@ class _CellBase(DropsCachesWhenPickled, Module):
             return self._state_out(h_n, batched), self._state_out(h_n.copy() if lstm else None, batched)
         # The record must hold the input of this step, not the caller's array (which the caller may reuse).
         x = x.copy(order="C") if training or not x.flags.c_contiguous else x
-        data = {name: p.data for name, p in self._params.items()}
-        grads = {name: p.grad for name, p in self._params.items()}
+        x, h0, c0 = _checks.to_compute(self.dtype, x, h0, c0)
+        data = _checks.compute_values(self._params)
         kernels = dispatch.kernels_for(x, h0, c0, *data.values())
-        [[lw]] = dispatch.stack_weights(kernels, self._cell, data, grads, [[""]], self._packed)
+        # (backward names the arrays the gradients go into: _backward)
+        [[lw]] = dispatch.stack_weights(kernels, self._cell, data, {}, [[""]], self._packed)
         _, h_n, c_n, saved = functional.layer_forward(kernels, self._cell, x, h0, c0, lw, training)
         if training:
             self._push(_Step(saved, B, batched))
             h_n, c_n = _private(h_n, saved), _private(c_n, saved)
+        h_n, c_n = _checks.to_dtype(self.dtype, h_n, c_n)
         return self._state_out(h_n, batched), self._state_out(c_n, batched)
 
     def _backward(self, dh, dc):
@@ -244,11 +247,12 @@ class _CellBase(DropsCachesWhenPickled, Module):
             dx = np.zeros((step.B, self.input_size), dtype=self.dtype)
             return (dx if step.batched else dx[0], self._state_out(zeros, step.batched),
                     self._state_out(zeros.copy(), step.batched) if self._cell == "lstm" else None)
-        p = self._params
-        grads = {"w_ih": p["weight_ih"].grad, "w_hh": p["weight_hh"].grad,
-                 "b_ih": p["bias_ih"].grad if self.bias else None,
-                 "b_hh": p["bias_hh"].grad if self.bias else None, "w_hr": None}
+        dh, dc = _checks.to_compute(self.dtype, dh, dc)
+        targets, grads32 = _checks.gradient_targets(self._params)
+        grads = {kind: targets.get(name) for name, kind in dispatch.KINDS.items()}
         dx, dh0, dc0 = functional.layer_backward(step.saved, None, dh, dc, grads)
+        _checks.flush_gradients(self._params, grads32)
+        dx, dh0, dc0 = _checks.to_dtype(self.dtype, dx, dh0, dc0)
         dx = dx.reshape(step.B, self.input_size)  # dx comes as (1, B, I) or as tokens (B, I)
         dx = dx if step.batched else dx[0]
         return dx, self._state_out(dh0, step.batched), self._state_out(dc0, step.batched)

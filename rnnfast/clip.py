@@ -6,6 +6,7 @@ import numbers
 
 import numpy as np
 
+from ._core.checks import to_compute
 from .module import Module, Parameter
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_"]
@@ -39,7 +40,9 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     if math.isinf(norm_type):
         total = max(float(np.max(np.abs(g))) if g.size else 0.0 for g in grads)
     else:
-        total = float(sum(float((np.abs(g) ** norm_type).sum()) for g in grads) ** (1.0 / norm_type))
+        # (bf16 gradients summed in float32: a sum in bf16 loses the small terms)
+        total = float(sum(float((np.abs(to_compute(g.dtype, g)[0]) ** norm_type).sum()) for g in grads)
+                      ** (1.0 / norm_type))
     if error_if_nonfinite and not math.isfinite(total):
         raise RuntimeError(f"The total norm of order {norm_type} for gradients from `parameters` is non-finite, so "
                            "it cannot be clipped. To disable this error and scale the gradients by the non-finite "

@@ -40,8 +40,11 @@ _ARGS_DOC = """
         dropout: probability in [0, 1] of zeroing each output of every layer but the last, in training mode
             (1 drops them all, as torch). May be changed later (``m.dropout = 0.2``); checked then too.
         bidirectional: a reverse direction per layer (D = 2); outputs are concatenated per step.
-        dtype: float32 or float64 of the parameters and of every array passed in; None means float32
-            (torch's default dtype).
+        dtype: float32, float64 or "bfloat16" (ml_dtypes.bfloat16) of the parameters and of every array passed
+            in and returned; None means float32 (torch's default dtype). bfloat16 layers compute in float32 on
+            the bf16 values (products accumulate in float32, h, c and the gate math stay float32 from step to
+            step) and round what they return to bf16 once; parameter gradients are summed in float32 and
+            rounded to bf16 once per backward (as torch's bf16 modules, and rnnfast.torch's). CPU only.
         seed: None, an int >= 0 or a numpy.random.Generator: draws the initial weights (torch's
             U(-1/sqrt(H), 1/sqrt(H))) and then the dropout masks.
         recurrent_dropout: probability in [0, 1] of zeroing each unit of h_{t-1} where a gate's recurrent
@@ -190,14 +193,15 @@ class _RNNBase(DropsCachesWhenPickled, Module):
         self.__dict__["_inference_weights"] = dtype
         return self
 
-    def _layer_weights(self, kernels, bfloat16=False):
-        """[layer][direction] -> LayerWeights over the live parameters, as `kernels` take them (packed and cached
-        in self._packed for the CPU). bfloat16: W_hh packed as bf16 for an inference forward, cached apart from
-        its float32 packing, which training forwards keep using."""
+    def _layer_weights(self, kernels, bfloat16=False, record=True):
+        """([layer][direction] -> LayerWeights over the live parameters, as `kernels` take them (packed and cached
+        in self._packed for the CPU), the float32 gradients a bf16 layer's backward adds into .grad or None).
+        bfloat16: W_hh packed as bf16 for an inference forward, cached apart from its float32 packing, which
+        training forwards keep using."""
         suffixes = [[dispatch.suffix(layer, d) for d in range(self._directions)] for layer in range(self.num_layers)]
-        data = {name: p.data for name, p in self._params.items()}
-        grads = {name: p.grad for name, p in self._params.items()}
-        return dispatch.stack_weights(kernels, self._cell, data, grads, suffixes, self._packed, bfloat16)
+        data = _checks.compute_values(self._params)
+        grads, grads32 = _checks.gradient_targets(self._params, record)
+        return dispatch.stack_weights(kernels, self._cell, data, grads, suffixes, self._packed, bfloat16), grads32
 
     # -------------------------------------------------------------------------------- checks
     def _check_array(self, value, name):
@@ -250,6 +254,7 @@ class _RNNBase(DropsCachesWhenPickled, Module):
         lengths = _checks.check_lengths(lengths, T, B)
         h0 = self._check_state(h0, "h0", B, batched, self._state_size)
         c0 = self._check_state(c0, "c0", B, batched, self.hidden_size) if self._has_c else None
+        x_tm, h0, c0 = _checks.to_compute(self.dtype, x_tm, h0, c0)  # validated: bf16 values to float32
         kernels = dispatch.kernels_for(x_tm, h0, c0, *(p.data for p in self._params.values()))
         record = self.training and is_grad_enabled()
         bfloat16 = not record and self.inference_weights == "bfloat16"
@@ -262,26 +267,28 @@ class _RNNBase(DropsCachesWhenPickled, Module):
             saved = _EMPTY_BATCH
         else:
             plan = functional.Plan(T, B, lengths)
-            if record and plan.dense:
+            if record and plan.dense and self.dtype != _checks.BFLOAT16:  # (to_compute made bf16's a copy)
                 x_tm = x_tm.copy(order="C")  # backward must see the input of this forward
             try:
-                weights = self._layer_weights(kernels, bfloat16)
+                weights, grads32 = self._layer_weights(kernels, bfloat16, record)
             except RuntimeError as e:  # the kernels refuse the bf16 inference weights (CUDA)
                 raise RuntimeError(f"{type(self).__name__}: {e}") from None
             # Training mode inside no_grad still drops out (as torch); what the kernels keep is then let go.
             drops = functional.recurrent_dropouts(kernels.xp, self._rng, self._cell, self.num_layers,
                                                   self._directions, B, self.hidden_size,
-                                                  self.recurrent_dropout if self.training else 0.0, self.dtype)
+                                                  self.recurrent_dropout if self.training else 0.0,
+                                                  _checks.compute_dtype(self.dtype))
             y, h_n, c_n, saved = functional.stack_forward(kernels, self._cell, x_tm, h0, c0, weights, plan,
                                                           self._directions, self.training, self.dropout, self._rng,
                                                           drops)
-            saved = (saved, weights)
+            saved = (saved, weights, grads32)
         if record:
             self._saved, self._layout = saved, (T, B, batched)
             # y is also the saved activation backward reads (last layer, forward direction, no lengths):
             # hand it out read-only instead of copying it.
             if isinstance(y, np.ndarray):
                 y.flags.writeable = False
+        y, h_n, c_n = _checks.to_dtype(self.dtype, y, h_n, c_n)
         return self._to_user(y, batched), self._state_out(h_n, batched), self._state_out(c_n, batched)
 
     def _empty_batch_outputs(self, x_tm, T):
@@ -327,6 +334,7 @@ class _RNNBase(DropsCachesWhenPickled, Module):
         LD = self.num_layers * self._directions
         dh_n = None if dh_n is None else np.ascontiguousarray(dh_n.reshape(LD, B, S))
         dc_n = None if dc_n is None else np.ascontiguousarray(dc_n.reshape(LD, B, H))
+        dy, dh_n, dc_n = _checks.to_compute(self.dtype, dy, dh_n, dc_n)
         record = self._saved
         if not retain_graph:  # validated: from here on this forward's record is consumed
             self._saved, self._layout, self._last_call = None, None, "backward"
@@ -335,8 +343,10 @@ class _RNNBase(DropsCachesWhenPickled, Module):
             dh0 = np.zeros((LD, 0, S), dtype=self.dtype)
             dc0 = np.zeros((LD, 0, H), dtype=self.dtype) if self._has_c else None
         else:
-            saved, weights = record
+            saved, weights, grads32 = record
             dx, dh0, dc0 = functional.stack_backward(saved, weights, dy, dh_n, dc_n)
+            _checks.flush_gradients(self._params, grads32)
+            dx, dh0, dc0 = _checks.to_dtype(self.dtype, dx, dh0, dc0)
         return self._to_user(dx, batched), self._state_out(dh0, batched), self._state_out(dc0, batched)
 
     def _no_record_message(self) -> str:

@@ -9,6 +9,9 @@ import numbers
 import numpy as np
 
 from ._core.arrays import namespace as _xp
+from ._core.checks import is_float_dtype, to_compute
+
+# bfloat16 predictions (ml_dtypes.bfloat16) are computed on in float32 and their gradients rounded to bf16 once.
 
 __all__ = ["mse", "cross_entropy", "bce_with_logits"]
 
@@ -16,7 +19,7 @@ __all__ = ["mse", "cross_entropy", "bce_with_logits"]
 def _float_array(a, name):
     if not hasattr(a, "dtype") or not hasattr(a, "shape"):
         raise TypeError(f"{name}: expected a numpy (or cupy) array, got {type(a).__name__}")
-    if a.dtype.kind != "f":
+    if not is_float_dtype(a.dtype):
         raise TypeError(f"{name}: expected a floating-point array, got dtype {a.dtype}")
     return a
 
@@ -25,7 +28,7 @@ def _same_shape(pred, target, pred_name="input", name="target"):
     """target must be a real-valued array of pred's shape: TypeError or ValueError naming it otherwise."""
     if not hasattr(target, "dtype") or not hasattr(target, "shape"):
         raise TypeError(f"{name}: expected a numpy (or cupy) array, got {type(target).__name__}")
-    if target.dtype.kind not in "biuf":
+    if target.dtype.kind not in "biu" and not is_float_dtype(target.dtype):
         raise TypeError(f"{name}: expected a real-valued array, got dtype {target.dtype}")
     if target.shape != pred.shape:
         raise ValueError(f"{name}: expected the shape of {pred_name} {pred.shape}, got {target.shape} "
@@ -37,9 +40,11 @@ def mse(pred, target):
     pred, target: float arrays of the same shape. Returns (loss, d loss / d pred)."""
     pred = _float_array(pred, "pred")
     _same_shape(pred, target, "pred")
-    diff = pred - target.astype(pred.dtype, copy=False)
+    p, = to_compute(pred.dtype, pred)
+    diff = p - target.astype(p.dtype, copy=False)
     n = max(diff.size, 1)
-    return float((diff * diff).sum() / n) if diff.size else float("nan"), (2.0 / n) * diff
+    loss = float((diff * diff).sum() / n) if diff.size else float("nan")
+    return loss, ((2.0 / n) * diff).astype(pred.dtype, copy=False)
 
 
 def _valid_mask(shape, mask, lengths, batch_first, xp):
@@ -75,7 +80,8 @@ def cross_entropy(logits, target, weight=None, *, ignore_index=-100, mask=None, 
     Returns (loss, d loss / d logits); entries that do not count get zero gradient. With no entry counting
     the loss is NaN, as torch's.
     """
-    logits = _float_array(logits, "logits")
+    out_dtype = _float_array(logits, "logits").dtype
+    logits, = to_compute(out_dtype, logits)
     xp = _xp(logits)
     if logits.ndim < 1:
         raise ValueError("logits: expected an array (..., C) with the classes last")
@@ -111,16 +117,17 @@ def cross_entropy(logits, target, weight=None, *, ignore_index=-100, mask=None, 
     grad = xp.exp(logp)
     xp.put_along_axis(grad, t[..., None], xp.take_along_axis(grad, t[..., None], axis=-1) - 1, axis=-1)
     scale = w / denom if float(denom) != 0 else w * 0
-    return loss, (grad * scale[..., None]).astype(logits.dtype, copy=False)
+    return loss, (grad * scale[..., None]).astype(out_dtype, copy=False)
 
 
 def bce_with_logits(logits, target, weight=None):
     """Binary cross-entropy on logits (torch.nn.functional.binary_cross_entropy_with_logits):
     mean(w * (max(x, 0) - x*t + log(1 + exp(-|x|)))). logits, target (and weight, if given) of one shape;
     target in [0, 1]. Returns (loss, d loss / d logits)."""
-    x = _float_array(logits, "logits")
+    out_dtype = _float_array(logits, "logits").dtype
+    _same_shape(logits, target, "logits")
+    x, = to_compute(out_dtype, logits)
     xp = _xp(x)
-    _same_shape(x, target, "logits")
     t = target.astype(x.dtype, copy=False)
     n = max(x.size, 1)
     per = xp.maximum(x, 0) - x * t + xp.log1p(xp.exp(-xp.abs(x)))
@@ -130,4 +137,4 @@ def bce_with_logits(logits, target, weight=None):
     if weight is not None:
         _same_shape(x, weight, "logits", "weight")
         per, grad = per * weight, grad * weight
-    return (float(per.sum() / n) if x.size else float("nan")), grad.astype(x.dtype, copy=False)
+    return (float(per.sum() / n) if x.size else float("nan")), grad.astype(out_dtype, copy=False)

@@ -5,7 +5,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ._core.checks import check_array  # noqa: F401 - its home before the engine's checks; code may import it from here
+from ._core.checks import BFLOAT16, check_array  # noqa: F401 - check_array's home before the engine's checks
+from ._core.checks import is_float_dtype
 
 
 class Parameter:
@@ -32,13 +33,24 @@ class Parameter:
     def __repr__(self):
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
 
+    def accumulate(self, g) -> None:
+        """grad += g, for a gradient computed in the module's compute dtype (float32 for a bf16 parameter: the sum
+        is formed in float32 and rounded to bf16 once, as torch accumulates bf16 gradients)."""
+        if self.grad.dtype == BFLOAT16:
+            self.grad[...] = (self.grad.astype(np.float32) + g).astype(BFLOAT16)
+        else:
+            self.grad += g
+
 
 def _to_numpy(value, name: str) -> np.ndarray:
     """A NumPy array from a NumPy array or a torch tensor (any device), without importing torch."""
     if isinstance(value, np.ndarray):
         return value
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch.Tensor
-        return value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":  # NumPy has no bf16 of its own: exactly, through float32
+            return value.float().numpy().astype(BFLOAT16)
+        return value.numpy()
     raise TypeError(f"state_dict[{name!r}]: expected a numpy array or a torch tensor, got {type(value).__name__}")
 
 
@@ -221,6 +233,9 @@ class Module:
         kernels) or back to "cpu" (NumPy). Returns self. Needs CuPy for "cuda"."""
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        if device == "cuda" and any(p.dtype == BFLOAT16 for p in self.parameters()):
+            raise TypeError("to('cuda'): bfloat16 modules run on the CPU only (CuPy has no bfloat16 arrays); "
+                            "rnnfast.torch runs bf16 modules on CUDA")
         try:
             import cupy
         except ImportError:
@@ -263,7 +278,7 @@ class Module:
             if k not in state_dict:
                 continue
             a = _to_numpy(state_dict[k], k)
-            if a.dtype.kind not in "fiu":  # timedelta64 is a NumPy integer subtype: test the kind
+            if a.dtype.kind not in "iu" and not is_float_dtype(a.dtype):  # timedelta64 is of NumPy's integer kind
                 problems.append(f"{k}: expected a real (float or integer) array, got dtype {a.dtype}")
             elif a.shape != p.data.shape:
                 problems.append(f"{k}: expected shape {p.data.shape}, got {a.shape}")

@@ -7,7 +7,8 @@ so a module applied at every step of a loop is differentiated by calling backwar
 returns the input gradient (Embedding: None) and adds the parameter gradients into ``.grad``. In eval mode
 nothing is recorded. ``reset()`` forgets the records. Parameters load from the torch.nn module of the same
 name: ``m.load_state_dict(torch_module.state_dict())``. Arrays are NumPy (or CuPy) arrays of the module's
-dtype.
+dtype. bfloat16 modules (``dtype="bfloat16"``) compute in float32 on their bf16 values and round what they return
+once, and sum each parameter gradient in float32 before one rounding into ``.grad``, as the recurrent layers do.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import numpy as np
 from ._core.arrays import namespace as _xp
 from ._core.checks import check_dtype as _check_dtype, check_seed as _rng, check_size as _check_size
 from .backend import matmul
-from ._core.checks import check_array
+from ._core.checks import BFLOAT16, check_array, to_compute, to_dtype
 from .module import Module, Parameter
 
 __all__ = ["Linear", "Embedding", "Dropout", "Conv1d", "Sequential", "Tanh", "ReLU", "Sigmoid", "LeakyReLU",
@@ -105,21 +106,23 @@ class Linear(_Recorded):
         x = check_array(x, "x", self.dtype, "module")
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x: expected {self.in_features} features in the last dimension, got shape {x.shape}")
-        y = _mm(x.reshape(-1, self.in_features), self._params["weight"].data.T)
+        xc, w = to_compute(self.dtype, x, self._params["weight"].data)
+        y = _mm(xc.reshape(-1, self.in_features), w.T)
         y = y.reshape(x.shape[:-1] + (self.out_features,))
         if self._has_bias:
-            y += self._params["bias"].data
+            y += to_compute(self.dtype, self._params["bias"].data)[0]
         self._push(x.copy())
-        return y
+        return to_dtype(self.dtype, y)[0]
 
     def backward(self, dy):
         x = self._pop()
         dy = self._check_dy(dy, x.shape[:-1] + (self.out_features,))
+        x, dy, w = to_compute(self.dtype, x, dy, self._params["weight"].data)
         x2, dy2 = x.reshape(-1, self.in_features), dy.reshape(-1, self.out_features)
-        self._params["weight"].grad += _mm(dy2.T, x2)
+        self._params["weight"].accumulate(_mm(dy2.T, x2))
         if self._has_bias:
-            self._params["bias"].grad += dy2.sum(axis=0)
-        return _mm(dy2, self._params["weight"].data).reshape(x.shape)
+            self._params["bias"].accumulate(dy2.sum(axis=0))
+        return to_dtype(self.dtype, _mm(dy2, w).reshape(x.shape))[0]
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self._has_bias}"
@@ -168,7 +171,14 @@ class Embedding(_Recorded):
         if self.padding_idx is not None:
             keep = flat != self.padding_idx
             flat, d = flat[keep], d[keep]
-        xp.add.at(self._params["weight"].grad, flat, d)
+        if self.dtype == BFLOAT16:  # each touched row's sum in float32, rounded into .grad once
+            rows, where = np.unique(flat, return_inverse=True)
+            sums = np.zeros((len(rows), self.embedding_dim), np.float32)
+            np.add.at(sums, where.reshape(-1), d.astype(np.float32))
+            grad = self._params["weight"].grad
+            grad[rows] = (grad[rows].astype(np.float32) + sums).astype(BFLOAT16)
+        else:
+            xp.add.at(self._params["weight"].grad, flat, d)
         return None
 
     def extra_repr(self):
@@ -194,13 +204,13 @@ class Dropout(_Recorded):
         xp = _xp(x)
         keep = self._rng.random(x.shape) >= self.p
         scale = 0.0 if self.p == 1 else 1.0 / (1.0 - self.p)
-        mask = xp.asarray(keep * scale, dtype=x.dtype)
+        mask = xp.asarray(keep * scale, dtype=to_compute(x.dtype, x[:0])[0].dtype)  # (bf16: a float32 mask)
         self._push(mask)
-        return x * mask
+        return (x * mask).astype(x.dtype, copy=False)
 
     def backward(self, dy):
         mask = self._pop()
-        return dy if mask is None else dy * mask
+        return dy if mask is None else (dy * mask).astype(dy.dtype, copy=False)
 
     def extra_repr(self):
         return f"p={self.p}"
@@ -245,26 +255,28 @@ class Conv1d(_Recorded):
                              f"got {x.shape}")
         xp = _xp(x)
         taps = xp.asarray(self._taps(x.shape[2]))
+        x, w = to_compute(self.dtype, x, self._params["weight"].data)
         xpad = xp.pad(x, ((0, 0), (0, 0), (self.padding, self.padding)))
         cols = xpad[:, :, taps]  # (N, C_in, k, L_out)
-        y = xp.einsum("ock,nckl->nol", self._params["weight"].data, cols, optimize=True)
+        y = xp.einsum("ock,nckl->nol", w, cols, optimize=True)
         if self._has_bias:
-            y += self._params["bias"].data[:, None]
+            y += to_compute(self.dtype, self._params["bias"].data)[0][:, None]
         self._push((cols, x.shape, taps))
-        return y
+        return to_dtype(self.dtype, y)[0]
 
     def backward(self, dy):
         cols, x_shape, taps = self._pop()
         dy = self._check_dy(dy, (x_shape[0], self.out_channels, taps.shape[1]))
         xp = _xp(dy)
-        self._params["weight"].grad += xp.einsum("nol,nckl->ock", dy, cols, optimize=True)
+        dy, w = to_compute(self.dtype, dy, self._params["weight"].data)
+        self._params["weight"].accumulate(xp.einsum("nol,nckl->ock", dy, cols, optimize=True))
         if self._has_bias:
-            self._params["bias"].grad += dy.sum(axis=(0, 2))
-        dcols = xp.einsum("ock,nol->nckl", self._params["weight"].data, dy, optimize=True)
-        dxpad = xp.zeros((x_shape[0], x_shape[1], x_shape[2] + 2 * self.padding), dtype=self.dtype)
+            self._params["bias"].accumulate(dy.sum(axis=(0, 2)))
+        dcols = xp.einsum("ock,nol->nckl", w, dy, optimize=True)
+        dxpad = xp.zeros((x_shape[0], x_shape[1], x_shape[2] + 2 * self.padding), dtype=dy.dtype)
         for j in range(self.kernel_size):  # one tap's positions are distinct, so += does not lose any
             dxpad[:, :, taps[j]] += dcols[:, :, j]
-        return dxpad[:, :, self.padding:self.padding + x_shape[2]]
+        return to_dtype(self.dtype, dxpad[:, :, self.padding:self.padding + x_shape[2]])[0]
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -274,19 +286,20 @@ class Conv1d(_Recorded):
 class _Activation(_Recorded):
     """An elementwise function; backward multiplies by its derivative (from the recorded input or output)."""
 
-    dtype = None  # any float dtype: the input's
+    dtype = None  # any float dtype: the input's (bf16 computed in float32, the result rounded once)
 
     def forward(self, x):
-        y = self._f(x)
-        self._push((x, y))
-        return y
+        xc, = to_compute(x.dtype, x)
+        y = self._f(xc)
+        self._push((xc, y))
+        return y.astype(x.dtype, copy=False)
 
     def backward(self, dy):
         x, y = self._pop()
         if getattr(dy, "shape", None) != x.shape:
             raise ValueError(f"dy: expected shape {x.shape} (the output of the forward being differentiated), "
                              f"got {getattr(dy, 'shape', type(dy).__name__)}")
-        return dy * self._df(x, y)
+        return (to_compute(dy.dtype, dy)[0] * self._df(x, y)).astype(dy.dtype, copy=False)
 
 
 class Tanh(_Activation):

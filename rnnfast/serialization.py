@@ -55,6 +55,7 @@ import time
 
 import numpy as np
 
+from ._core.checks import BFLOAT16, check_dtype
 from ._core.functional import gates
 from ._core.version import VERSION
 from .layers import GRU, INFERENCE_WEIGHTS, LSTM, RNN
@@ -266,6 +267,17 @@ def save(module, path):
     write_npz_atomically(path, arrays)
 
 
+def saved_dtype(dtype) -> np.dtype:
+    """The dtype of an array as rnnfast wrote it: NumPy's .npy header records ml_dtypes' bfloat16 as two raw bytes
+    ("|V2"); rnnfast writes no other such arrays, so those are its bf16 parameters and states."""
+    return BFLOAT16 if dtype == np.dtype("V2") else dtype
+
+
+def as_saved(a: np.ndarray) -> np.ndarray:
+    """An array read from an .npz rnnfast wrote, with its dtype as written (bf16 from "|V2": a view)."""
+    return a.view(BFLOAT16) if a.dtype == np.dtype("V2") else a
+
+
 def write_npz_atomically(path, arrays):
     """np.savez(path, **arrays) so that ``path`` holds either its old content or the complete new archive,
     never a part (see the module doc; also used for training checkpoints). path: a str file name."""
@@ -318,7 +330,7 @@ def _read_headers(npz, path, file_size):
         if nbytes > file_size:
             raise _bad(path, f"entry {name!r} declares shape {shape} of {dtype} ({nbytes} bytes) in a file of "
                              f"{file_size} bytes")
-        declared[name] = (tuple(shape), dtype)
+        declared[name] = (tuple(shape), saved_dtype(dtype))
     return declared
 
 
@@ -342,7 +354,7 @@ def _read_archive(f, path):
 
     def read(name):
         try:
-            return npz[name]
+            return as_saved(npz[name])
         except Exception as e:  # noqa: BLE001 - truncated/corrupt member
             raise _bad(path, f"cannot read entry {name!r} ({type(e).__name__}: {e}); the file is damaged "
                              "or not an rnnfast file") from None
@@ -362,7 +374,7 @@ def _check_layer_args(cls_name, args, path):
             "bias": lambda v: isinstance(v, bool), "batch_first": lambda v: isinstance(v, bool),
             "dropout": lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool),
             "bidirectional": lambda v: isinstance(v, bool),
-            "dtype": lambda v: v in ("float32", "float64")}
+            "dtype": lambda v: v in ("float32", "float64", "bfloat16")}
     optional = {"recurrent_dropout": lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)}
     if cls_name == "LSTM":
         spec["proj_size"] = is_int
@@ -381,7 +393,7 @@ def _check_layer_args(cls_name, args, path):
         if not checks[k](v):
             raise _bad(path, f"constructor argument {k}={v!r} of {cls_name} is not valid")
     kwargs = dict(args)
-    kwargs["dtype"] = np.dtype(args["dtype"])
+    kwargs["dtype"] = check_dtype(args["dtype"])
     return _CLASSES[cls_name], kwargs
 
 
@@ -413,6 +425,8 @@ def _decode(value, path, budget, depth=0, key=""):
         (tag, inner), = value.items()
         if tag == "__dtype__" and inner in ("float32", "float64", "int32", "int64"):
             return np.dtype(inner)
+        if tag == "__dtype__" and inner == "bfloat16":
+            return BFLOAT16
         if tag == "__tuple__" and isinstance(inner, list):
             return tuple(_decode(v, path, budget, depth + 1, key) for v in inner)
         if tag == "__dict__" and isinstance(inner, dict):

@@ -24,7 +24,7 @@ from .clip import clip_grad_norm_
 from .data import minibatches
 from .module import Module
 from .optim import Optimizer, ReduceLROnPlateau
-from .serialization import _check_path, write_npz_atomically
+from .serialization import _check_path, as_saved, write_npz_atomically
 
 __all__ = ["fit", "evaluate", "predict", "save_checkpoint", "load_checkpoint"]
 
@@ -133,7 +133,7 @@ def load_checkpoint(path, model, optimizer):
     path = _check_path(path)
     try:
         with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+            arrays = {k: as_saved(z[k]) for k in z.files}
         meta = json.loads(str(arrays.pop(_META)[()]))
         if meta.get("format") != CHECKPOINT_FORMAT or meta.get("version") != 1:
             raise ValueError(f"not an {CHECKPOINT_FORMAT} file of version 1")

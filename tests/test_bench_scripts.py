@@ -92,11 +92,12 @@ def test_cpu_bench_bfloat16_times_both_libraries_in_bf16_and_fp32(tmp_path):
     stdout, rows = script_table([os.path.join(ROOT, "bench", "bench_cpu.py"), "--quick", "--dtype", "bfloat16"],
                                 tmp_path, ("| LSTM", "| GRU", "| RNN"))
     assert "| torch fp32 ms | rnnfast fp32 ms | torch bf16 ms | rnnfast bf16 ms |" in stdout, stdout
+    assert "| NumPy API bf16 ms |" in stdout, stdout
     assert len(rows) == 12, stdout  # 3 cells, 2 batch sizes, 2 modes
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
-        assert all(float(c) > 0 for c in cells[2:6]), row
-        assert 1e-4 < float(cells[-1]) < 2e-2, row  # bf16 against fp32: bf16's order of magnitude
+        assert all(float(c) > 0 for c in cells[2:6] + cells[-1:]), row
+        assert 1e-4 < float(cells[-2]) < 2e-2, row  # bf16 against fp32: bf16's order of magnitude
 
 
 def test_bf16_training_accuracy_script_trains_every_task_in_both_dtypes(tmp_path):
@@ -105,8 +106,9 @@ def test_bf16_training_accuracy_script_trains_every_task_in_both_dtypes(tmp_path
                                 ("| adding", "| forecast", "| classify"))
     assert len(rows) == 3, stdout
     for row in rows:
-        f32, b16 = (float(c) for c in row.strip("|").split("|")[3:5])
-        assert 0 <= f32 and 0 <= b16 and abs(b16 - f32) < 0.2, row
+        cells = row.strip("|").split("|")
+        f32, b16, auto = float(cells[3]), float(cells[4]), float(cells[6])
+        assert 0 <= f32 and 0 <= b16 and 0 <= auto and abs(b16 - f32) < 0.2 and abs(auto - f32) < 0.2, row
 
 
 def test_bf16_accuracy_script_prints_its_table(tmp_path):

@@ -13,10 +13,10 @@ import pytest
 import rnnfast
 
 PACKAGE_DIR = pathlib.Path(rnnfast.__file__).parent
-# What rnnfast/ may import besides itself and the standard library: its compiled modules, its one hard
-# dependency, and the optional ones each imported only where used (torch by rnnfast.torch, cupy by the CUDA
+# What rnnfast/ may import besides itself and the standard library: its compiled modules, its hard
+# dependencies (numpy; ml_dtypes for the bfloat16 dtype), and the optional ones each imported only where used (torch by rnnfast.torch, cupy by the CUDA
 # path, tqdm/matplotlib by the training utilities and examples' helpers, keras, jax and tensorflow by rnnfast.keras alone).
-ALLOWED_OUTSIDE = {"_rnnfast", "numpy", "torch", "cupy", "tqdm", "matplotlib", "keras", "jax", "tensorflow"}
+ALLOWED_OUTSIDE = {"_rnnfast", "numpy", "ml_dtypes", "torch", "cupy", "tqdm", "matplotlib", "keras", "jax", "tensorflow"}
 
 
 def module_name(path: pathlib.Path) -> str:

@@ -416,7 +416,7 @@ def test_public_api_is_documented_and_typed():
 
 # --------------------------------------------------------------------------- workspace recycling
 def _ws_of(layer):
-    saved, _ = layer._saved
+    saved, _, _ = layer._saved  # (the record, the weights, a bf16 layer's float32 gradients)
     return saved.layers[0][0].ws
 
 
