@@ -30,7 +30,7 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
-from ._core import checks as _checks, dispatch, functional
+from ._core import bf16, checks as _checks, dispatch, functional
 from ._core.arrays import namespace
 from ._core.pickling import DropsCachesWhenPickled
 from .grad_mode import is_grad_enabled
@@ -219,8 +219,8 @@ class _CellBase(DropsCachesWhenPickled, Module):
             return self._state_out(h_n, batched), self._state_out(h_n.copy() if lstm else None, batched)
         # The record must hold the input of this step, not the caller's array (which the caller may reuse).
         x = x.copy(order="C") if training or not x.flags.c_contiguous else x
-        x, h0, c0 = _checks.to_compute(self.dtype, x, h0, c0)
-        data = _checks.compute_values(self._params)
+        x, h0, c0 = bf16.to_compute(self.dtype, x, h0, c0)
+        data = bf16.compute_values(self._params)
         kernels = dispatch.kernels_for(x, h0, c0, *data.values())
         # (backward names the arrays the gradients go into: _backward)
         [[lw]] = dispatch.stack_weights(kernels, self._cell, data, {}, [[""]], self._packed)
@@ -228,7 +228,7 @@ class _CellBase(DropsCachesWhenPickled, Module):
         if training:
             self._push(_Step(saved, B, batched))
             h_n, c_n = _private(h_n, saved), _private(c_n, saved)
-        h_n, c_n = _checks.to_dtype(self.dtype, h_n, c_n)
+        h_n, c_n = bf16.to_dtype(self.dtype, h_n, c_n)
         return self._state_out(h_n, batched), self._state_out(c_n, batched)
 
     def _backward(self, dh, dc):
@@ -247,12 +247,12 @@ class _CellBase(DropsCachesWhenPickled, Module):
             dx = np.zeros((step.B, self.input_size), dtype=self.dtype)
             return (dx if step.batched else dx[0], self._state_out(zeros, step.batched),
                     self._state_out(zeros.copy(), step.batched) if self._cell == "lstm" else None)
-        dh, dc = _checks.to_compute(self.dtype, dh, dc)
-        targets, grads32 = _checks.gradient_targets(self._params)
+        dh, dc = bf16.to_compute(self.dtype, dh, dc)
+        targets, grads32 = bf16.gradient_targets(self._params)
         grads = {kind: targets.get(name) for name, kind in dispatch.KINDS.items()}
         dx, dh0, dc0 = functional.layer_backward(step.saved, None, dh, dc, grads)
-        _checks.flush_gradients(self._params, grads32)
-        dx, dh0, dc0 = _checks.to_dtype(self.dtype, dx, dh0, dc0)
+        bf16.flush_gradients(self._params, grads32)
+        dx, dh0, dc0 = bf16.to_dtype(self.dtype, dx, dh0, dc0)
         dx = dx.reshape(step.B, self.input_size)  # dx comes as (1, B, I) or as tokens (B, I)
         dx = dx if step.batched else dx[0]
         return dx, self._state_out(dh0, step.batched), self._state_out(dc0, step.batched)

@@ -6,7 +6,7 @@ import numbers
 
 import numpy as np
 
-from ._core.checks import to_compute
+from ._core.bf16 import to_compute
 from .module import Module, Parameter
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_"]

@@ -12,7 +12,7 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
-from ._core import checks as _checks, dispatch, functional
+from ._core import bf16, checks as _checks, dispatch, functional
 from ._core.arrays import namespace
 from ._core.pickling import DropsCachesWhenPickled
 from .grad_mode import is_grad_enabled
@@ -199,8 +199,8 @@ class _RNNBase(DropsCachesWhenPickled, Module):
         bfloat16: W_hh packed as bf16 for an inference forward, cached apart from its float32 packing, which
         training forwards keep using."""
         suffixes = [[dispatch.suffix(layer, d) for d in range(self._directions)] for layer in range(self.num_layers)]
-        data = _checks.compute_values(self._params)
-        grads, grads32 = _checks.gradient_targets(self._params, record)
+        data = bf16.compute_values(self._params)
+        grads, grads32 = bf16.gradient_targets(self._params, record)
         return dispatch.stack_weights(kernels, self._cell, data, grads, suffixes, self._packed, bfloat16), grads32
 
     # -------------------------------------------------------------------------------- checks
@@ -254,7 +254,7 @@ class _RNNBase(DropsCachesWhenPickled, Module):
         lengths = _checks.check_lengths(lengths, T, B)
         h0 = self._check_state(h0, "h0", B, batched, self._state_size)
         c0 = self._check_state(c0, "c0", B, batched, self.hidden_size) if self._has_c else None
-        x_tm, h0, c0 = _checks.to_compute(self.dtype, x_tm, h0, c0)  # validated: bf16 values to float32
+        x_tm, h0, c0 = bf16.to_compute(self.dtype, x_tm, h0, c0)  # validated: bf16 values to float32
         kernels = dispatch.kernels_for(x_tm, h0, c0, *(p.data for p in self._params.values()))
         record = self.training and is_grad_enabled()
         bfloat16 = not record and self.inference_weights == "bfloat16"
@@ -267,7 +267,7 @@ class _RNNBase(DropsCachesWhenPickled, Module):
             saved = _EMPTY_BATCH
         else:
             plan = functional.Plan(T, B, lengths)
-            if record and plan.dense and self.dtype != _checks.BFLOAT16:  # (to_compute made bf16's a copy)
+            if record and plan.dense and self.dtype != bf16.BFLOAT16:  # (to_compute made bf16's a copy)
                 x_tm = x_tm.copy(order="C")  # backward must see the input of this forward
             try:
                 weights, grads32 = self._layer_weights(kernels, bfloat16, record)
@@ -277,7 +277,7 @@ class _RNNBase(DropsCachesWhenPickled, Module):
             drops = functional.recurrent_dropouts(kernels.xp, self._rng, self._cell, self.num_layers,
                                                   self._directions, B, self.hidden_size,
                                                   self.recurrent_dropout if self.training else 0.0,
-                                                  _checks.compute_dtype(self.dtype))
+                                                  bf16.compute_dtype(self.dtype))
             y, h_n, c_n, saved = functional.stack_forward(kernels, self._cell, x_tm, h0, c0, weights, plan,
                                                           self._directions, self.training, self.dropout, self._rng,
                                                           drops)
@@ -288,7 +288,7 @@ class _RNNBase(DropsCachesWhenPickled, Module):
             # hand it out read-only instead of copying it.
             if isinstance(y, np.ndarray):
                 y.flags.writeable = False
-        y, h_n, c_n = _checks.to_dtype(self.dtype, y, h_n, c_n)
+        y, h_n, c_n = bf16.to_dtype(self.dtype, y, h_n, c_n)
         return self._to_user(y, batched), self._state_out(h_n, batched), self._state_out(c_n, batched)
 
     def _empty_batch_outputs(self, x_tm, T):
@@ -334,7 +334,7 @@ class _RNNBase(DropsCachesWhenPickled, Module):
         LD = self.num_layers * self._directions
         dh_n = None if dh_n is None else np.ascontiguousarray(dh_n.reshape(LD, B, S))
         dc_n = None if dc_n is None else np.ascontiguousarray(dc_n.reshape(LD, B, H))
-        dy, dh_n, dc_n = _checks.to_compute(self.dtype, dy, dh_n, dc_n)
+        dy, dh_n, dc_n = bf16.to_compute(self.dtype, dy, dh_n, dc_n)
         record = self._saved
         if not retain_graph:  # validated: from here on this forward's record is consumed
             self._saved, self._layout, self._last_call = None, None, "backward"
@@ -345,8 +345,8 @@ class _RNNBase(DropsCachesWhenPickled, Module):
         else:
             saved, weights, grads32 = record
             dx, dh0, dc0 = functional.stack_backward(saved, weights, dy, dh_n, dc_n)
-            _checks.flush_gradients(self._params, grads32)
-            dx, dh0, dc0 = _checks.to_dtype(self.dtype, dx, dh0, dc0)
+            bf16.flush_gradients(self._params, grads32)
+            dx, dh0, dc0 = bf16.to_dtype(self.dtype, dx, dh0, dc0)
         return self._to_user(dx, batched), self._state_out(dh0, batched), self._state_out(dc0, batched)
 
     def _no_record_message(self) -> str:

@@ -9,7 +9,8 @@ import numbers
 import numpy as np
 
 from ._core.arrays import namespace as _xp
-from ._core.checks import is_float_dtype, to_compute
+from ._core.bf16 import to_compute
+from ._core.checks import is_float_dtype
 
 # bfloat16 predictions (ml_dtypes.bfloat16) are computed on in float32 and their gradients rounded to bf16 once.
 

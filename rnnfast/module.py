@@ -5,7 +5,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ._core.checks import BFLOAT16, check_array  # noqa: F401 - check_array's home before the engine's checks
+from ._core.bf16 import BFLOAT16, add_into
+from ._core.checks import check_array  # noqa: F401 - its home before the engine's checks; code may import it from here
 from ._core.checks import is_float_dtype
 
 
@@ -37,7 +38,7 @@ class Parameter:
         """grad += g, for a gradient computed in the module's compute dtype (float32 for a bf16 parameter: the sum
         is formed in float32 and rounded to bf16 once, as torch accumulates bf16 gradients)."""
         if self.grad.dtype == BFLOAT16:
-            self.grad[...] = (self.grad.astype(np.float32) + g).astype(BFLOAT16)
+            add_into(self.grad, g)
         else:
             self.grad += g
 

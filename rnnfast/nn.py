@@ -20,7 +20,8 @@ import numpy as np
 from ._core.arrays import namespace as _xp
 from ._core.checks import check_dtype as _check_dtype, check_seed as _rng, check_size as _check_size
 from .backend import matmul
-from ._core.checks import BFLOAT16, check_array, to_compute, to_dtype
+from ._core.bf16 import BFLOAT16, add_into, to_compute, to_dtype
+from ._core.checks import check_array
 from .module import Module, Parameter
 
 __all__ = ["Linear", "Embedding", "Dropout", "Conv1d", "Sequential", "Tanh", "ReLU", "Sigmoid", "LeakyReLU",
@@ -174,9 +175,11 @@ class Embedding(_Recorded):
         if self.dtype == BFLOAT16:  # each touched row's sum in float32, rounded into .grad once
             rows, where = np.unique(flat, return_inverse=True)
             sums = np.zeros((len(rows), self.embedding_dim), np.float32)
-            np.add.at(sums, where.reshape(-1), d.astype(np.float32))
+            np.add.at(sums, where.reshape(-1), to_compute(self.dtype, d)[0])
             grad = self._params["weight"].grad
-            grad[rows] = (grad[rows].astype(np.float32) + sums).astype(BFLOAT16)
+            touched = grad[rows]
+            add_into(touched, sums)
+            grad[rows] = touched
         else:
             xp.add.at(self._params["weight"].grad, flat, d)
         return None

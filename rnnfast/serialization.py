@@ -55,7 +55,8 @@ import time
 
 import numpy as np
 
-from ._core.checks import BFLOAT16, check_dtype
+from ._core.bf16 import BFLOAT16
+from ._core.checks import check_dtype
 from ._core.functional import gates
 from ._core.version import VERSION
 from .layers import GRU, INFERENCE_WEIGHTS, LSTM, RNN

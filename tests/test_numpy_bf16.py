@@ -290,3 +290,26 @@ def test_bf16_bad_input_names_the_argument():
         layer.set_inference_weights("bfloat16")
     with pytest.raises(TypeError, match="pred: expected a floating-point array"):
         losses.mse(np.zeros(3, np.int32), np.zeros(3))
+
+
+def test_the_boundary_conversions_round_as_ml_dtypes():
+    """rnnfast's own bf16 <-> float32 conversions (the compiled ones) against ml_dtypes' astype on every kind of
+    value: ties both ways, subnormals (kept, not flushed), overflow to inf, infinities, NaNs of both signs, and
+    a sample of every float32 bit pattern's neighbourhood."""
+    from rnnfast._core import bf16
+    rng = np.random.default_rng(13)
+    special = np.array([0x00000000, 0x80000000, 0x00000001, 0x807fffff, 0x00008000, 0x00018000, 0x3f808000,
+                        0x3f818000, 0x3f80ffff, 0x7f7fffff, 0xff7f8000, 0x7f800000, 0xff800000, 0x7f800001,
+                        0xffc00000, 0x7fffffff, 0xff812345], np.uint32)
+    bits = np.concatenate([special, rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32)])
+    x = bits.view(np.float32)
+    with np.errstate(invalid="ignore"):  # (ml_dtypes warns when it casts a NaN)
+        got, want = bf16.as_bfloat16(x), x.astype(BF16)
+    assert got.dtype == BF16 and np.array_equal(got.view(np.uint16), want.view(np.uint16))
+    back = bf16.as_float32(want[::3])  # strided input too
+    assert back.dtype == np.float32 and np.array_equal(back.view(np.uint32), want[::3].astype(np.float32).view(np.uint32))
+    acc = rng.standard_normal(1000).astype(BF16)
+    g = rng.standard_normal(1000).astype(np.float32) * np.float32(1e-3)
+    want = (acc.astype(np.float32) + g).astype(BF16)
+    bf16.add_into(acc, g)
+    assert np.array_equal(acc.view(np.uint16), want.view(np.uint16))

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "../common/cells.h"
+#include "../cpu/bf16_convert.h"
 #include "../cpu/kernels.h"
 
 namespace py = pybind11;
@@ -718,6 +719,50 @@ void bind_calls(py::module_& m) {
 
 }  // namespace
 
+// bfloat16 <-> float32 for the NumPy API's bf16 modules (bf16_convert.h): `bits` are a bf16 array viewed as
+// uint16; both arrays C-contiguous with as many elements; `out` (or `acc`) written in place.
+py::ssize_t check_pair(const py::array& a, const char* a_name, bool a_bits, const py::array& b, const char* b_name,
+                       bool b_bits) {
+    for (auto [arr, name, bits] : {std::tuple{&a, a_name, a_bits}, std::tuple{&b, b_name, b_bits}}) {
+        if (bits ? !has_dtype<uint16_t>(*arr) : !has_dtype<float>(*arr))
+            throw py::type_error(std::string(name) + (bits ? ": expected bf16 bits (uint16)" : ": expected float32") +
+                                 ", got " + py::str(arr->dtype()).cast<std::string>());
+        if (!(arr->flags() & py::array::c_style))
+            throw py::value_error(std::string(name) + ": expected a C-contiguous array");
+    }
+    if (a.size() != b.size())
+        throw py::value_error(std::string(b_name) + ": expected " + std::to_string(a.size()) + " elements, got " +
+                              std::to_string(b.size()));
+    return a.size();
+}
+
+void bind_bf16(py::module_& m) {
+    m.def("bf16_to_float32", [](const py::array& bits, py::array& out) {
+        py::ssize_t n = check_pair(bits, "bits", true, out, "out", false);
+        if (!out.writeable()) throw py::value_error("out: read-only");
+        auto in = static_cast<const uint16_t*>(bits.data());
+        auto o = static_cast<float*>(out.mutable_data());
+        py::gil_scoped_release nogil;
+        rnnfast::cpu::bf16_to_float(in, n, o);
+    }, py::arg("bits"), py::arg("out"), "out = the bf16 values `bits` holds, as float32 (exact).");
+    m.def("float32_to_bf16", [](const py::array& x, py::array& out) {
+        py::ssize_t n = check_pair(x, "x", false, out, "out", true);
+        if (!out.writeable()) throw py::value_error("out: read-only");
+        auto in = static_cast<const float*>(x.data());
+        auto o = static_cast<uint16_t*>(out.mutable_data());
+        py::gil_scoped_release nogil;
+        rnnfast::cpu::float_to_bf16(in, n, o);
+    }, py::arg("x"), py::arg("out"), "out = the bits of x rounded to bf16 (nearest even, as ml_dtypes rounds).");
+    m.def("bf16_add_float32", [](py::array& acc, const py::array& g) {
+        py::ssize_t n = check_pair(acc, "acc", true, g, "g", false);
+        if (!acc.writeable()) throw py::value_error("acc: read-only");
+        auto a = static_cast<uint16_t*>(acc.mutable_data());
+        auto in = static_cast<const float*>(g.data());
+        py::gil_scoped_release nogil;
+        rnnfast::cpu::add_float_to_bf16(a, in, n);
+    }, py::arg("acc"), py::arg("g"), "acc = bf16(acc + g), acc bf16 bits, g float32: one rounding.");
+}
+
 PYBIND11_MODULE(_C, m) {
     m.doc() = "rnnfast CPU kernels (fused recurrences, packed weights, GEMM). Internal: rnnfast/_core runs them.";
     bind_build(m);
@@ -726,4 +771,5 @@ PYBIND11_MODULE(_C, m) {
     bind_gemm(m);
     bind_tuning(m);
     bind_calls(m);
+    bind_bf16(m);
 }

@@ -7,7 +7,7 @@ One place decides what a size, a dtype, a seed, a dropout probability and an inp
   :data:`MAX_LAYERS`; a module whose parameters could not fit in memory is refused (MemoryError) before
   anything is allocated;
 * ``dtype=None`` means float32, torch's default dtype (``torch.get_default_dtype()``); "bfloat16" (or
-  ``ml_dtypes.bfloat16``) gives bf16 parameters and arrays, computed in float32 (:func:`compute_dtype`);
+  ``ml_dtypes.bfloat16``) gives bf16 parameters and arrays, computed in float32 (_core/bf16.py);
 * ``seed`` is None, an int (not a bool) or a ``numpy.random.Generator``;
 * ``dropout`` is a real number in [0, 1] (torch's range; 1 drops every inter-layer activation);
 * an input array may be an ndarray subclass such as ``np.matrix`` (used as the plain array it holds), but
@@ -19,10 +19,10 @@ import math
 import numbers
 import os
 
-import ml_dtypes
 import numpy as np
 
 from .arrays import is_cupy_array
+from .bf16 import BFLOAT16
 
 # Each size of a layer or cell at most this: the kernels index rows with 32-bit counts in places, and no
 # size near it could be allocated anyway.
@@ -31,16 +31,8 @@ MAX_SIZE = 2**31 - 1
 # is a few parameter objects) so that a typo such as num_layers=10**6 fails at once instead of hanging.
 MAX_LAYERS = 10_000
 
-# bfloat16 is ml_dtypes' (the NumPy dtype JAX and TensorFlow use): NumPy has none of its own.
-BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64), BFLOAT16)
 _DTYPE_NAMES = "float32, float64 or bfloat16"
-
-
-def compute_dtype(dtype) -> np.dtype:
-    """The dtype a module of `dtype` computes in: float32 for bfloat16 (bf16 values, float32 arithmetic and
-    accumulation, one rounding to bf16 of what is returned: see README, "bfloat16"), else the dtype itself."""
-    return _DTYPES[0] if dtype == BFLOAT16 else np.dtype(dtype)
 
 
 def is_float_dtype(dtype) -> bool:
@@ -163,43 +155,3 @@ def check_lengths(lengths, T: int, B: int):
     if B and (arr.min() < 1 or arr.max() > T):
         raise ValueError(f"lengths: every length must be in [1, {T}] (T), got min {arr.min()} and max {arr.max()}")
     return arr.astype(np.int64)
-
-
-# ------------------------------------------------------------------------------------------------ bfloat16 modules
-# A bf16 module hands its kernels float32 copies of its values and rounds what it returns once: these four are
-# the whole of that, for the layers and the cells alike.
-def to_compute(dtype, *arrays):
-    """The arrays (None kept) in `dtype`'s compute dtype: float32 copies of bf16 ones, the others as they are."""
-    if dtype != BFLOAT16:
-        return arrays
-    return tuple(None if a is None else a.astype(np.float32) for a in arrays)
-
-
-def to_dtype(dtype, *arrays):
-    """Results computed in the compute dtype, rounded to a bf16 module's dtype once (None kept)."""
-    if dtype != BFLOAT16:
-        return arrays
-    return tuple(None if a is None else a.astype(BFLOAT16) for a in arrays)
-
-
-def compute_values(params) -> dict:
-    """name -> the value the kernels read: a bf16 parameter's as a float32 copy, any other's own array."""
-    return {n: p.data.astype(np.float32) if p.data.dtype == BFLOAT16 else p.data for n, p in params.items()}
-
-
-def gradient_targets(params, record: bool = True):
-    """(grads, grads32): name -> the array the kernels add a parameter's gradient into. A bf16 module's kernels add
-    into float32 zeros (grads32, which its backward hands to flush_gradients; empty when nothing is recorded);
-    other modules' into the parameters' own .grad (grads32 None)."""
-    if not any(p.data.dtype == BFLOAT16 for p in params.values()):
-        return {n: p.grad for n, p in params.items()}, None
-    grads32 = {n: np.zeros(p.data.shape, np.float32) for n, p in params.items()} if record else {}
-    return grads32, grads32
-
-
-def flush_gradients(params, grads32) -> None:
-    """Adds a bf16 module's float32 gradients into its parameters' .grad (one rounding each) and zeroes them, so
-    that a second backward of the same record (retain_graph) adds only its own."""
-    for name, g in (grads32 or {}).items():
-        params[name].accumulate(g)
-        g[...] = 0
