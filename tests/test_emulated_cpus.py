@@ -115,3 +115,43 @@ def test_bf16_mode_matches_its_oracle_on(cpu, tmp_path):
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["isa"] == want_isa and r["native"] is False, r
     assert r["worst"] <= TOL and r["far"] >= 10 * TOL, r
+
+
+# bfloat16 modules of the NumPy API (tests/test_numpy_bf16.py) there: each result is the float32 layer's on the same
+# values rounded once, bit for bit, and the compiled boundary conversions round as ml_dtypes does.
+BF16_SCRIPT = r"""
+import json, numpy as np, ml_dtypes, rnnfast
+from rnnfast._core import bf16
+BF = np.dtype(ml_dtypes.bfloat16)
+rng = np.random.default_rng(6)
+differ = 0
+for name, kw in (("LSTM", {}), ("GRU", {}), ("RNN", {"nonlinearity": "relu"})):
+    ours = getattr(rnnfast, name)(4, 9, bidirectional=True, dtype="bfloat16", seed=1, **kw)
+    twin = getattr(rnnfast, name)(4, 9, bidirectional=True, seed=0, **kw)
+    twin.load_state_dict(ours.state_dict())
+    x = rng.standard_normal((5, 3, 4)).astype(BF)
+    dy = rng.standard_normal((5, 3, 18)).astype(BF)
+    got, want = [], []
+    for m, dt, out in ((ours, BF, got), (twin, np.float32, want)):
+        y = m(x.astype(dt), lengths=[5, 2, 4])[0]
+        out += [y, m.backward(dy.astype(dt))[0]] + [p.grad for p in m.parameters()]
+    differ += sum(int((g.view(np.uint16) != w.astype(BF).view(np.uint16)).sum()) for g, w in zip(got, want))
+v = rng.integers(0, 2**32, 100000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+with np.errstate(invalid="ignore"):
+    differ += int((bf16.as_bfloat16(v).view(np.uint16) != v.astype(BF).view(np.uint16)).sum())
+print(json.dumps({"isa": rnnfast.isa(), "differ": differ}))
+"""
+
+
+@pytest.mark.parametrize("cpu", ["Haswell", "Nehalem"])
+def test_bf16_modules_round_the_float32_results_once_on(cpu, tmp_path):
+    qemu = _qemu()
+    want_isa, coretype = CPUS[cpu]
+    env = dict(os.environ, OPENBLAS_CORETYPE=coretype, OPENBLAS_NUM_THREADS="1", RNNFAST_TUNE="0",
+               RNNFAST_TUNE_CACHE="")  # as above: no timing under emulation, no cache entry
+    env.pop("RNNFAST_ISA", None)
+    out = subprocess.run([qemu, "-cpu", cpu, sys.executable, "-c", BF16_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=900, cwd=tmp_path)
+    assert out.returncode == 0, f"{cpu}: exit {out.returncode}\n{out.stderr[-3000:]}"
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r == {"isa": want_isa, "differ": 0}, r
