@@ -188,3 +188,18 @@ def test_cpu_autocast_takes_bf16_inputs_only_inside_autocast_and_leaves_float64_
         m(x.bfloat16())
     with torch.autocast("cpu", dtype=torch.float16):  # autocast to another dtype: float32, as before
         assert m(x)[0].dtype == torch.float32
+
+
+@pytest.mark.parametrize("name,kw", [("LSTM", {"bidirectional": True}), ("GRU", {}), ("RNN", {})])
+def test_bf16_modules_on_the_emulated_cuda_kernels(name, kw):
+    """What a bf16 module (and a float32 one under autocast) runs on CUDA: the CUDA kernels, float32, on the bf16
+    values; here their host emulation. Within bf16's rounding of the float64 result on the same values."""
+    import rnnfast
+    torch.manual_seed(10)
+    ours, exact, _ = trio(name, kw)
+    x = torch.randn(8, 3, 6).bfloat16()
+    want = outputs_and_grads(exact, x, torch.float64)
+    with rnnfast.use_backend("cuda_emu"):
+        got = outputs_and_grads(ours, x, torch.bfloat16)
+    for k, (g, w) in enumerate(zip(got, want)):
+        assert g.dtype == torch.bfloat16 and rel(g, w) <= TOL_EXACT, (name, k, rel(g, w))
