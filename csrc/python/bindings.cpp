@@ -736,30 +736,32 @@ py::ssize_t check_pair(const py::array& a, const char* a_name, bool a_bits, cons
     return a.size();
 }
 
+// out = f(in) elementwise over C-contiguous arrays of as many elements (uint16: bf16 bits), GIL released.
+template <typename In, typename Out, typename F>
+void convert(const py::array& in, const char* in_name, py::array& out, const char* out_name, F f) {
+    py::ssize_t n = check_pair(in, in_name, std::is_same_v<In, uint16_t>, out, out_name, std::is_same_v<Out, uint16_t>);
+    if (!out.writeable()) throw py::value_error(std::string(out_name) + ": read-only");
+    auto src = static_cast<const In*>(in.data());
+    auto dst = static_cast<Out*>(out.mutable_data());
+    py::gil_scoped_release nogil;
+    f(src, n, dst);
+}
+
 void bind_bf16(py::module_& m) {
     m.def("bf16_to_float32", [](const py::array& bits, py::array& out) {
-        py::ssize_t n = check_pair(bits, "bits", true, out, "out", false);
-        if (!out.writeable()) throw py::value_error("out: read-only");
-        auto in = static_cast<const uint16_t*>(bits.data());
-        auto o = static_cast<float*>(out.mutable_data());
-        py::gil_scoped_release nogil;
-        rnnfast::cpu::bf16_to_float(in, n, o);
+        convert<uint16_t, float>(bits, "bits", out, "out", [](const uint16_t* in, py::ssize_t n, float* o) {
+            rnnfast::cpu::bf16_to_float(in, n, o);
+        });
     }, py::arg("bits"), py::arg("out"), "out = the bf16 values `bits` holds, as float32 (exact).");
     m.def("float32_to_bf16", [](const py::array& x, py::array& out) {
-        py::ssize_t n = check_pair(x, "x", false, out, "out", true);
-        if (!out.writeable()) throw py::value_error("out: read-only");
-        auto in = static_cast<const float*>(x.data());
-        auto o = static_cast<uint16_t*>(out.mutable_data());
-        py::gil_scoped_release nogil;
-        rnnfast::cpu::float_to_bf16(in, n, o);
+        convert<float, uint16_t>(x, "x", out, "out", [](const float* in, py::ssize_t n, uint16_t* o) {
+            rnnfast::cpu::float_to_bf16(in, n, o);
+        });
     }, py::arg("x"), py::arg("out"), "out = the bits of x rounded to bf16 (nearest even, as ml_dtypes rounds).");
     m.def("bf16_add_float32", [](py::array& acc, const py::array& g) {
-        py::ssize_t n = check_pair(acc, "acc", true, g, "g", false);
-        if (!acc.writeable()) throw py::value_error("acc: read-only");
-        auto a = static_cast<uint16_t*>(acc.mutable_data());
-        auto in = static_cast<const float*>(g.data());
-        py::gil_scoped_release nogil;
-        rnnfast::cpu::add_float_to_bf16(a, in, n);
+        convert<float, uint16_t>(g, "g", acc, "acc", [](const float* in, py::ssize_t n, uint16_t* a) {
+            rnnfast::cpu::add_float_to_bf16(a, in, n);
+        });
     }, py::arg("acc"), py::arg("g"), "acc = bf16(acc + g), acc bf16 bits, g float32: one rounding.");
 }
 
