@@ -116,6 +116,8 @@ def loss_of(outs):
     total = 0.0
     for k, o in enumerate(outs):
         n = int(np.prod(o.shape))
+        if "bfloat16" in str(o.dtype):  # the weighting in float32: bf16 would round away most of its pattern
+            o = ops.cast(o, "float32")
         w = ops.reshape(ops.cos(ops.arange(n, dtype=o.dtype) * 0.37 + k), o.shape)
         total = total + ops.sum(o * w)
     return total
@@ -367,6 +369,72 @@ def test_forward_fallback_reasons():
     half = rk.LSTM(H, dtype="mixed_float16")
     half.build((B, T, I))
     assert "float16" in half._fallback_reason(x, None, training=False)
+
+
+# ------------------------------------------------------------------------------------------------ bfloat16
+BF16_TOL = 2.0 ** -7  # a few roundings to bf16, normwise
+KERAS_BF16_TOL = 5e-2  # Keras's own bf16 layer rounds after every op; the kernels round once
+
+
+def as_float32(a):
+    return np_(ops.cast(a, "float32"))
+
+
+def bf16_values(a):
+    import ml_dtypes
+    return np.asarray(a).astype(ml_dtypes.bfloat16).astype(np.float32)
+
+
+def bf16_trio(variant, rng):
+    """(Keras's layer under the mixed_bfloat16 policy, ours under it, ours in float32 with the weights rounded to
+    bf16), all holding the same weights."""
+    ref, ours = pair(variant, rng, dtype="mixed_bfloat16", return_sequences=True, return_state=True)
+    cls, extra = VARIANTS[variant]
+    f32 = getattr(rk, cls)(H, return_sequences=True, return_state=True, **extra)
+    f32.build((B, T, I))
+    f32.set_weights([bf16_values(w) for w in ours.get_weights()])
+    return ref, ours, f32
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_forward_bf16_policy_runs_the_kernels_and_rounds_their_float32_result_once(variant, kernel_calls):
+    """Under Keras's mixed_bfloat16 policy (bf16 compute, float32 variables) the kernels run float32 on the bf16
+    values of the inputs, states and weights and the results are rounded to bf16 once: bit for bit the float32
+    layer's on those values, rounded; near Keras's own bf16 layer, which rounds after every op."""
+    rng = np.random.default_rng(seed_of("bf16", variant))
+    ref, ours, f32 = bf16_trio(variant, rng)
+    x, states = inputs(variant, rng)
+    assert ours._fallback_reason(ops.convert_to_tensor(x), None, training=False) is None
+    got = as_list(ours(x, initial_state=states))
+    assert kernel_calls, "the bf16 call did not run on the kernels"
+    want = as_list(f32(bf16_values(x), initial_state=[bf16_values(s) for s in states]))
+    keras_own = as_list(ref(x, initial_state=states))
+    for k, (g, w, r) in enumerate(zip(got, want, keras_own)):
+        assert "bfloat16" in str(g.dtype), (k, g.dtype)
+        assert np.array_equal(as_float32(g), bf16_values(np_(w))), f"{variant} output {k}"
+        assert_close(as_float32(g), as_float32(r), KERAS_BF16_TOL, f"{variant} output {k} against Keras's bf16")
+
+
+if TRAINS:
+    @pytest.mark.parametrize("variant", ["lstm", "gru", "simplernn_tanh"])
+    def test_gradients_bf16_policy_match_float32_on_the_bf16_values_and_kerass_bf16(variant, kernel_calls):
+        rng = np.random.default_rng(seed_of("bf16 grads", variant))
+        ref, ours, f32 = bf16_trio(variant, rng)
+        x, states = inputs(variant, rng)
+        got = gradients(ours, x, states)
+        want = gradients(f32, bf16_values(x), [bf16_values(s) for s in states])
+        # Keras 3.15's own GRU cannot be differentiated under this policy on JAX (its scan's carry comes out float32
+        # from a bf16 state): there ours is checked against the float32 path alone.
+        keras_own = None if BACKEND == "jax" and variant == "gru" else gradients(ref, x, states)
+        assert any(training for _, _, training, _ in kernel_calls), "no training forward ran on the kernels"
+        scale = max(float(np.max(np.abs(g))) for g in want[1] + want[2])
+        for part in (1, 2):
+            for k, (g, w) in enumerate(zip(got[part], want[part])):
+                g, w = np.asarray(g, np.float32), np.asarray(w, np.float32)
+                assert_close(g, w, BF16_TOL, f"{variant} grads {part}[{k}]", scale=scale)
+                if keras_own is not None:
+                    r = np.asarray(keras_own[part][k], np.float32)
+                    assert_close(g, r, KERAS_BF16_TOL, f"{variant} grads {part}[{k}] against Keras's bf16", scale=scale)
 
 
 def test_gradients_fitting_a_bidirectional_model_warns_of_no_fallback(kernel_calls):

@@ -20,6 +20,9 @@ Dropout: Keras's RNN layer draws the cell's masks before it calls ``inner_loop``
 ``implementation=1``, which ``recurrent_dropout > 0`` forces; one for all gates otherwise); in training the kernels
 apply those very masks, the input masks before the input GEMM and the recurrent ones inside the step product
 (rnnfast's recurrent dropout), so a seeded layer drops the same units as Keras's.
+
+bfloat16 compute (the mixed_bfloat16 policy): the float32 kernels on the bf16 values, the results rounded once
+(``_kernel_loop``), as rnnfast's bf16 modules; the casts are the backend's, so its autograd differentiates them.
 """
 from __future__ import annotations
 
@@ -32,6 +35,9 @@ from .._core.functional import gates
 
 _BACKENDS = ("torch", "jax", "tensorflow", "numpy")
 _KERNEL_DTYPES = ("float32", "float64")
+# bfloat16 compute (Keras's "mixed_bfloat16" policy, or dtype="bfloat16"): the float32 kernels on the bf16 values
+# (inputs, states and weights rounded to bf16), their results rounded to bf16 once, as rnnfast's bf16 modules do.
+_BF16 = "bfloat16"
 
 
 def _backend_module():
@@ -94,8 +100,8 @@ class _KernelPath:
         if training and (cell.dropout >= 1 or cell.recurrent_dropout >= 1):
             return (f"dropout={cell.dropout}, recurrent_dropout={cell.recurrent_dropout} in training (a rate of 1, "
                     "which Keras's cells treat each their own way)")
-        if cell.compute_dtype not in _KERNEL_DTYPES:
-            return f"compute dtype {cell.compute_dtype} (the kernels run float32 and float64)"
+        if cell.compute_dtype not in _KERNEL_DTYPES + (_BF16,):
+            return f"compute dtype {cell.compute_dtype} (the kernels run float32 and float64, and bfloat16 through float32)"
         if mask is not None and len(mask.shape) != 2:
             return f"a mask of shape {tuple(mask.shape)} (expected (batch, time))"
         return None
@@ -108,11 +114,13 @@ class _KernelPath:
             warnings.warn(f"rnnfast.keras.{type(self).__name__} '{self.name}': {reason}; this layer runs Keras's own "
                           "recurrence (slow) instead of rnnfast's kernels", stacklevel=3)
 
-    def _kernel_params(self, dtype):
-        """[w_ih (G*H, I), w_hh (G*H, H), b_ih, b_hh (G*H,)] in torch's layout, as differentiable tensors."""
+    def _kernel_params(self, dtype, values=None):
+        """[w_ih (G*H, I), w_hh (G*H, H), b_ih, b_hh (G*H,)] in torch's layout, as differentiable tensors; values:
+        what each weight goes through first (bf16: its rounding to bf16), or None."""
         cell, H = self.cell, self.cell.units
-        kernel = ops.cast(cell.kernel, dtype)
-        recurrent = ops.cast(cell.recurrent_kernel, dtype)
+        values = values or (lambda w: w)
+        kernel = ops.cast(values(cell.kernel), dtype)
+        recurrent = ops.cast(values(cell.recurrent_kernel), dtype)
         gru = self._kernel_cell().startswith("gru")
         if gru:
             kernel, recurrent = _swap_gates(kernel, H), _swap_gates(recurrent, H)
@@ -121,7 +129,7 @@ class _KernelPath:
         if not cell.use_bias:
             b_ih, b_hh = zeros, zeros
         else:
-            bias = ops.cast(cell.bias, dtype)
+            bias = ops.cast(values(cell.bias), dtype)
             if gru and len(bias.shape) == 2:  # reset_after=True: input and recurrent biases
                 b_ih, b_hh = _swap_gates(bias[0], H), _swap_gates(bias[1], H)
             else:
@@ -160,14 +168,25 @@ class _KernelPath:
         return per_gate(inputs), per_gate(recurrent)
 
     def _kernel_loop(self, sequences, initial_state, mask, training):
+        if not isinstance(initial_state, (list, tuple)):
+            initial_state = [initial_state]
+        if self.cell.compute_dtype != _BF16:
+            return self._kernels(sequences, initial_state, mask, training, self.cell.compute_dtype)
+
+        def values(t):  # bf16 values, computed on in float32 (differentiable casts: bf16-rounded gradients)
+            return ops.cast(ops.cast(t, _BF16), "float32")
+
+        last, outputs, states = self._kernels(values(sequences), [values(s) for s in initial_state], mask,
+                                              training, "float32", values)
+        return ops.cast(last, _BF16), ops.cast(outputs, _BF16), [ops.cast(s, _BF16) for s in states]
+
+    def _kernels(self, sequences, initial_state, mask, training, dtype, values=None):
+        """_kernel_loop in `dtype` (float32 or float64); values: what each weight goes through first."""
         run = _backend_module().run
         if keras.backend.backend() == "tensorflow":  # the one autograd that cannot tell whether a backward follows
             run = functools.partial(run, training=training)
         cell = self._kernel_cell()
         lstm = cell == "lstm"
-        dtype = self.cell.compute_dtype
-        if not isinstance(initial_state, (list, tuple)):
-            initial_state = [initial_state]
         features = self.cell.kernel.shape[0]
         if sequences.shape[-1] != features:
             raise ValueError(f"{self.name}: the input (sequences) has {sequences.shape[-1]} features per step, but the "
@@ -175,7 +194,7 @@ class _KernelPath:
         x = ops.cast(sequences, dtype)
         h0 = ops.cast(initial_state[0], dtype)
         c0 = ops.cast(initial_state[1], dtype) if lstm else None
-        params = self._kernel_params(dtype)
+        params = self._kernel_params(dtype, values)
         masks = self._dropout_masks(x, h0, dtype, training)
         B, T = ops.shape(x)[0], x.shape[1]
         if self.go_backwards:  # Keras reverses the steps (and the mask) and then runs forward
