@@ -5,6 +5,7 @@ public API; its names may change from one version to the next.
     version     the package version
     cpus        how many CPUs this process may use (affinity mask, cgroup CPU quota)
     threads     how many threads a kernel call may use (rnnfast.set_num_threads)
+    bf16        the boundary of bfloat16 modules: float32 copies in, one rounding out, gradients rounded once
     checks      the argument rules the front ends share
     pickling    pickling and copying of modules that cache the kernels' objects
     arrays      the array namespace of an array, aligned and reused buffers, poisoned outputs for tests
@@ -13,6 +14,6 @@ public API; its names may change from one version to the next.
     functional  the data flow: layers, directions, stacks, dropout, packed tokens
     tuning      the choices measured at first use, inside a short training step of a layer
 
-Imports go one way (no cycles): version, ext, cpus, arrays < threads, checks < pickling, kernels, functional
-< tuning < dispatch; the public modules import from here, never the other way round.
+Imports go one way (no cycles): version, ext, cpus, arrays < bf16 < threads, checks < pickling, kernels,
+functional < tuning < dispatch; the public modules import from here, never the other way round.
 """
