@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._core.checks import check_dtype
 from ._core.functional import gates
 from .layers import GRU, LSTM, RNN
 from .serialization import FORMAT_NAME, FORMAT_VERSION, METADATA_KEY, load, save  # noqa: F401 - re-exported
@@ -63,16 +64,6 @@ def _gru_swap(a, H):
     """Swap the first two gate blocks of the last axis: Keras z,r,h <-> torch r,z,n (its own inverse).
     Always a new array."""
     return np.concatenate([a[..., H:2 * H], a[..., :H], a[..., 2 * H:3 * H]], axis=-1)
-
-
-def _check_dtype(dtype):
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
-    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise TypeError(f"dtype must be float32 or float64, got {dt}")
-    return dt
 
 
 def _check_bool(value, name):
@@ -124,7 +115,7 @@ def from_keras(weights, kind, *, reset_after=True, dtype=np.float32, batch_first
     kind: "rnn" (SimpleRNN), "lstm" or "gru".
     reset_after: the Keras GRU's ``reset_after`` (True: torch's GRU; False: the original form, which
         needs ``rnnfast.GRU(linear_before_reset=False)``). Only meaningful for kind="gru".
-    dtype: float32 or float64, the new layer's dtype (the weights are converted to it).
+    dtype: float32, float64 or "bfloat16", the new layer's dtype (the weights are converted to it).
     batch_first: the new layer's ``batch_first``; Keras' own layout is batch-first.
     activation / recurrent_activation: the Keras layer's; only "tanh" / "sigmoid" are supported
         (SimpleRNN: activation "tanh" or "relu"; it has no recurrent_activation). Keras 2's
@@ -135,7 +126,7 @@ def from_keras(weights, kind, *, reset_after=True, dtype=np.float32, batch_first
     kind = _check_kind(kind)
     reset_after = _check_bool(reset_after, "reset_after")
     batch_first = _check_bool(batch_first, "batch_first")
-    dtype = _check_dtype(dtype)
+    dtype = check_dtype(dtype)
     if kind != "gru" and not reset_after:
         raise ValueError(f"reset_after=False applies to kind='gru' only, got kind={kind!r}")
     act = _check_activations(kind, activation, recurrent_activation)

@@ -91,7 +91,7 @@ def _mm(a, b):
 class Linear(_Recorded):
     """y = x W^T + b over the last axis (torch.nn.Linear); x (..., in_features) -> y (..., out_features).
 
-    Args: in_features, out_features (ints >= 1), bias (bool), dtype (float32 or float64), seed (int or
+    Args: in_features, out_features (ints >= 1), bias (bool), dtype (float32, float64 or "bfloat16"), seed (int or
     Generator, for the initial weights: torch's U(-1/sqrt(in_features), 1/sqrt(in_features))).
     Parameters: weight (out_features, in_features), bias (out_features,).
     """

@@ -313,3 +313,16 @@ def test_the_boundary_conversions_round_as_ml_dtypes():
     want = (acc.astype(np.float32) + g).astype(BF16)
     bf16.add_into(acc, g)
     assert np.array_equal(acc.view(np.uint16), want.view(np.uint16))
+
+
+def test_bf16_layer_from_keras_weights():
+    """rnnfast.io.from_keras(..., dtype="bfloat16"): the Keras weights rounded once, the layer computing as above."""
+    rng = np.random.default_rng(14)
+    weights = [rng.standard_normal(s).astype(np.float32) for s in ((3, 20), (5, 20), (20,))]
+    ours = rnnfast.io.from_keras(weights, "lstm", dtype="bfloat16")
+    twin = rnnfast.io.from_keras([w.astype(BF16).astype(np.float32) for w in weights], "lstm")
+    assert ours.dtype == BF16 and all(p.data.dtype == BF16 for p in ours.parameters())
+    x = bf16_values(rng, (4, 3, 5))
+    assert np.array_equal(ours(x)[0].view(np.uint16), twin(x.astype(np.float32))[0].astype(BF16).view(np.uint16))
+    for got, w in zip(rnnfast.io.to_keras(ours), weights):
+        assert np.array_equal(got.view(np.uint16), w.astype(BF16).view(np.uint16))
