@@ -322,7 +322,7 @@ def test_bf16_layer_from_keras_weights():
     ours = rnnfast.io.from_keras(weights, "lstm", dtype="bfloat16")
     twin = rnnfast.io.from_keras([w.astype(BF16).astype(np.float32) for w in weights], "lstm")
     assert ours.dtype == BF16 and all(p.data.dtype == BF16 for p in ours.parameters())
-    x = bf16_values(rng, (4, 3, 5))
+    x = bf16_values(rng, (4, 6, 3))  # Keras's batch-first layout: (B, T, I)
     assert np.array_equal(ours(x)[0].view(np.uint16), twin(x.astype(np.float32))[0].astype(BF16).view(np.uint16))
     for got, w in zip(rnnfast.io.to_keras(ours), weights):
         assert np.array_equal(got.view(np.uint16), w.astype(BF16).view(np.uint16))
