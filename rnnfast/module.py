@@ -5,7 +5,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ._core.bf16 import BFLOAT16, add_into
+from ._core.bf16 import BFLOAT16, add_into, as_bfloat16
 from ._core.checks import check_array  # noqa: F401 - its home before the engine's checks; code may import it from here
 from ._core.checks import is_float_dtype
 
@@ -50,7 +50,7 @@ def _to_numpy(value, name: str) -> np.ndarray:
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch.Tensor
         value = value.detach().cpu()
         if str(value.dtype) == "torch.bfloat16":  # NumPy has no bf16 of its own: exactly, through float32
-            return value.float().numpy().astype(BFLOAT16)
+            return as_bfloat16(value.float().numpy())
         return value.numpy()
     raise TypeError(f"state_dict[{name!r}]: expected a numpy array or a torch tensor, got {type(value).__name__}")
 

@@ -276,7 +276,8 @@ def saved_dtype(dtype) -> np.dtype:
 
 def as_saved(a: np.ndarray) -> np.ndarray:
     """An array read from an .npz rnnfast wrote, with its dtype as written (bf16 from "|V2": a view)."""
-    return a.view(BFLOAT16) if a.dtype == np.dtype("V2") else a
+    dtype = saved_dtype(a.dtype)
+    return a if dtype == a.dtype else a.view(dtype)
 
 
 def write_npz_atomically(path, arrays):

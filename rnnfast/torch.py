@@ -265,9 +265,9 @@ class _Recurrent(nn.Module):
     def _check_tensor(self, t, name, like):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-        if t.dtype == torch.bfloat16 and self._autocast(like):
-            pass  # autocast casts float32 and bf16 arguments alike, as torch.nn's class does there
-        elif t.dtype != like.dtype:
+        # Under autocast torch.nn's class casts float32 and bf16 arguments alike: both are accepted there.
+        autocast_bf16 = t.dtype == torch.bfloat16 and self._autocast(like)
+        if t.dtype != like.dtype and not autocast_bf16:
             _check_module_dtype(t.dtype, name)
             raise TypeError(f"{name}: expected {like.dtype} (the dtype of the module's parameters), got {t.dtype}")
         if t.device != like.device:
